@@ -1,0 +1,1 @@
+"""Clients of the storage nodes: the quorum client used by compute nodes."""

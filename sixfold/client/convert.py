@@ -1,0 +1,28 @@
+"""Conversions between protobuf messages and the pure volume types."""
+
+from __future__ import annotations
+
+from sixfold.rpc import storage_pb2 as pb
+from sixfold.volume.epochs import Truncation
+from sixfold.volume.recovery import MemberState
+
+
+def truncations_to_pb(history: tuple[Truncation, ...]) -> list[pb.Truncation]:
+    return [pb.Truncation(epoch=t.epoch, start_lsn=t.start_lsn) for t in history]
+
+
+def truncations_from_pb(items) -> tuple[Truncation, ...]:
+    return tuple(Truncation(t.epoch, t.start_lsn) for t in items)
+
+
+def member_state(member: str, state: pb.SegmentState) -> MemberState:
+    return MemberState(
+        member=member,
+        segment=state.segment,
+        epoch=state.volume_epoch,
+        owner=state.epoch_owner,
+        scl=state.scl,
+        highest_lsn=state.highest_lsn,
+        vdl_hint=state.vdl_hint,
+        truncations=truncations_from_pb(state.truncations),
+    )

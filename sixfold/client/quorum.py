@@ -1,0 +1,451 @@
+"""The quorum client: how a compute node reads and writes the shared volume.
+
+I/O shell around sixfold.volume.quorum.VolumeTracker. One bidirectional Append
+stream per storage node; records of concurrent transactions wait in a
+per-node boxcar while that node has MAX_INFLIGHT_BATCHES batches unacked, so
+under load each gRPC message carries many transactions (group commit). Acks
+carry each segment's SCL; VDL advances by bookkeeping only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from sixfold.client.channels import ChannelPool
+from sixfold.client.convert import truncations_to_pb
+from sixfold.client.errors import CommitTimeoutError, FencedError, ReadUnavailableError, StorageError
+from sixfold.client.recovery import RecoveredVolume, recover_volume
+from sixfold.rpc import storage_pb2 as pb
+from sixfold.volume.placement import StorageNodeInfo, place_segment, segment_of_page
+from sixfold.volume.quorum import LAL_RECORDS_DEFAULT, READ_QUORUM, VolumeTracker
+from sixfold.volume.records import LogRecord, RecordKind, FLAG_CPL, encode_record, make_delta
+
+log = logging.getLogger(__name__)
+
+MAX_INFLIGHT_BATCHES = 2
+BATCH_MAX_BYTES = 4 * 1024 * 1024
+PENDING_MAX_BYTES = 64 * 1024 * 1024   # a node this far behind is dropped from the stream; gossip heals it
+RECONNECT_DELAY_S = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class PageWrite:
+    page: int
+    image: bytes              # the page after the transaction
+    base: bytes | None = None  # the page before it, when known: lets the record be a delta
+
+
+@dataclass
+class ClientSettings:
+    volume_id: str = "vol-1"
+    pages_per_segment: int = 256
+    commit_timeout_s: float = 10.0
+    lal_records: int = LAL_RECORDS_DEFAULT
+    read_hedge_ms: float = 30.0
+    read_timeout_s: float = 5.0
+    rpc_timeout_s: float = 2.0
+    local_az: str | None = None
+
+
+class _MemberStream:
+    """The Append stream to one storage node, reconnecting when it breaks."""
+
+    def __init__(self, client: "QuorumClient", node: StorageNodeInfo) -> None:
+        self.client = client
+        self.node = node
+        self.pending: list[tuple[int, bytes]] = []   # (segment, encoded record)
+        self.pending_bytes = 0
+        self.sent_seq = 0
+        self.acked_seq = 0
+        self.connected = False
+        self.dropped_records = 0
+        self._wakeup = asyncio.Event()
+        self._announced: set[int] = set()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"stream-{self.node.node_id}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def push(self, segment: int, encoded: bytes) -> None:
+        if self.pending_bytes + len(encoded) > PENDING_MAX_BYTES:
+            # never let a slow node hold the writer's memory: it catches up by gossip
+            self.dropped_records += len(self.pending) + 1
+            self.pending.clear()
+            self.pending_bytes = 0
+            return
+        self.pending.append((segment, encoded))
+        self.pending_bytes += len(encoded)
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        while not self.client.closed:
+            try:
+                await self._stream_once()
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.debug("stream to %s broke: %s", self.node.address, exc.code())
+            except asyncio.InvalidStateError:
+                log.debug("stream to %s finished under us", self.node.address)
+            except Exception:  # a bug here must not end the writer: log it and reconnect
+                log.exception("stream to %s failed", self.node.address)
+            self.connected = False
+            self.pending.clear()
+            self.pending_bytes = 0
+            self._announced.clear()
+            await asyncio.sleep(RECONNECT_DELAY_S)
+
+    async def _stream_once(self) -> None:
+        stub = self.client.pool.stub(self.node.address)
+        call = stub.Append()
+        self.sent_seq = self.acked_seq = 0
+        reader = asyncio.get_running_loop().create_task(self._read_acks(call))
+        first = True
+        try:
+            while True:
+                if reader.done():
+                    reader.result()  # raises the stream error
+                    return
+                if not self.pending or self.sent_seq - self.acked_seq >= MAX_INFLIGHT_BATCHES:
+                    self._wakeup.clear()
+                    waiter = asyncio.ensure_future(self._wakeup.wait())
+                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    continue
+                request = self._take_batch(first)
+                first = False
+                self.sent_seq += 1
+                request.batch_seq = self.sent_seq
+                await call.write(request)
+        finally:
+            reader.cancel()
+            call.cancel()
+
+    def _take_batch(self, first: bool) -> pb.AppendRequest:
+        client = self.client
+        by_segment: dict[int, list[bytes]] = {}
+        size = 0
+        taken = 0
+        for segment, encoded in self.pending:
+            if size + len(encoded) > BATCH_MAX_BYTES and taken:
+                break
+            by_segment.setdefault(segment, []).append(encoded)
+            size += len(encoded)
+            taken += 1
+        del self.pending[:taken]
+        self.pending_bytes -= size
+        segments = []
+        for segment, records in by_segment.items():
+            announce = segment not in self._announced
+            self._announced.add(segment)
+            segments.append(pb.SegmentAppend(
+                segment=segment, records=b"".join(records),
+                members=list(client.tracker.pg(segment).members) if announce else [],
+            ))
+        return pb.AppendRequest(
+            volume_id=client.settings.volume_id, volume_epoch=client.epoch, writer_id=client.writer_id,
+            vdl_hint=client.tracker.vdl, min_read_lsn=client.min_read_lsn(),
+            truncations=truncations_to_pb(client.history) if first else [],
+            segments=segments,
+        )
+
+    async def _read_acks(self, call) -> None:
+        async for ack in call:
+            self.connected = True
+            if ack.error in (pb.STALE_EPOCH, pb.NOT_EPOCH_OWNER):
+                self.client._on_fenced(self.node, ack)
+                return
+            if ack.error != pb.OK:
+                log.warning("node %s refused a batch: %s %s", self.node.address, pb.ErrorCode.Name(ack.error), ack.detail)
+                raise StorageError(ack.detail)
+            self.acked_seq = max(self.acked_seq, ack.batch_seq)
+            self.client._on_ack(self.node, ack)
+            self._wakeup.set()
+
+
+class QuorumClient:
+    """Writer (and reader) access to the volume. Use from one asyncio loop."""
+
+    def __init__(self, nodes: list[StorageNodeInfo], writer_id: str, settings: ClientSettings | None = None) -> None:
+        self.nodes = list(nodes)
+        self.writer_id = writer_id
+        self.settings = settings or ClientSettings()
+        self.pool = ChannelPool()
+        self.tracker = VolumeTracker(lal_records=self.settings.lal_records)
+        self.epoch = 0
+        self.history: tuple = ()
+        self.closed = False
+        self.fenced: str | None = None
+        self.recovered: RecoveredVolume | None = None
+        self._streams: dict[str, _MemberStream] = {}
+        self._node_by_address = {n.address: n for n in self.nodes}
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._waiter_ids = itertools.count()
+        self._room = asyncio.Event()
+        self._read_points: dict[int, int] = {}   # pin id -> read LSN
+        self._pin_ids = itertools.count(1)
+        self.commits = 0
+        self._record_listeners: list = []
+        self.read_floor_provider = None   # callable -> the compute node's oldest pinned read LSN
+        self._vdl_listeners: list = []
+        self.records_sent = 0
+
+    # --- life cycle ---------------------------------------------------------------
+    async def open_writer(self) -> RecoveredVolume:
+        """Runs recovery (fencing any earlier writer), then accepts commits."""
+        recovered = await recover_volume(
+            self.pool, self.settings.volume_id, self.nodes, self.writer_id, self.settings.rpc_timeout_s,
+        )
+        self.recovered = recovered
+        self.epoch = recovered.epoch
+        self.history = recovered.history
+        self.tracker = VolumeTracker(recovered.vdl, recovered.segment_tails, self.settings.lal_records)
+        for segment, members in recovered.segment_members.items():
+            self.tracker.add_pg(segment, members)
+        for node in self.nodes:
+            stream = self._streams[node.address] = _MemberStream(self, node)
+            stream.start()
+        log.info("writer %s open at epoch %d, VDL %d (recovery %.3f s)",
+                 self.writer_id, self.epoch, recovered.vdl, recovered.duration_s)
+        return recovered
+
+    async def close(self) -> None:
+        self.closed = True
+        for stream in self._streams.values():
+            await stream.stop()
+        self._fail_waiters(StorageError("the quorum client was closed"))
+        await self.pool.close()
+
+    # --- writes -------------------------------------------------------------------
+    @property
+    def vdl(self) -> int:
+        return self.tracker.vdl
+
+    def _segment_members(self, segment: int) -> tuple[str, ...]:
+        if not self.tracker.has_pg(segment):
+            self.tracker.add_pg(segment, tuple(n.address for n in place_segment(segment, self.nodes)))
+        return self.tracker.pg(segment).members
+
+    async def commit(self, writes: list[PageWrite]) -> int:
+        """Makes one transaction durable; returns its commit LSN once VDL >= it."""
+        deadline = time.monotonic() + self.settings.commit_timeout_s
+        commit_lsn = await self.issue(writes, deadline)
+        await self.wait_durable(commit_lsn, deadline)
+        return commit_lsn
+
+    async def issue(self, writes: list[PageWrite], deadline: float | None = None) -> int:
+        """Sends one transaction's records (waiting only for LAL room); returns its commit LSN.
+
+        The caller may release its own locks here and wait for durability with
+        wait_durable(): that is how one SQLite writer still gets group commit.
+        """
+        if self.fenced:
+            raise FencedError(self.fenced)
+        if self.closed or not self._streams:
+            raise StorageError("the volume is not open for writing")
+        assert writes, "a transaction writes at least one page"
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.commit_timeout_s
+        segments = [segment_of_page(w.page, self.settings.pages_per_segment) for w in writes]
+        for segment in set(segments):
+            self._segment_members(segment)
+        while self.tracker.room() < len(writes):
+            self._room.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CommitTimeoutError(self._quorum_report(f"the LAL is reached (VDL {self.tracker.vdl})"))
+            try:
+                await asyncio.wait_for(self._room.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+            if self.fenced:
+                raise FencedError(self.fenced)
+        issued = self.tracker.issue_transaction(segments)
+        for write, rec in zip(writes, issued):
+            delta = make_delta(write.base, write.image) if write.base is not None else None
+            record = LogRecord(
+                lsn=rec.lsn, prev_lsn=rec.prev_lsn, epoch=self.epoch, page=write.page,
+                kind=RecordKind.PAGE_DELTA if delta is not None else RecordKind.FULL_PAGE,
+                flags=FLAG_CPL if rec.is_cpl else 0,
+                payload=delta if delta is not None else write.image,
+            )
+            encoded = encode_record(record)
+            for member in self.tracker.pg(rec.segment).members:
+                self._streams[member].push(rec.segment, encoded)
+            for listener in self._record_listeners:
+                listener(record)
+        self.records_sent += len(issued)
+        return issued[-1].lsn
+
+    def add_record_listener(self, listener) -> None:
+        """listener(record) is called for every record issued (the redo stream to readers)."""
+        self._record_listeners.append(listener)
+
+    async def wait_durable(self, lsn: int, deadline: float | None = None) -> None:
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.commit_timeout_s
+        await self._wait_durable(lsn, deadline)
+        self.commits += 1
+
+    async def _wait_durable(self, lsn: int, deadline: float) -> None:
+        if self.tracker.is_durable(lsn):
+            return
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (lsn, next(self._waiter_ids), future))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            if self.fenced:
+                raise FencedError(self.fenced) from None
+            raise CommitTimeoutError(self._quorum_report(f"commit LSN {lsn} is not durable after "
+                                                         f"{self.settings.commit_timeout_s:.1f} s")) from None
+
+    def _quorum_report(self, what: str) -> str:
+        lines = [what + "; its outcome is unknown until a write quorum returns."]
+        for pg in self.tracker.lagging_pgs():
+            first = self.tracker.oldest_pending()
+            holding = pg.members_at_or_above(first.lsn)
+            missing = [m for m in pg.members if m not in holding]
+            lines.append(f"segment {pg.segment}: {len(holding)} of 6 members hold LSN {first.lsn} (need 4); "
+                         f"waiting for {', '.join(missing)}")
+        return " ".join(lines)
+
+    def _on_ack(self, node: StorageNodeInfo, ack: pb.AppendAck) -> None:
+        moved = False
+        for seg_ack in ack.segments:
+            moved |= self.tracker.on_ack(seg_ack.segment, node.address, seg_ack.scl)
+        if moved:
+            vdl = self.tracker.vdl
+            while self._waiters and self._waiters[0][0] <= vdl:
+                _, _, future = heapq.heappop(self._waiters)
+                if not future.done():
+                    future.set_result(vdl)
+            self._room.set()
+            for listener in self._vdl_listeners:
+                listener(vdl)
+
+    def add_vdl_listener(self, listener) -> None:
+        """listener(vdl) is called whenever VDL moves."""
+        self._vdl_listeners.append(listener)
+
+    def _on_fenced(self, node: StorageNodeInfo, ack: pb.AppendAck) -> None:
+        if self.fenced:
+            return
+        self.fenced = (f"writer {self.writer_id} at epoch {self.epoch} was fenced: node {node.address} is at "
+                       f"epoch {ack.node_epoch}. Another writer took over; this one must stop writing.")
+        log.error(self.fenced)
+        self._fail_waiters(FencedError(self.fenced))
+        self._room.set()
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        while self._waiters:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # mark retrieved: the committer may already have timed out
+
+    # --- read points --------------------------------------------------------------
+    def pin_read_point(self, lsn: int | None = None) -> tuple[int, int]:
+        """Pins a read LSN (default: VDL) so storage keeps its page versions."""
+        pin = next(self._pin_ids)
+        read_lsn = self.tracker.vdl if lsn is None else lsn
+        self._read_points[pin] = read_lsn
+        return pin, read_lsn
+
+    def unpin_read_point(self, pin: int) -> None:
+        self._read_points.pop(pin, None)
+
+    def min_read_lsn(self) -> int:
+        """The oldest read point any user of the volume holds (sent to storage for GC)."""
+        floor = min(self._read_points.values(), default=self.tracker.vdl)
+        if self.read_floor_provider is not None:
+            floor = min(floor, self.read_floor_provider())
+        return floor
+
+    # --- reads --------------------------------------------------------------------
+    async def read_page(self, page: int, read_lsn: int, required_scl: int | None = None) -> bytes | None:
+        """The page image at read_lsn (None: never written). One member suffices.
+
+        required_scl: the segment's last LSN <= read_lsn; the writer knows it from
+        what it issued, a reader passes what the redo stream told it."""
+        segment = segment_of_page(page, self.settings.pages_per_segment)
+        members = self._segment_members(segment)
+        if required_scl is None and self._streams:
+            required_scl = self.tracker.tail_at(segment, read_lsn)   # the writer knows its tails
+        candidates = self._read_order(segment, members, read_lsn if required_scl is None else required_scl)
+        request = pb.GetPageRequest(
+            volume_id=self.settings.volume_id, segment=segment, page=page, read_lsn=read_lsn,
+            volume_epoch=self.epoch, wait_ms=200, required_scl=required_scl,
+        )
+        deadline = time.monotonic() + self.settings.read_timeout_s
+        errors: list[str] = []
+        unknown_by: set[str] = set()
+        tasks: dict[asyncio.Task, str] = {}
+        queue = list(candidates)
+        try:
+            while time.monotonic() < deadline:
+                if queue and (not tasks or len(tasks) < 2):
+                    member = queue.pop(0)
+                    tasks[asyncio.ensure_future(self._get_page(member, request))] = member
+                if not tasks:
+                    if not queue:
+                        queue = list(candidates)  # every member said no: try the round again
+                        await asyncio.sleep(0.05)
+                    continue
+                done, _ = await asyncio.wait(tasks, timeout=self.settings.read_hedge_ms / 1000,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    member = tasks.pop(task)
+                    reply = task.result()
+                    if isinstance(reply, str):
+                        errors.append(f"{member}: {reply}")
+                        continue
+                    if reply.error == pb.OK:
+                        return reply.data if reply.exists else None
+                    if reply.error == pb.UNKNOWN_SEGMENT:
+                        # a segment durable at read_lsn is on 4 members: 3 that never heard of it prove it empty
+                        unknown_by.add(member)
+                        if len(unknown_by) >= READ_QUORUM:
+                            return None
+                    if reply.error == pb.STALE_EPOCH:
+                        raise FencedError(f"reads at epoch {self.epoch} are fenced: {reply.detail}")
+                    errors.append(f"{member}: {pb.ErrorCode.Name(reply.error)} {reply.detail}")
+        finally:
+            for task in tasks:
+                task.cancel()
+        raise ReadUnavailableError(
+            f"page {page} (segment {segment}) at LSN {read_lsn}: no member answered within "
+            f"{self.settings.read_timeout_s:.1f} s; last errors: {'; '.join(errors[-6:]) or 'none'}"
+        )
+
+    def _read_order(self, segment: int, members: tuple[str, ...], read_lsn: int) -> list[str]:
+        """Members known to hold read_lsn first, nearest AZ first; then the rest."""
+        holding = set(self.tracker.readable_members(segment, read_lsn))
+        local = self.settings.local_az
+
+        def rank(member: str) -> tuple[int, int]:
+            node = self._node_by_address.get(member)
+            return (0 if member in holding else 1, 0 if node and node.az == local else 1)
+
+        return sorted(members, key=rank)
+
+    async def _get_page(self, member: str, request: pb.GetPageRequest):
+        try:
+            return await self.pool.stub(member).GetPage(request, timeout=self.settings.rpc_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}"

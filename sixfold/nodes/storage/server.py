@@ -1,0 +1,271 @@
+"""gRPC shell: translates protobuf to StorageNode calls and back.
+
+Append is pipelined: a reader task checks, applies and queues each request on
+the log as it arrives, while the handler sends acks in request order as the
+log makes them durable. Consecutive durable batches are folded into one ack
+(batch_seq is cumulative: "highest batch of this stream that is durable").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+
+from sixfold.nodes.storage.log import LogFailed
+from sixfold.nodes.storage.node import Key, Rejected, StorageNode
+from sixfold.nodes.storage.replica import Code, Rejection, SegmentReplica
+from sixfold.rpc import storage_pb2 as pb
+from sixfold.rpc import storage_pb2_grpc as pb_grpc
+from sixfold.volume.epochs import Truncation
+
+log = logging.getLogger("sixfold.storage.server")
+
+MESSAGE_MAX_BYTES = 16 * 1024 * 1024
+STREAM_INFLIGHT_MAX = 1024  # batches of one stream queued but not yet acknowledged
+
+
+def segment_state(replica: SegmentReplica) -> pb.SegmentState:
+    return pb.SegmentState(
+        segment=replica.segment,
+        volume_epoch=replica.epoch,
+        epoch_owner=replica.meta.owner,
+        scl=replica.durable_scl,
+        highest_lsn=replica.chain.highest_lsn,
+        vdl_hint=replica.vdl_hint,
+        truncations=[pb.Truncation(epoch=t.epoch, start_lsn=t.start_lsn) for t in replica.meta.history],
+        members=list(replica.meta.members),
+        record_count=replica.record_count,
+        oldest_version_lsn=replica.oldest_version_lsn,
+    )
+
+
+def history_of(truncations) -> tuple[Truncation, ...]:
+    return tuple(Truncation(t.epoch, t.start_lsn) for t in truncations)
+
+
+@dataclass(slots=True)
+class _Pending:
+    batch_seq: int
+    future: asyncio.Future | None
+    keys: list[Key]
+    rejected: Rejected | None = None
+
+    def ready(self) -> bool:
+        return self.future is None or self.future.done()
+
+
+@dataclass(eq=False, slots=True)
+class AppendStream:
+    """The ack side of one Append stream."""
+
+    node: StorageNode
+    volume_id: str = ""
+    touched: set[Key] = field(default_factory=set)
+    pending: collections.deque = field(default_factory=collections.deque)
+    pushed: set[Key] = field(default_factory=set)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+    last_durable_seq: int = 0
+    reader_done: bool = False
+
+    def push_scl(self, key: Key) -> None:
+        self.pushed.add(key)
+        self.wakeup.set()
+
+    def add(self, item: _Pending) -> None:
+        self.pending.append(item)
+        if item.future is not None:
+            item.future.add_done_callback(lambda _: self.wakeup.set())
+        self.wakeup.set()
+
+    def next_ack(self) -> pb.AppendAck | None:
+        """The next ack to send, folding consecutive durable batches, or None."""
+        keys: set[Key] = set()
+        acked = False
+        while self.pending and self.pending[0].ready():
+            item = self.pending[0]
+            failure = item.future.exception() if item.future is not None else None
+            if item.rejected is not None or failure is not None:
+                if acked:
+                    break  # send the good ones first
+                self.pending.popleft()
+                return self._error_ack(item, failure)
+            self.pending.popleft()
+            self.last_durable_seq = max(self.last_durable_seq, item.batch_seq)
+            keys.update(item.keys)
+            acked = True
+        if acked:
+            self.room.set()
+        if not acked and not self.pushed:
+            return None
+        keys |= self.pushed
+        self.pushed.clear()
+        segments = []
+        epoch = 0
+        for key in sorted(keys):
+            replica = self.node.replicas[key]
+            segments.append(pb.SegmentAck(segment=key[1], scl=replica.durable_scl))
+            epoch = max(epoch, replica.epoch)
+        return pb.AppendAck(batch_seq=self.last_durable_seq, node_epoch=epoch, segments=segments)
+
+    def _error_ack(self, item: _Pending, failure: BaseException | None) -> pb.AppendAck:
+        self.room.set()
+        if item.rejected is not None:
+            r = item.rejected
+            return pb.AppendAck(
+                batch_seq=self.last_durable_seq, error=int(r.rejection.code),
+                detail=f"batch {item.batch_seq}: {r.rejection.detail}", node_epoch=r.node_epoch,
+            )
+        return pb.AppendAck(batch_seq=self.last_durable_seq, error=int(Code.UNAVAILABLE),
+                            detail=f"batch {item.batch_seq}: cannot persist: {failure}")
+
+
+class StorageServicer(pb_grpc.StorageServicer):
+    def __init__(self, node: StorageNode) -> None:
+        self.node = node
+
+    # ------------------------------------------------------------- Append
+
+    async def Append(self, request_iterator, context):
+        stream = AppendStream(self.node)
+        reader = asyncio.create_task(self._read_appends(request_iterator, stream), name="append-reader")
+        try:
+            while True:
+                stream.wakeup.clear()
+                ack = stream.next_ack()
+                if ack is not None:
+                    await context.write(ack)
+                    continue
+                if stream.reader_done and not stream.pending:
+                    return
+                await stream.wakeup.wait()
+        finally:
+            # the client went away (or we are done): no task may outlive the call
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self.node.unregister_stream(stream, stream.touched)
+
+    async def _read_appends(self, request_iterator, stream: AppendStream) -> None:
+        try:
+            async for request in request_iterator:
+                while len(stream.pending) >= STREAM_INFLIGHT_MAX:
+                    stream.room.clear()
+                    await stream.room.wait()
+                try:
+                    await self.node.log.wait_for_room()
+                except LogFailed as e:
+                    stream.add(_Pending(request.batch_seq, None, [], Rejected(Rejection(Code.UNAVAILABLE, str(e)))))
+                    return
+                if stream.volume_id and request.volume_id != stream.volume_id:
+                    detail = f"stream is for volume {stream.volume_id!r}, not {request.volume_id!r}"
+                    rejection = Rejection(Code.INVALID, detail)
+                    stream.add(_Pending(request.batch_seq, None, [], Rejected(rejection)))
+                    continue
+                before = set(stream.touched)
+                try:
+                    result = self.node.submit_append(request, stream, stream.touched)
+                except LogFailed as e:
+                    result = Rejected(Rejection(Code.UNAVAILABLE, str(e)))
+                if isinstance(result, Rejected):
+                    stream.add(_Pending(request.batch_seq, None, [], result))
+                    continue
+                stream.volume_id = request.volume_id
+                for key in stream.touched - before:
+                    self.node.register_stream(stream, key)
+                keys = [(request.volume_id, sa.segment) for sa in request.segments]
+                stream.add(_Pending(request.batch_seq, result, keys))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Append stream reader failed")
+        finally:
+            stream.reader_done = True
+            stream.wakeup.set()
+
+    # --------------------------------------------------------------- reads
+
+    async def GetPage(self, request, context):
+        result = await self.node.get_page(
+            request.volume_id, request.segment, request.page, request.read_lsn,
+            request.volume_epoch, request.wait_ms,
+            request.required_scl if request.HasField("required_scl") else None,
+        )
+        return pb.GetPageResponse(
+            error=int(result.code), detail=result.detail, exists=result.exists,
+            data=result.data, page_lsn=result.page_lsn, scl=result.scl,
+        )
+
+    async def GetSegmentState(self, request, context):
+        wanted = set(request.segments)
+        states = [
+            segment_state(replica)
+            for (volume_id, segment), replica in sorted(self.node.replicas.items())
+            if volume_id == request.volume_id and (not wanted or segment in wanted)
+        ]
+        return pb.SegmentStateResponse(node_id=self.node.config.node_id, segments=states)
+
+    async def FetchRecords(self, request, context):
+        result = await self.node.fetch_records(
+            request.volume_id, request.segment, request.after_lsn, request.up_to_lsn,
+            request.max_records, request.max_bytes,
+        )
+        return pb.FetchRecordsResponse(
+            error=int(result.code), detail=result.detail, records=result.records, has_more=result.has_more,
+            state=segment_state(result.replica) if result.replica is not None else None,
+        )
+
+    # ------------------------------------------------------------ fencing
+
+    async def BumpEpoch(self, request, context):
+        try:
+            rejection, replica = await self.node.bump_epoch(
+                request.volume_id, request.segment, request.new_epoch, request.owner,
+                history_of(request.truncations), tuple(request.members),
+            )
+        except LogFailed as e:
+            rejection, replica = Rejection(Code.UNAVAILABLE, str(e)), None
+        return self._state_reply(rejection, replica)
+
+    async def Truncate(self, request, context):
+        try:
+            rejection, replica = await self.node.truncate(
+                request.volume_id, request.segment, request.epoch, request.owner, request.start_lsn,
+            )
+        except LogFailed as e:
+            rejection, replica = Rejection(Code.UNAVAILABLE, str(e)), None
+        return self._state_reply(rejection, replica)
+
+    @staticmethod
+    def _state_reply(rejection: Rejection | None, replica: SegmentReplica | None) -> pb.SegmentStateReply:
+        state = segment_state(replica) if replica is not None else None
+        if rejection is None:
+            return pb.SegmentStateReply(state=state)
+        return pb.SegmentStateReply(error=int(rejection.code), detail=rejection.detail, state=state)
+
+    async def Health(self, request, context):
+        node = self.node
+        config = node.config
+        return pb.HealthResponse(
+            node_id=config.node_id, region=config.region, az=config.az, address=config.address,
+            status="SERVING", uptime_s=node.uptime_s(), segment_count=len(node.replicas),
+            log_bytes=node.log.stats.live_bytes, fsync_count=node.log.stats.fsync_count,
+            records_durable=node.records_durable,
+        )
+
+
+def build_server(node: StorageNode, listen: str) -> tuple[grpc.aio.Server, int]:
+    """Binds (raising RuntimeError when the address cannot be bound); not yet started."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MESSAGE_MAX_BYTES),
+            ("grpc.max_send_message_length", MESSAGE_MAX_BYTES),
+            ("grpc.so_reuseport", 0),  # two nodes must never silently share a port
+        ]
+    )
+    pb_grpc.add_StorageServicer_to_server(StorageServicer(node), server)
+    port = server.add_insecure_port(listen)
+    return server, port
