@@ -14,9 +14,11 @@ def cli() -> None:
 
 
 def _register() -> None:
+    from sixfold.nodes.compute.main import compute_node
     from sixfold.nodes.storage.main import storage_node
 
     cli.add_command(storage_node)
+    cli.add_command(compute_node)
 
 
 _register()

@@ -1,0 +1,141 @@
+"""`sixfold compute-node`: SQLite on the shared volume, as writer or reader."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import threading
+
+import click
+import grpc
+
+from sixfold.client.quorum import ClientSettings
+from sixfold.nodes.compute.engine import Engine
+from sixfold.nodes.compute.redo import RedoHub
+from sixfold.nodes.compute.server import ComputeService, follow_writer
+from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume
+from sixfold.rpc import compute_pb2_grpc
+from sixfold.volume.placement import PlacementError, StorageNodeInfo, check_topology
+
+log = logging.getLogger("sixfold.compute")
+
+
+def parse_storage_nodes(spec: str) -> list[StorageNodeInfo]:
+    """`ID@AZ=HOST:PORT,...` -> node infos (the format `sixfold up` passes)."""
+    nodes = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        try:
+            ident, address = item.split("=", 1)
+            node_id, az = ident.split("@", 1)
+            host, port = address.rsplit(":", 1)
+            int(port)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected ID@AZ=HOST:PORT", param_hint="--storage-nodes") from None
+        nodes.append(StorageNodeInfo(node_id=node_id, az=az, address=address))
+    try:
+        check_topology(nodes)
+    except PlacementError as exc:
+        raise click.BadParameter(str(exc), param_hint="--storage-nodes") from None
+    return nodes
+
+
+@click.command("compute-node")
+@click.option("--node-id", envvar="SIXFOLD_NODE_ID", required=True, help="Unique name of this instance.")
+@click.option("--role", envvar="SIXFOLD_ROLE", type=click.Choice(["writer", "reader"]), required=True,
+              help="writer: runs recovery and takes writes; reader: follows the writer's redo stream.")
+@click.option("--region", envvar="SIXFOLD_REGION", default="1", show_default=True)
+@click.option("--az", envvar="SIXFOLD_AZ", required=True, help="Availability zone of this instance.")
+@click.option("--listen", envvar="SIXFOLD_LISTEN", required=True, help="HOST:PORT for the gRPC services.")
+@click.option("--storage-nodes", envvar="SIXFOLD_STORAGE_NODES", required=True,
+              help="The volume's storage nodes: ID@AZ=HOST:PORT, comma-separated (2+ per AZ, 3 AZs).")
+@click.option("--writer-address", envvar="SIXFOLD_WRITER_ADDRESS", default="",
+              help="Reader only: HOST:PORT of the writer's compute node (its redo stream).")
+@click.option("--volume-id", envvar="SIXFOLD_VOLUME_ID", default="vol-1", show_default=True)
+@click.option("--pages-per-segment", envvar="SIXFOLD_PAGES_PER_SEGMENT", type=click.IntRange(1, 1 << 20),
+              default=256, show_default=True, help="Pages per segment (one PG per segment).")
+@click.option("--cache-pages", envvar="SIXFOLD_CACHE_PAGES", type=click.IntRange(16), default=20_000,
+              show_default=True, help="Pages the node caches (several versions each).")
+@click.option("--commit-timeout-s", envvar="SIXFOLD_COMMIT_TIMEOUT_S", type=click.FloatRange(0.1),
+              default=10.0, show_default=True, help="How long a commit waits for a write quorum.")
+def compute_node(node_id, role, region, az, listen, storage_nodes, writer_address, volume_id,
+                 pages_per_segment, cache_pages, commit_timeout_s) -> None:
+    """Run a compute node: SQLite on the shared Sixfold volume."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s %(levelname)s {node_id} %(name)s: %(message)s")
+    nodes = parse_storage_nodes(storage_nodes)
+    if role == "reader" and not writer_address:
+        raise click.BadParameter("a reader needs the writer's address", param_hint="--writer-address")
+    settings = ClientSettings(volume_id=volume_id, pages_per_segment=pages_per_segment,
+                              commit_timeout_s=commit_timeout_s, local_az=az)
+    hub = None
+    if role == "writer":
+        try:
+            volume = WriterVolume.open(nodes, node_id, settings, cache_pages)
+        except Exception as exc:
+            raise click.ClickException(f"could not open the volume as writer: {exc}") from None
+        hub = RedoHub(node_id, volume.client.tracker.tails_snapshot)
+        hub.epoch = volume.client.epoch
+        hub.vdl = hub.issued_lsn = volume.read_lsn
+
+        def read_floor() -> int:
+            oldest_reader = hub.oldest_reader_lsn()
+            own = volume.min_pinned_lsn()
+            return own if oldest_reader is None else min(own, oldest_reader)
+
+        volume.client.add_record_listener(hub.on_record)
+        volume.client.add_vdl_listener(hub.on_vdl)
+        volume.client.read_floor_provider = read_floor
+    else:
+        volume = ReaderVolume.open(nodes, node_id, settings, cache_pages)
+    if role == "reader":
+        # follow the writer before opening SQLite: a reader must never read at a point
+        # it did not get from the writer's redo stream
+        stop_following = asyncio.Event()
+        volume.loop.submit(follow_writer(volume, writer_address, node_id, stop_following))
+        if not volume.subscribed.wait(60):
+            volume.close()
+            raise click.ClickException(f"could not follow the writer at {writer_address} within 60 s; is it up?")
+    engine = Engine(volume, writer=(role == "writer"))
+    service = ComputeService(engine, node_id, role, region, az, listen, hub)
+    stop = threading.Event()
+    server_ready = threading.Event()
+    failure: list[str] = []
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                          ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                                          ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+        compute_pb2_grpc.add_ComputeServicer_to_server(service, server)
+        try:
+            server.add_insecure_port(listen)
+        except RuntimeError as exc:
+            failure.append(f"cannot listen on {listen}: {exc} (is the port taken?)")
+            server_ready.set()
+            return
+        await server.start()
+        server_ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        await server.stop(grace=2)
+
+    serving = volume.loop.submit(serve())
+    server_ready.wait()
+    if failure:
+        engine.close()
+        volume.close()
+        raise click.ClickException(failure[0])
+    log.info("%s serving on %s (epoch %d, VDL %d)", role, listen, volume.client.epoch, volume.read_lsn)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        if serving.done():
+            break
+    try:
+        serving.result(timeout=10)
+    except Exception:
+        log.exception("server stopped with an error")
+    engine.close()
+    volume.close()
+    log.info("stopped")

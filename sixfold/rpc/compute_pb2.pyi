@@ -1,0 +1,148 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Value(_message.Message):
+    __slots__ = ("int_value", "real_value", "text_value", "blob_value")
+    INT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    REAL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BLOB_VALUE_FIELD_NUMBER: _ClassVar[int]
+    int_value: int
+    real_value: float
+    text_value: str
+    blob_value: bytes
+    def __init__(self, int_value: _Optional[int] = ..., real_value: _Optional[float] = ..., text_value: _Optional[str] = ..., blob_value: _Optional[bytes] = ...) -> None: ...
+
+class Row(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[Value]
+    def __init__(self, values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
+
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("client_name",)
+    CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    client_name: str
+    def __init__(self, client_name: _Optional[str] = ...) -> None: ...
+
+class OpenSessionResponse(_message.Message):
+    __slots__ = ("session_id", "role", "node_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    role: str
+    node_id: str
+    def __init__(self, session_id: _Optional[str] = ..., role: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class ExecuteRequest(_message.Message):
+    __slots__ = ("session_id", "sql", "params")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SQL_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    sql: str
+    params: _containers.RepeatedCompositeFieldContainer[Value]
+    def __init__(self, session_id: _Optional[str] = ..., sql: _Optional[str] = ..., params: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
+
+class ExecuteResponse(_message.Message):
+    __slots__ = ("error_code", "error_message", "columns", "rows", "rowcount", "lastrowid", "in_transaction", "commit_lsn")
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    ROWCOUNT_FIELD_NUMBER: _ClassVar[int]
+    LASTROWID_FIELD_NUMBER: _ClassVar[int]
+    IN_TRANSACTION_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_LSN_FIELD_NUMBER: _ClassVar[int]
+    error_code: str
+    error_message: str
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    rows: _containers.RepeatedCompositeFieldContainer[Row]
+    rowcount: int
+    lastrowid: int
+    in_transaction: bool
+    commit_lsn: int
+    def __init__(self, error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., rowcount: _Optional[int] = ..., lastrowid: _Optional[int] = ..., in_transaction: _Optional[bool] = ..., commit_lsn: _Optional[int] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CloseSessionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RedoSubscription(_message.Message):
+    __slots__ = ("reader_id", "oldest_read_lsn")
+    READER_ID_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_READ_LSN_FIELD_NUMBER: _ClassVar[int]
+    reader_id: str
+    oldest_read_lsn: int
+    def __init__(self, reader_id: _Optional[str] = ..., oldest_read_lsn: _Optional[int] = ...) -> None: ...
+
+class RedoBatch(_message.Message):
+    __slots__ = ("records", "vdl", "vdl_unix_s", "epoch", "writer_id", "first_lsn", "segment_tails")
+    class SegmentTailsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    VDL_FIELD_NUMBER: _ClassVar[int]
+    VDL_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    WRITER_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_LSN_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_TAILS_FIELD_NUMBER: _ClassVar[int]
+    records: bytes
+    vdl: int
+    vdl_unix_s: float
+    epoch: int
+    writer_id: str
+    first_lsn: int
+    segment_tails: _containers.ScalarMap[int, int]
+    def __init__(self, records: _Optional[bytes] = ..., vdl: _Optional[int] = ..., vdl_unix_s: _Optional[float] = ..., epoch: _Optional[int] = ..., writer_id: _Optional[str] = ..., first_lsn: _Optional[int] = ..., segment_tails: _Optional[_Mapping[int, int]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("node_id", "role", "region", "az", "address", "epoch", "vdl", "replica_lag_ms_p50", "replica_lag_ms_p99", "commits", "cached_pages", "health", "sessions")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    AZ_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    VDL_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_LAG_MS_P50_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_LAG_MS_P99_FIELD_NUMBER: _ClassVar[int]
+    COMMITS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    role: str
+    region: str
+    az: str
+    address: str
+    epoch: int
+    vdl: int
+    replica_lag_ms_p50: float
+    replica_lag_ms_p99: float
+    commits: int
+    cached_pages: int
+    health: str
+    sessions: int
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., region: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., replica_lag_ms_p50: _Optional[float] = ..., replica_lag_ms_p99: _Optional[float] = ..., commits: _Optional[int] = ..., cached_pages: _Optional[int] = ..., health: _Optional[str] = ..., sessions: _Optional[int] = ...) -> None: ...

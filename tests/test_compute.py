@@ -1,0 +1,264 @@
+"""Compute nodes with real processes: SQLite on the volume, a writer and readers."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+import sixfold
+from sixfold.dbapi import ReadOnlyError
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+ACCOUNTS = 40
+START_BALANCE = 1000
+TOTAL = ACCOUNTS * START_BALANCE
+
+
+def create_bank(conn) -> None:
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL)")
+    cur.execute("CREATE TABLE transfers(id INTEGER PRIMARY KEY, src INTEGER, dst INTEGER, amount INTEGER)")
+    cur.execute("BEGIN")
+    for i in range(ACCOUNTS):
+        cur.execute("INSERT INTO accounts VALUES (?, ?)", (i, START_BALANCE))
+    cur.execute("COMMIT")
+
+
+def transfer(cur, transfer_id: int, rng: random.Random) -> None:
+    src, dst = rng.sample(range(ACCOUNTS), 2)
+    amount = rng.randint(1, 50)
+    cur.execute("BEGIN")
+    cur.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, src))
+    cur.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, dst))
+    cur.execute("INSERT INTO transfers VALUES (?, ?, ?, ?)", (transfer_id, src, dst, amount))
+    cur.execute("COMMIT")
+
+
+def check_bank(conn) -> None:
+    cur = conn.cursor()
+    balances = dict(cur.execute("SELECT id, balance FROM accounts").fetchall())
+    assert sum(balances.values()) == TOTAL
+    expected = {i: START_BALANCE for i in range(ACCOUNTS)}
+    for _, src, dst, amount in cur.execute("SELECT * FROM transfers").fetchall():
+        expected[src] -= amount
+        expected[dst] += amount
+    assert balances == expected, "balances disagree with the transfer log: a transfer was half-applied"
+    assert cur.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_bank_transfers_while_readers_sum(compute_cluster):
+    cluster = compute_cluster
+    create_bank(cluster.writer.connect())
+    stop = threading.Event()
+    failures: list[str] = []
+    sums = [0]
+    next_id = iter(range(1, 10**9))
+    id_lock = threading.Lock()
+
+    def writer_loop(seed: int) -> None:
+        conn = cluster.writer.connect()
+        cur = conn.cursor()
+        rng = random.Random(seed)
+        while not stop.is_set():
+            with id_lock:
+                tid = next(next_id)
+            try:
+                transfer(cur, tid, rng)
+            except Exception as exc:  # noqa: BLE001 - every failure is reported
+                failures.append(f"transfer {tid}: {exc!r}")
+                return
+
+    def summer(node) -> None:
+        conn = node.connect()
+        cur = conn.cursor()
+        while not stop.is_set():
+            total = cur.execute("SELECT sum(balance) FROM accounts").fetchall()[0][0]
+            sums[0] += 1
+            if total != TOTAL:
+                failures.append(f"{node.node_id} saw sum {total}")
+
+    threads = [threading.Thread(target=writer_loop, args=(s,)) for s in range(4)]
+    threads += [threading.Thread(target=summer, args=(n,)) for n in cluster.nodes for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(6)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not failures, failures[:5]
+    assert sums[0] > 50
+    writer = cluster.writer.connect()
+    transfers = writer.cursor().execute("SELECT count(*) FROM transfers").fetchall()[0][0]
+    assert transfers > 50
+    check_bank(writer)
+    # readers converge on the writer's state
+    deadline = time.monotonic() + 10
+    for reader in cluster.readers:
+        conn = reader.connect()
+        while conn.cursor().execute("SELECT count(*) FROM transfers").fetchall()[0][0] != transfers:
+            assert time.monotonic() < deadline, f"{reader.node_id} did not catch up"
+            time.sleep(0.05)
+        check_bank(conn)
+        status = reader.status()
+        assert status.replica_lag_ms_p99 < 1000
+
+
+def test_writer_killed_mid_stream_keeps_every_acknowledged_transfer(compute_cluster):
+    cluster = compute_cluster
+    create_bank(cluster.writer.connect())
+    acked: list[int] = []
+    errors: list[str] = []
+
+    def client() -> None:
+        conn = cluster.writer.connect()
+        cur = conn.cursor()
+        rng = random.Random(7)
+        tid = 0
+        while True:
+            tid += 1
+            try:
+                transfer(cur, tid, rng)
+            except sixfold.dbapi.Error as exc:
+                errors.append(repr(exc))
+                return
+            acked.append(tid)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while len(acked) < 100:
+        assert time.monotonic() < deadline and thread.is_alive(), errors
+        time.sleep(0.02)
+    cluster.writer.kill()                      # SIGKILL in the middle of a stream of commits
+    thread.join(30)
+    assert errors, "the client must see the writer go away"
+    cluster.writer.start(30)                   # recovery, then the database opens
+    conn = cluster.writer.connect()
+    present = {row[0] for row in conn.cursor().execute("SELECT id FROM transfers").fetchall()}
+    missing = [t for t in acked if t not in present]
+    assert not missing, f"acknowledged transfers lost: {missing[:10]}"
+    check_bank(conn)
+    # the writer goes on
+    transfer(conn.cursor(), 10**6, random.Random(1))
+    check_bank(conn)
+
+
+def test_reader_restarted_under_load_catches_up(compute_cluster):
+    cluster = compute_cluster
+    create_bank(cluster.writer.connect())
+    stop = threading.Event()
+    done = [0]
+
+    def load() -> None:
+        cur = cluster.writer.connect().cursor()
+        rng = random.Random(3)
+        tid = 0
+        while not stop.is_set():
+            tid += 1
+            transfer(cur, tid, rng)
+            done[0] = tid
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        time.sleep(1)
+        reader = cluster.readers[0]
+        reader.kill()
+        time.sleep(1)
+        reader.start(30)
+        time.sleep(1)
+    finally:
+        stop.set()
+        thread.join(30)
+    final = done[0]
+    conn = reader.connect()
+    deadline = time.monotonic() + 10
+    while conn.cursor().execute("SELECT count(*) FROM transfers").fetchall()[0][0] != final:
+        assert time.monotonic() < deadline, "the restarted reader did not catch up"
+        time.sleep(0.05)
+    check_bank(conn)
+
+
+def test_large_transactions_vacuum_and_schema_changes_reach_readers(compute_cluster):
+    cluster = compute_cluster
+    conn = cluster.writer.connect()
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE big(id INTEGER PRIMARY KEY, payload BLOB)")
+    blob = bytes(range(256)) * 16
+    # more pages than the writer's page cache (2000 pages): about 3000 pages of rows
+    cur.execute("BEGIN")
+    for i in range(3000):
+        cur.execute("INSERT INTO big VALUES (?, ?)", (i, blob))
+    cur.execute("ROLLBACK")
+    assert cur.execute("SELECT count(*) FROM big").fetchall() == [(0,)]
+    assert cur.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    cur.execute("BEGIN")
+    for i in range(3000):
+        cur.execute("INSERT INTO big VALUES (?, ?)", (i, blob))
+    cur.execute("COMMIT")
+    assert cur.execute("SELECT count(*), sum(length(payload)) FROM big").fetchall() == [(3000, 3000 * len(blob))]
+    cur.execute("DELETE FROM big WHERE id >= 100")
+    cur.execute("VACUUM")
+    cur.execute("ALTER TABLE big ADD COLUMN note TEXT DEFAULT 'n'")
+    cur.execute("CREATE INDEX big_note ON big(note)")
+    assert cur.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    pages = cur.execute("PRAGMA page_count").fetchall()[0][0]
+    assert pages < 400, f"VACUUM should have shrunk the database, it has {pages} pages"
+    for reader in cluster.readers:
+        rconn = reader.connect()
+        rcur = rconn.cursor()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                rows = rcur.execute("SELECT count(*), min(note) FROM big").fetchall()
+                if rows == [(100, "n")]:
+                    break
+            except sixfold.dbapi.ProgrammingError:
+                pass  # the reader has not seen the new column yet
+            assert time.monotonic() < deadline, f"{reader.node_id} never saw the VACUUM and schema change"
+            time.sleep(0.05)
+        assert rcur.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert rcur.execute("PRAGMA page_count").fetchall() == [(pages,)]
+
+
+def test_reader_refuses_writes_and_sessions_behave(compute_cluster):
+    cluster = compute_cluster
+    wconn = cluster.writer.connect()
+    wcur = wconn.cursor()
+    wcur.execute("CREATE TABLE kv(k TEXT PRIMARY KEY, v INTEGER)")
+    wcur.execute("INSERT INTO kv VALUES ('a', 1)")
+    reader = cluster.readers[0].connect()
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        reader.cursor().execute("INSERT INTO kv VALUES ('b', 2)")
+    with pytest.raises(sixfold.dbapi.ProgrammingError):
+        wcur.execute("SELEC nonsense")
+    with pytest.raises(sixfold.dbapi.IntegrityError):
+        wcur.execute("INSERT INTO kv VALUES ('a', 2)")
+    # a session in a write transaction: another session's reads go on on snapshots,
+    # and do not see the uncommitted row
+    other = cluster.writer.connect()
+    wcur.execute("BEGIN")
+    wcur.execute("INSERT INTO kv VALUES ('c', 3)")
+    assert other.cursor().execute("SELECT count(*) FROM kv").fetchall() == [(1,)]
+    wcur.execute("COMMIT")
+    assert other.cursor().execute("SELECT count(*) FROM kv").fetchall() == [(2,)]
+    # a read transaction on a reader keeps its snapshot
+    rcur = reader.cursor()
+    deadline = time.monotonic() + 5
+    while rcur.execute("SELECT count(*) FROM kv").fetchall() != [(2,)]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    rcur.execute("BEGIN")
+    assert rcur.execute("SELECT count(*) FROM kv").fetchall() == [(2,)]
+    wcur.execute("INSERT INTO kv VALUES ('d', 4)")
+    time.sleep(0.3)
+    assert rcur.execute("SELECT count(*) FROM kv").fetchall() == [(2,)]
+    rcur.execute("COMMIT")
+    deadline = time.monotonic() + 5
+    while rcur.execute("SELECT count(*) FROM kv").fetchall() != [(3,)]:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
