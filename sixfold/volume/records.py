@@ -20,6 +20,7 @@ Layout (little-endian):
 from __future__ import annotations
 
 import enum
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -123,30 +124,35 @@ def encode_records(records: list[LogRecord]) -> bytes:
     return b"".join(encode_record(r) for r in records)
 
 
+_DIFF_RUN = re.compile(rb"[^\x00]+")
+
+
 def make_delta(old: bytes, new: bytes) -> bytes | None:
-    """Patches turning `old` into `new`, or None when a full image is no larger."""
+    """Patches turning `old` into `new`, or None when a full image is no larger.
+
+    The differing bytes are found at C speed: XOR the pages as big integers and
+    scan the result for non-zero runs; runs closer than a patch header are merged.
+    """
     assert len(old) == len(new) == PAGE_SIZE_BYTES
+    diff = (int.from_bytes(old, "big") ^ int.from_bytes(new, "big")).to_bytes(PAGE_SIZE_BYTES, "big")
     patches: list[bytes] = []
     size = 0
-    i = 0
-    n = len(new)
-    while i < n:
-        if old[i] == new[i]:
-            i += 1
+    start = end = -1
+    for run in _DIFF_RUN.finditer(diff):
+        if start >= 0 and run.start() - end <= _PATCH.size:
+            end = run.end()  # bridging a short equal gap is cheaper than a new header
             continue
-        start = i
-        # extend the run while bytes differ, bridging equal gaps shorter than a patch header
-        last_diff = i
-        while i < n and i - last_diff <= _PATCH.size:
-            if old[i] != new[i]:
-                last_diff = i
-            i += 1
-        end = last_diff + 1
+        if start >= 0:
+            patches.append(_PATCH.pack(start, end - start) + new[start:end])
+            size += _PATCH.size + end - start
+            if size >= PAGE_SIZE_BYTES:
+                return None
+        start, end = run.start(), run.end()
+    if start >= 0:
         patches.append(_PATCH.pack(start, end - start) + new[start:end])
         size += _PATCH.size + end - start
         if size >= PAGE_SIZE_BYTES:
             return None
-        i = end
     return b"".join(patches)
 
 
