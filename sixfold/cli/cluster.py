@@ -1,0 +1,191 @@
+"""`sixfold up | down | status | endpoints | settings`: the local cluster's life cycle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+from rich.table import Table
+
+from sixfold.cli.common import (CONTEXT, CliError, cluster_dir, data_dir_option, err, json_option, out,
+                                print_json, progress_printer, reports_errors)
+from sixfold.runtime import local
+from sixfold.runtime.settings import SETTINGS, click_options, values_of
+from sixfold.runtime.topology import ClusterSpec, Endpoint
+
+UP_SETTINGS = [s.name for s in SETTINGS if s.name != "data_dir"]
+
+
+def endpoints_table(endpoints: list[Endpoint]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for col in ("endpoint", "kind", "address", "instance"):
+        table.add_column(col)
+    for e in endpoints:
+        table.add_row(e.name, e.kind, e.address, e.target)
+    return table
+
+
+@click.command("up", context_settings=CONTEXT)
+@data_dir_option
+@click_options(*UP_SETTINGS)
+@json_option
+@click.pass_context
+@reports_errors
+def up(ctx: click.Context, data_dir: Path | None, as_json: bool, **params) -> None:
+    """Start a local cluster and wait until it is healthy.
+
+    Storage nodes (six copies over three AZs), the writer and the readers run as
+    processes on this machine, each on its own loopback address 127.<region>.<az>.<n>,
+    watched by a supervisor that restarts a node that dies. Prints the endpoints and
+    returns; the cluster keeps running until `sixfold down`. Logs are under the data
+    dir (nodes/<name>/node.log, supervisor.log).
+
+    Running `up` on a running cluster is fine (it says so); on a stopped one it
+    starts it again with its data.
+    """
+    if params.pop("runtime") != "local":
+        raise CliError("--runtime docker is not available yet (it comes with the containers issue); "
+                       "use --runtime local", 2)
+    explicit = {name for name in params if ctx.get_parameter_source(name) not in
+                (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)}
+    spec = ClusterSpec.from_dict(values_of("cluster", params))
+    tuning = values_of("tuning", params)
+    cdir = cluster_dir(data_dir)
+    if err.is_terminal and not as_json:
+        with err.status("starting the cluster") as spinner:
+            def progress(message: str) -> None:
+                if message.startswith("note:"):
+                    err.print(f"[yellow]{message}[/yellow]")
+                else:
+                    spinner.update(f"starting the cluster: {message}")
+
+            result = local.up(cdir, spec, tuning, explicit, progress=progress)
+    else:
+        result = local.up(cdir, spec, tuning, explicit, progress=progress_printer(not as_json))
+    if as_json:
+        print_json({"started": result.started, "data_dir": str(result.data_dir),
+                    "elapsed_s": round(result.elapsed_s, 2), "notes": result.notes,
+                    "endpoints": [e.to_dict() for e in result.endpoints],
+                    "nodes": [n.to_dict() for n in result.nodes]})
+        return
+    if not result.started:
+        out.print(f"the cluster in {result.data_dir} is already up")
+    else:
+        out.print(f"[bold green]cluster up[/bold green] in {result.elapsed_s:.1f} s: "
+                  f"{sum(n.kind == 'storage' for n in result.nodes)} storage nodes over 3 AZs, "
+                  f"{sum(n.kind == 'compute' for n in result.nodes)} compute instance(s); data in {result.data_dir}")
+    out.print(endpoints_table(result.endpoints))
+    dd = "" if data_dir is None else f" --data-dir {result.data_dir}"
+    out.print(f"next: [bold]sixfold sql{dd} -c 'SELECT 1'[/bold], [bold]sixfold status{dd}[/bold], "
+              f"[bold]sixfold down{dd}[/bold]")
+
+
+@click.command("down", context_settings=CONTEXT)
+@data_dir_option
+@click.option("--purge", is_flag=True, help="Also delete the cluster's data and logs.")
+@click.option("--keep-data", is_flag=True, help="Keep the data (the default; for scripts that say so).")
+@json_option
+@reports_errors
+def down(data_dir: Path | None, purge: bool, keep_data: bool, as_json: bool) -> None:
+    """Stop the cluster: readers, the writer, then storage; verify no process is left.
+
+    The data stays (a later `sixfold up` starts the same cluster again) unless --purge.
+    Running it when nothing runs is fine.
+    """
+    if purge and keep_data:
+        raise CliError("--purge and --keep-data contradict each other; pick one", 2)
+    result = local.down(cluster_dir(data_dir), purge=purge, progress=progress_printer(not as_json))
+    if as_json:
+        print_json({"was_running": result.was_running, "purged": result.purged, "messages": result.messages})
+        return
+    for message in result.messages:
+        out.print(message)
+
+
+HEALTH_STYLE = {"ok": "green", "down": "red", "paused": "yellow", "stopped": "dim", "unreachable": "red",
+                "starting": "cyan", "fenced": "magenta"}
+
+
+def _fmt(value, suffix: str = "") -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}{suffix}"
+    return f"{value}{suffix}"
+
+
+@click.command("status", context_settings=CONTEXT)
+@data_dir_option
+@json_option
+@reports_errors
+def status(data_dir: Path | None, as_json: bool) -> None:
+    """Every node: role, AZ, address, pid, health, epoch, SCL/VDL, replica lag.
+
+    Exit code 0 while the cluster runs (whatever the nodes' health), 1 when it is
+    stopped or there is none. --json prints a list of node objects.
+    """
+    cdir = cluster_dir(data_dir)
+    report = local.status(cdir)
+    cluster, nodes = report["cluster"], report["nodes"]
+    if as_json:
+        print_json(nodes)
+    else:
+        head = f"cluster [bold]{cluster['state']}[/bold] in {cluster['data_dir']} (volume {cluster['volume_id']}"
+        head += f", supervisor pid {cluster['supervisor_pid']})" if cluster["supervisor_running"] else ")"
+        out.print(head)
+        if cluster["message"]:
+            out.print(f"[yellow]{cluster['message']}[/yellow]; `sixfold up` starts it, `sixfold down` cleans up")
+        table = Table(box=None, pad_edge=False)
+        for col in ("node", "role", "az", "address", "pid", "health", "epoch", "scl/vdl", "lag p50/p99 ms",
+                    "detail"):
+            table.add_column(col, no_wrap=col != "detail")
+        for n in nodes:
+            style = HEALTH_STYLE.get(n["health"], "white")
+            position = n["scl"] if n["kind"] == "storage" else n["vdl"]
+            lag = (f"{_fmt(n['replica_lag_ms_p50'])}/{_fmt(n['replica_lag_ms_p99'])}"
+                   if n["replica_lag_ms_p50"] is not None else "-")
+            segments = n.get("segments")
+            detail = n.get("detail") or ("" if segments is None else
+                                         f"{segments} segment{'s' if segments != 1 else ''}")
+            if n.get("restarts"):
+                detail = f"{detail}; restarts {n['restarts']}".lstrip("; ")
+            table.add_row(n["name"], n["role"], str(n["az"]), n["address"], _fmt(n["pid"]),
+                          f"[{style}]{n['health']}[/{style}]", _fmt(n["epoch"]), _fmt(position), lag, detail)
+        out.print(table)
+    if not cluster["supervisor_running"]:
+        raise SystemExit(1)
+
+
+@click.command("endpoints", context_settings=CONTEXT)
+@data_dir_option
+@json_option
+@reports_errors
+def endpoints(data_dir: Path | None, as_json: bool) -> None:
+    """Writer, reader and instance endpoints with host:port.
+
+    There is no endpoint router yet (it comes with the coordinators): the writer
+    endpoint is the writer instance's address, the reader endpoint the first
+    reader's (the writer's when there are no readers).
+    """
+    eps = local.endpoints(cluster_dir(data_dir))
+    if as_json:
+        print_json([e.to_dict() for e in eps])
+    else:
+        out.print(endpoints_table(eps))
+
+
+@click.command("settings", context_settings=CONTEXT)
+@json_option
+def settings(as_json: bool) -> None:
+    """The settings table: each setting's flag, environment variable and default."""
+    rows = [s.to_dict() for s in SETTINGS]
+    if as_json:
+        print_json(rows)
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("flag", "environment", "default", "help"):
+        table.add_column(col, no_wrap=col != "help")
+    for r in rows:
+        table.add_row(r["flag"], r["env"], r["default"] or "-", r["help"])
+    out.print(table)

@@ -1,0 +1,1 @@
+"""Runtimes that run a whole cluster (local processes today) and the settings table."""

@@ -1,0 +1,667 @@
+"""The local runtime: a whole cluster as processes on this machine.
+
+The operations behind `sixfold up|down|status|endpoints|chaos`. They return
+plain data and raise `RuntimeFailure` (exit code 1) or `UsageProblem` (exit
+code 2) with a message that says what to do next; the CLI only formats.
+
+The processes themselves are started and watched by the supervisor
+(supervisor.py); this module starts the supervisor, waits for it, stops it, and
+sends chaos signals. See layout.py for the data dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sixfold.runtime import partition, procs
+from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_PAUSED, MARKER_RESTART, MARKERS,
+                                    RUNNING, STARTING, STATE_FORMAT, STOPPED, STOPPING, ClusterDir, StateError, tail)
+from sixfold.runtime.probe import probe, probe_many
+from sixfold.runtime.topology import (COMPUTE, READER, STORAGE, WRITER, ClusterSpec, Endpoint, NodeSpec,
+                                      TopologyError, endpoints_of, nodes_of)
+
+Progress = Callable[[str], None]
+
+SUPERVISOR_EXTRA_WAIT_S = 15.0  # beyond start_timeout_s: the supervisor's own start-up and stop
+NODE_READY_TIMEOUT_S = 60.0
+
+
+class RuntimeFailure(Exception):
+    exit_code = 1
+
+
+class UsageProblem(RuntimeFailure):
+    exit_code = 2
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# ------------------------------------------------------------------ reading the cluster
+
+
+def load(cdir: ClusterDir) -> dict | None:
+    try:
+        return cdir.read_state()
+    except StateError as exc:
+        raise RuntimeFailure(str(exc)) from None
+
+
+def require(cdir: ClusterDir) -> dict:
+    state = load(cdir)
+    if state is None:
+        raise RuntimeFailure(f"no cluster in {cdir.root}: start one with `sixfold up --data-dir {cdir.root}` "
+                             "(or pass the --data-dir of an existing one)")
+    return state
+
+
+def require_running(cdir: ClusterDir) -> dict:
+    state = require(cdir)
+    if not cdir.supervisor_running():
+        raise RuntimeFailure(f"the cluster in {cdir.root} is not running ({describe_not_running(cdir, state)}); "
+                             f"start it with `sixfold up --data-dir {cdir.root}`")
+    return state
+
+
+def node_specs(state: dict) -> list[NodeSpec]:
+    return [NodeSpec.from_dict(n) for n in state["nodes"]]
+
+
+def recorded_pids(state: dict) -> list[int]:
+    pids = [state.get("supervisor_pid")] + [n.get("pid") for n in state["nodes"]]
+    return [p for p in pids if p]
+
+
+def live_pids(cdir: ClusterDir, state: dict) -> list[int]:
+    return [p for p in recorded_pids(state) if procs.belongs_to(p, cdir.root)]
+
+
+def describe_not_running(cdir: ClusterDir, state: dict) -> str:
+    if state.get("state") in (STARTING, RUNNING, STOPPING):
+        return (f"stale state: cluster.json says {state['state']!r} but its supervisor "
+                f"(pid {state.get('supervisor_pid')}) is gone")
+    if state.get("state") == FAILED:
+        return "its last start failed"
+    return "stopped, data kept"
+
+
+# ------------------------------------------------------------------ up
+
+
+@dataclass
+class UpResult:
+    started: bool  # False: it was already running
+    data_dir: Path
+    endpoints: list[Endpoint]
+    nodes: list[NodeSpec]
+    notes: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def check_data_dir(cdir: ClusterDir) -> None:
+    root = cdir.root
+    if root.exists() and not root.is_dir():
+        raise UsageProblem(f"--data-dir {root} is a file, not a directory; pass a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe_file = root / ".write-probe"
+        probe_file.write_text("ok")
+        probe_file.unlink()
+    except OSError as exc:
+        raise UsageProblem(f"cannot use {root} as the data dir ({exc.strerror}); pass --data-dir with a "
+                           "directory you can write") from None
+    if (state_file := cdir.state_file).exists():
+        return
+    unknown = [p.name for p in root.iterdir() if p.name not in
+               {"nodes", "cli.lock", "supervisor.lock", "supervisor.log", "chaos.log", "partitions.json"}]
+    if unknown:
+        raise UsageProblem(f"{root} is not empty and holds no cluster ({state_file.name} missing; found "
+                           f"{', '.join(sorted(unknown)[:5])}); pass an empty or new --data-dir")
+
+
+def check_ports(nodes: list[NodeSpec]) -> None:
+    unusable = sorted({n.host for n in nodes if not procs.address_usable(n.host)})
+    if unusable:
+        raise RuntimeFailure(f"this machine cannot bind {', '.join(unusable[:3])}: the local runtime gives every "
+                             "node its own 127.x.y.z address, which Linux routes on loopback by default "
+                             "(on macOS add aliases with `ifconfig lo0 alias ADDRESS`)")
+    taken = []
+    for n in nodes:
+        if procs.port_taken(n.host, n.port):
+            holder = procs.port_holder(n.host, n.port)
+            taken.append(f"{n.address} ({n.name})" + (f", held by {holder}" if holder else ""))
+    if taken:
+        raise RuntimeFailure(
+            f"{len(taken)} address(es) the cluster needs are already in use: " + "; ".join(taken[:4])
+            + ("; ..." if len(taken) > 4 else "")
+            + ". Another cluster may be running there: stop it with `sixfold down --data-dir ITS_DIR`, "
+              "or choose other ports with --storage-port/--compute-port. Nothing was started.")
+
+
+def _explicit_conflicts(stored: ClusterSpec, wanted: ClusterSpec, explicit: set[str],
+                        fields: tuple[str, ...] = ClusterSpec.SHAPE_FIELDS) -> list[str]:
+    """The flags the user gave that disagree with the stored cluster (defaults never conflict)."""
+    return [f"--{name.replace('_', '-')} {getattr(wanted, name)} (the cluster has {getattr(stored, name)})"
+            for name in fields if name in explicit and getattr(stored, name) != getattr(wanted, name)]
+
+
+def _purge_nodes(cdir: ClusterDir) -> None:
+    shutil.rmtree(cdir.root / "nodes", ignore_errors=True)
+
+
+def up(cdir: ClusterDir, spec: ClusterSpec, tuning: dict, explicit: set[str], progress: Progress = _quiet,
+       python: str = sys.executable) -> UpResult:
+    """Starts the cluster (or finds it running) and returns its endpoints once it is healthy."""
+    t0 = time.monotonic()
+    try:
+        spec.validate()
+    except TopologyError as exc:
+        raise UsageProblem(str(exc)) from None
+    check_data_dir(cdir)
+    notes: list[str] = []
+    with cdir.cli_locked():
+        state = load(cdir)
+        if state is not None:
+            stored = ClusterSpec.from_dict(state["spec"])
+            if cdir.supervisor_running():
+                conflicts = _explicit_conflicts(stored, spec, explicit,
+                                                ClusterSpec.SHAPE_FIELDS + ("storage_port", "compute_port"))
+                if conflicts:
+                    raise UsageProblem(
+                        f"a cluster with another topology or other ports is already running in {cdir.root}: you asked for "
+                        f"{', '.join(conflicts)}. Stop it first (`sixfold down --data-dir {cdir.root}`) "
+                        "or use another --data-dir.")
+                if state.get("state") == STARTING:
+                    progress("another `sixfold up` started this cluster; waiting for it")
+                    state = _wait_started(cdir, None, float(state.get("tuning", {}).get("start_timeout_s", 90)),
+                                          progress)
+                nodes = node_specs(state)
+                return UpResult(False, cdir.root, endpoints_of(nodes), nodes,
+                                [f"the cluster in {cdir.root} is already up"], time.monotonic() - t0)
+            leftovers = live_pids(cdir, state)
+            if leftovers:
+                raise RuntimeFailure(
+                    f"{describe_not_running(cdir, state)}, yet {len(leftovers)} of its processes are still "
+                    f"alive (pids {', '.join(map(str, leftovers))}). Run `sixfold down --data-dir {cdir.root}` "
+                    "to stop them, then `sixfold up` again.")
+            if state.get("state") in (STARTING, RUNNING, STOPPING):
+                notes.append(f"note: found {describe_not_running(cdir, state)} and none of its processes alive "
+                             "(a reboot or a kill); starting the cluster again with its data")
+            if not state.get("ever_healthy"):
+                if state.get("state") in (FAILED, STARTING, STOPPING):
+                    notes.append("note: discarding an earlier start that never became healthy")
+                _purge_nodes(cdir)
+                state = None
+            else:
+                # readers hold no data: a stopped cluster may come back with more or fewer
+                conflicts = _explicit_conflicts(stored, spec, explicit - {"readers"})
+                if conflicts:
+                    raise UsageProblem(
+                        f"{cdir.root} holds a cluster with another topology: you asked for {', '.join(conflicts)}. "
+                        f"Start it as it is (`sixfold up --data-dir {cdir.root}` without those flags), delete it "
+                        f"with `sixfold down --purge --data-dir {cdir.root}`, or use another --data-dir.")
+                overrides = {k: getattr(spec, k) for k in ("storage_port", "compute_port", "readers") if k in explicit}
+                spec = ClusterSpec.from_dict({**stored.to_dict(), **overrides})
+                tuning = {**state.get("tuning", {}), **{k: v for k, v in tuning.items() if k in explicit}}
+        for note in notes:
+            progress(note)
+        nodes = nodes_of(spec)
+        check_ports(nodes)
+        for n in nodes:
+            for marker in MARKERS:
+                cdir.clear_marker(n.name, marker)
+        new_state = {
+            "format": STATE_FORMAT,
+            "data_dir": str(cdir.root),
+            "cluster_id": cdir.cluster_id,
+            "created_unix_s": (state or {}).get("created_unix_s") or time.time(),
+            "ever_healthy": bool((state or {}).get("ever_healthy")),
+            "spec": spec.to_dict(),
+            "tuning": tuning,
+            "python": python,
+            "state": STARTING,
+            "phase": "starting the supervisor",
+            "error": "",
+            "failed_node": None,
+            "supervisor_pid": None,
+            "nodes": [{**n.to_dict(), "pid": None, "state": "stopped", "restarts": 0} for n in nodes],
+        }
+        cdir.write_state(new_state)
+        supervisor = _spawn_supervisor(cdir, python)
+        try:
+            state = _wait_started(cdir, supervisor, float(tuning.get("start_timeout_s", 90.0)), progress)
+        except BaseException:
+            _teardown_after_failed_start(cdir, supervisor)
+            raise
+    nodes = node_specs(state)
+    return UpResult(True, cdir.root, endpoints_of(nodes), nodes, notes, time.monotonic() - t0)
+
+
+def _spawn_supervisor(cdir: ClusterDir, python: str) -> subprocess.Popen:
+    env = {**os.environ, CLUSTER_ENV: str(cdir.root), "PYTHONUNBUFFERED": "1"}
+    with open(cdir.supervisor_log, "ab") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} sixfold up: starting the supervisor ---\n".encode())
+        out.flush()
+        return subprocess.Popen(
+            [python, "-m", "sixfold.runtime.supervisor", "--data-dir", str(cdir.root)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, start_new_session=True, cwd="/",
+            close_fds=True,
+        )
+
+
+def _wait_started(cdir: ClusterDir, supervisor: subprocess.Popen | None, start_timeout_s: float,
+                  progress: Progress) -> dict:
+    deadline = time.monotonic() + start_timeout_s + SUPERVISOR_EXTRA_WAIT_S
+    last_phase = None
+    while True:
+        state = load(cdir) or {}
+        phase = state.get("phase")
+        if phase != last_phase and phase:
+            progress(phase)
+            last_phase = phase
+        if state.get("state") == RUNNING:
+            return state
+        gone = supervisor.poll() is not None if supervisor is not None else not cdir.supervisor_running()
+        if state.get("state") == FAILED or (gone and state.get("state") != RUNNING):
+            error = state.get("error") or (
+                f"the supervisor exited with code {supervisor.returncode if supervisor else '?'} before the "
+                f"cluster was healthy; its log:\n{tail(cdir.supervisor_log, 20)}")
+            raise RuntimeFailure(f"the cluster did not start: {error}")
+        if time.monotonic() > deadline:
+            raise RuntimeFailure(f"the cluster was not healthy within {start_timeout_s:.0f} s "
+                                 f"(last step: {phase}); see {cdir.supervisor_log} and {cdir.root / 'nodes'}/*/node.log")
+        time.sleep(0.1)
+
+
+def _teardown_after_failed_start(cdir: ClusterDir, supervisor: subprocess.Popen) -> None:
+    """Never leave a half-started cluster: stop the supervisor, then kill whatever is left."""
+    if supervisor.poll() is None:
+        supervisor.send_signal(signal.SIGTERM)
+        try:
+            supervisor.wait(30)
+        except subprocess.TimeoutExpired:
+            supervisor.kill()
+            supervisor.wait()
+    state = load(cdir)
+    pids = recorded_pids(state) if state else []
+    procs.kill_group_leftovers(pids + procs.cluster_processes(cdir.root), cdir.root)
+    if os.geteuid() == 0:
+        partition.remove_all(cdir.cluster_id)
+    partition.remove_cgroups(cdir.cluster_id)
+    if state is not None:
+        state["state"] = FAILED
+        state["supervisor_pid"] = None
+        for n in state["nodes"]:
+            n["pid"] = None
+        cdir.write_state(state)
+
+
+# ------------------------------------------------------------------ down
+
+
+@dataclass
+class DownResult:
+    was_running: bool
+    messages: list[str]
+    purged: bool = False
+
+
+PURGEABLE = ("cluster.json", "nodes", "supervisor.log", "supervisor.lock", "chaos.log", "partitions.json")
+
+
+def down(cdir: ClusterDir, purge: bool = False, progress: Progress = _quiet) -> DownResult:
+    if not cdir.state_file.exists():
+        leftovers = procs.cluster_processes(cdir.root) if cdir.root.exists() else []
+        if leftovers:
+            procs.kill_group_leftovers(leftovers, cdir.root)
+            return DownResult(False, [f"no cluster.json in {cdir.root}, but killed {len(leftovers)} leftover "
+                                      "process(es) of a cluster there"])
+        return DownResult(False, [f"no cluster in {cdir.root}: nothing to stop"])
+    messages = []
+    with cdir.cli_locked():
+        state = load(cdir)
+        if state is None:
+            return DownResult(False, [f"no cluster in {cdir.root}: nothing to stop"])
+        was_running = cdir.supervisor_running()
+        timeout_s = float(state.get("tuning", {}).get("stop_timeout_s", 10.0))
+        if was_running:
+            sup = state.get("supervisor_pid")
+            progress("stopping readers, writer, then storage")
+            if sup and procs.signal_ours(sup, signal.SIGTERM, cdir.root):
+                if procs.wait_gone([sup], timeout_s * 3 + 10):
+                    messages.append(f"the supervisor (pid {sup}) did not stop in time: killed it")
+                    procs.signal_ours(sup, signal.SIGKILL, cdir.root)
+            state = load(cdir) or state
+            messages.append(f"stopped the cluster in {cdir.root}")
+        else:
+            leftovers = live_pids(cdir, state)
+            if state.get("state") in (STARTING, RUNNING, STOPPING):
+                messages.append(f"found {describe_not_running(cdir, state)}; "
+                                + (f"killing its {len(leftovers)} leftover process(es)" if leftovers
+                                   else "none of its processes is alive"))
+            elif leftovers:
+                messages.append(f"killing {len(leftovers)} leftover process(es)")
+            else:
+                messages.append(f"the cluster in {cdir.root} is not running")
+        stubborn = procs.kill_group_leftovers(recorded_pids(state) + procs.cluster_processes(cdir.root), cdir.root)
+        if stubborn:
+            raise RuntimeFailure(f"could not stop pids {', '.join(map(str, stubborn))}; kill them by hand "
+                                 "(`kill -9 PID`), then run `sixfold down` again")
+        if os.geteuid() == 0 and partition.iptables_path():
+            removed = partition.remove_all(cdir.cluster_id)
+            if removed:
+                messages.append(f"removed {removed} partition rule(s)")
+        (cdir.root / "partitions.json").unlink(missing_ok=True)
+        partition.remove_cgroups(cdir.cluster_id)
+        for n in state["nodes"]:
+            for marker in MARKERS:
+                cdir.clear_marker(n["name"], marker)
+            n["pid"] = None
+            n["state"] = "stopped"
+        state["state"] = STOPPED if state.get("state") != FAILED else FAILED
+        state["phase"] = "stopped"
+        state["supervisor_pid"] = None
+        cdir.write_state(state)
+        if purge:
+            for name in PURGEABLE:
+                path = cdir.root / name
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            messages.append(f"deleted the cluster's data and logs in {cdir.root}")
+        else:
+            messages.append(f"data kept in {cdir.root} (`sixfold up` starts it again, "
+                            "`sixfold down --purge` deletes it)")
+    if purge:
+        cdir.cli_lock.unlink(missing_ok=True)
+        try:
+            cdir.root.rmdir()
+        except OSError:
+            pass
+    return DownResult(was_running, messages, purge)
+
+
+# ------------------------------------------------------------------ status and endpoints
+
+
+def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
+    """The cluster and every node: {"cluster": {...}, "nodes": [node objects]}."""
+    state = require(cdir)
+    running = cdir.supervisor_running()
+    volume_id = state["spec"].get("volume_id", "vol-1")
+    entries = state["nodes"]
+    partitioned = _partitioned_from(cdir)
+    to_probe, rows = [], []
+    for entry in entries:
+        pid = entry.get("pid")
+        alive = bool(pid) and procs.belongs_to(pid, cdir.root)
+        is_paused = alive and (procs.paused(pid) or cdir.has_marker(entry["name"], MARKER_PAUSED))
+        row = {k: entry.get(k) for k in ("name", "kind", "role", "region", "az", "address")}
+        row.update(pid=pid if alive else None, health="", epoch=None, scl=None, vdl=None,
+                   replica_lag_ms_p50=None, replica_lag_ms_p99=None, detail="", restarts=entry.get("restarts", 0),
+                   partitioned_from=sorted(partitioned.get(entry["name"], ())))
+        if not alive:
+            if not running:
+                row["health"] = "stopped"
+            elif cdir.has_marker(entry["name"], MARKER_DOWN):
+                row.update(health="down", detail="killed by chaos; `sixfold chaos restart` or `heal` brings it back")
+            else:
+                row.update(health="down", detail="restarting" if entry.get("state") in ("backoff", "running")
+                           else entry.get("state", ""))
+        elif is_paused:
+            row.update(health="paused", detail="SIGSTOP; `sixfold chaos resume` continues it")
+        else:
+            to_probe.append((len(rows), entry["kind"], entry["address"]))
+        rows.append(row)
+    results = probe_many([(k, a) for _, k, a in to_probe], volume_id, timeout_s)
+    for (i, kind, _), result in zip(to_probe, results):
+        row = rows[i]
+        if not result.get("reachable"):
+            starting = entries[i].get("state") == "starting" or state.get("state") == STARTING
+            row.update(health="starting" if starting else "unreachable", detail=result.get("error", ""))
+            continue
+        if kind == STORAGE:
+            row.update(health="ok" if result.get("serving") else "not-serving", epoch=result.get("epoch"),
+                       scl=result.get("scl"), segments=result.get("segments"), scl_min=result.get("scl_min"),
+                       uptime_s=result.get("uptime_s"))
+        else:
+            row.update(health=result["health"], epoch=result["epoch"], vdl=result["vdl"],
+                       replica_lag_ms_p50=result["replica_lag_ms_p50"] if row["role"] == READER else None,
+                       replica_lag_ms_p99=result["replica_lag_ms_p99"] if row["role"] == READER else None,
+                       commits=result["commits"], sessions=result["sessions"])
+        if row["partitioned_from"]:
+            row["detail"] = f"cut off from {len(row['partitioned_from'])} node(s) (chaos partition)"
+    recorded = state.get("state")
+    cluster = {
+        "data_dir": str(cdir.root),
+        "state": recorded if running or recorded in (STOPPED, FAILED) else "stale",
+        "supervisor_pid": state.get("supervisor_pid") if running else None,
+        "supervisor_running": running, "volume_id": volume_id, "spec": state["spec"],
+        "message": "" if running else describe_not_running(cdir, state),
+    }
+    return {"cluster": cluster, "nodes": rows}
+
+
+def endpoints(cdir: ClusterDir) -> list[Endpoint]:
+    return endpoints_of(node_specs(require(cdir)))
+
+
+def resolve_endpoint(cdir: ClusterDir, name: str) -> tuple[str, str]:
+    """An endpoint or instance name (or HOST:PORT) -> (address, what it is)."""
+    if ":" in name:
+        return name, name
+    state = require_running(cdir)
+    nodes = node_specs(state)
+    compute = [n for n in nodes if n.kind == COMPUTE]
+    if name == "writer":
+        writer = next(n for n in compute if n.role == WRITER)
+        return writer.address, f"writer endpoint ({writer.name})"
+    if name == "reader":
+        # no endpoint router yet: pick a reader that is up, else fall back to the writer
+        by_name = {n["name"]: n for n in state["nodes"]}
+        up = [n for n in compute if n.role == READER and procs.belongs_to(by_name[n.name].get("pid"), cdir.root)
+              and not cdir.has_marker(n.name, MARKER_PAUSED)]
+        if up:
+            chosen = random.choice(up)
+            return chosen.address, f"reader endpoint ({chosen.name})"
+        writer = next(n for n in compute if n.role == WRITER)
+        return writer.address, f"reader endpoint (no reader is up: the writer, {writer.name})"
+    for n in compute:
+        if n.name == name:
+            return n.address, f"instance {n.name}"
+    names = ", ".join(["writer", "reader"] + [n.name for n in compute])
+    if any(n.name == name for n in nodes):
+        raise UsageProblem(f"{name} is a storage node; SQL goes to a compute endpoint: {names}")
+    raise UsageProblem(f"no endpoint named {name!r}; the endpoints are: {names}")
+
+
+# ------------------------------------------------------------------ chaos
+
+
+def _partitioned_from(cdir: ClusterDir) -> dict[str, set[str]]:
+    """node -> the nodes chaos cut it off from."""
+    out: dict[str, set[str]] = {}
+    for p in read_partitions(cdir):
+        for a in p.get("a", []):
+            for b in p.get("b", []):
+                out.setdefault(a, set()).add(b)
+                out.setdefault(b, set()).add(a)
+    return out
+
+
+def read_partitions(cdir: ClusterDir) -> list[dict]:
+    try:
+        return json.loads((cdir.root / "partitions.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+def _current(cdir: ClusterDir) -> dict[str, dict]:
+    return {n["name"]: n for n in (load(cdir) or {"nodes": []})["nodes"]}
+
+
+def _live_pid(cdir: ClusterDir, name: str) -> int | None:
+    pid = _current(cdir).get(name, {}).get("pid")
+    return pid if procs.belongs_to(pid, cdir.root) else None
+
+
+def wait_ready(cdir: ClusterDir, names: list[str], timeout_s: float = NODE_READY_TIMEOUT_S,
+               previous_pids: dict[str, int | None] | None = None) -> list[str]:
+    """Waits until each named node runs (with a new pid, if given) and answers; returns those that did not."""
+    state = require(cdir)
+    volume_id = state["spec"].get("volume_id", "vol-1")
+    specs = {n.name: n for n in node_specs(state)}
+    pending = list(names)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        current = _current(cdir)
+        for name in list(pending):
+            pid = current.get(name, {}).get("pid")
+            if not procs.belongs_to(pid, cdir.root) or procs.paused(pid):
+                continue
+            if previous_pids and previous_pids.get(name) and pid == previous_pids[name]:
+                continue
+            if probe(specs[name].kind, specs[name].address, volume_id, 0.5).get("reachable"):
+                pending.remove(name)
+        if pending:
+            time.sleep(0.1)
+    return pending
+
+
+@dataclass
+class ChaosResult:
+    action: str
+    targets: list[str]
+    done: list[str]
+    skipped: dict[str, str]
+    entry: dict
+    not_ready: list[str] = field(default_factory=list)
+
+
+def chaos(cdir: ClusterDir, action: str, targets: list[NodeSpec], *, others: list[NodeSpec] | None = None,
+          wait: bool = True, timeout_s: float = NODE_READY_TIMEOUT_S) -> ChaosResult:
+    """kill | pause | resume | restart | partition | heal, aimed at `targets`; logged in chaos.log."""
+    state = require_running(cdir)
+    if action == "partition":
+        reason = partition.unavailable_reason()
+        if reason:
+            cdir.append_chaos(action, [t.name for t in targets], {"error": reason}, ok=False)
+            raise UsageProblem(f"cannot partition: {reason}")
+    names = [t.name for t in targets]
+    done: list[str] = []
+    skipped: dict[str, str] = {}
+    detail: dict = {}
+    not_ready: list[str] = []
+    with cdir.cli_locked():
+        if action == "kill":
+            pids = {}
+            for t in targets:
+                cdir.set_marker(t.name, MARKER_DOWN, "kill")  # before the signal: the supervisor must not restart it
+                cdir.clear_marker(t.name, MARKER_PAUSED)
+                pid = _live_pid(cdir, t.name)
+                if pid and procs.signal_ours(pid, signal.SIGKILL, cdir.root):
+                    pids[t.name] = pid
+                    done.append(t.name)
+                else:
+                    skipped[t.name] = "was not running"
+            left = procs.wait_gone(list(pids.values()), 5.0)
+            detail = {"signal": "SIGKILL", "pids": pids, "still_alive": left}
+        elif action == "pause":
+            pids = {}
+            for t in targets:
+                pid = _live_pid(cdir, t.name)
+                if pid and procs.signal_ours(pid, signal.SIGSTOP, cdir.root):
+                    cdir.set_marker(t.name, MARKER_PAUSED, f"pid {pid}")
+                    pids[t.name] = pid
+                    done.append(t.name)
+                else:
+                    skipped[t.name] = "is not running"
+            detail = {"signal": "SIGSTOP", "pids": pids}
+        elif action == "resume":
+            pids = {}
+            for t in targets:
+                pid = _live_pid(cdir, t.name)
+                was_paused = cdir.clear_marker(t.name, MARKER_PAUSED) or (pid and procs.paused(pid))
+                if not (pid and procs.signal_ours(pid, signal.SIGCONT, cdir.root)):
+                    skipped[t.name] = "is not running"
+                elif was_paused:
+                    pids[t.name] = pid
+                    done.append(t.name)
+                else:
+                    skipped[t.name] = "was not paused"
+            detail = {"signal": "SIGCONT", "pids": pids}
+        elif action == "restart":
+            previous = {}
+            for t in targets:
+                pid = _live_pid(cdir, t.name)
+                previous[t.name] = pid
+                cdir.set_marker(t.name, MARKER_RESTART, "chaos restart")  # first: see supervisor.tick
+                cdir.clear_marker(t.name, MARKER_DOWN)
+                cdir.clear_marker(t.name, MARKER_PAUSED)
+                if pid:
+                    procs.signal_ours(pid, signal.SIGCONT, cdir.root)
+                done.append(t.name)
+            detail = {"previous_pids": previous}
+            if wait:
+                not_ready = wait_ready(cdir, names, timeout_s, previous_pids=previous)
+        elif action == "partition":
+            availability = state.get("partitions", {})
+            if not availability.get("available"):
+                raise UsageProblem("this cluster was started without what partitions need "
+                                   f"({availability.get('reason') or 'unknown'}); fix that, then "
+                                   "`sixfold down` and `sixfold up` again")
+            side_b = others if others is not None else [n for n in node_specs(state) if n.name not in names]
+            overlap = sorted(set(names) & {n.name for n in side_b})
+            if overlap:
+                raise UsageProblem(f"a node cannot be on both sides of a partition: {', '.join(overlap)}")
+            if not targets or not side_b:
+                raise UsageProblem("a partition needs nodes on both sides")
+            number = {n["name"]: i + 1 for i, n in enumerate(state["nodes"])}  # as the supervisor marks them
+            try:
+                added = partition.add_partition(cdir.cluster_id, [(number[t.name], t.host, t.port) for t in targets],
+                                                [(number[n.name], n.host, n.port) for n in side_b])
+            except partition.PartitionError as exc:
+                cdir.append_chaos(action, names, {"error": str(exc)}, ok=False)
+                raise RuntimeFailure(f"could not add the partition: {exc}") from None
+            parts = read_partitions(cdir) + [{"a": names, "b": [n.name for n in side_b], "unix_s": time.time()}]
+            (cdir.root / "partitions.json").write_text(json.dumps(parts, indent=2))
+            done = names
+            detail = {"from": [n.name for n in side_b], "rules": added,
+                      "chain": partition.partition_chain_name(cdir.cluster_id)}
+        elif action == "heal":
+            removed = partition.heal_all(cdir.cluster_id) if os.geteuid() == 0 else 0
+            had_partitions = bool(read_partitions(cdir))
+            (cdir.root / "partitions.json").unlink(missing_ok=True)
+            resumed, restarted = [], []
+            for t in targets:
+                pid = _live_pid(cdir, t.name)
+                if cdir.clear_marker(t.name, MARKER_PAUSED) or (pid and procs.paused(pid)):
+                    if pid:
+                        procs.signal_ours(pid, signal.SIGCONT, cdir.root)
+                    resumed.append(t.name)
+                if cdir.clear_marker(t.name, MARKER_DOWN):
+                    restarted.append(t.name)
+            done = sorted(set(resumed + restarted))
+            detail = {"partition_rules_removed": removed, "resumed": resumed, "restarted": restarted}
+            if had_partitions and os.geteuid() != 0:
+                detail["warning"] = "partitions were recorded but removing iptables rules needs root"
+            if wait and (resumed or restarted):
+                not_ready = wait_ready(cdir, resumed + restarted, timeout_s)
+        else:
+            raise UsageProblem(f"unknown chaos action {action!r}")
+        if not_ready:
+            detail["not_ready"] = not_ready
+        entry = cdir.append_chaos(action, names, {**detail, "skipped": skipped} if skipped else detail)
+    return ChaosResult(action, names, done, skipped, entry, not_ready)

@@ -1,0 +1,72 @@
+"""Asking a node how it is: Storage.Health + GetSegmentState, Compute.Status.
+
+Each probe returns a plain dict (the fields `sixfold status --json` documents)
+and never raises for an unreachable node: it answers `{"reachable": False, ...}`.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from sixfold.rpc import compute_pb2 as cpb
+from sixfold.rpc import compute_pb2_grpc
+from sixfold.rpc import storage_pb2 as spb
+from sixfold.rpc import storage_pb2_grpc
+
+PROBE_THREADS_MAX = 16
+_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.enable_retries", 0)]
+
+
+def _describe(exc: grpc.RpcError) -> str:
+    code = exc.code() if hasattr(exc, "code") else None
+    return code.name.lower() if code is not None else type(exc).__name__
+
+
+def probe_storage(address: str, volume_id: str, timeout_s: float = 1.0) -> dict:
+    with grpc.insecure_channel(address, options=_OPTIONS) as channel:
+        stub = storage_pb2_grpc.StorageStub(channel)
+        try:
+            health = stub.Health(spb.HealthRequest(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            return {"reachable": False, "error": _describe(exc)}
+        out = {"reachable": True, "serving": health.status == "SERVING", "uptime_s": round(health.uptime_s, 1),
+               "segments": health.segment_count, "records_durable": health.records_durable,
+               "epoch": None, "scl": None, "scl_min": None}
+        try:
+            state = stub.GetSegmentState(spb.SegmentStateRequest(volume_id=volume_id), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            out["error"] = f"segment state: {_describe(exc)}"
+            return out
+        if state.segments:
+            scls = [s.scl for s in state.segments]
+            out.update(epoch=max(s.volume_epoch for s in state.segments), scl=max(scls), scl_min=min(scls),
+                       segments=len(state.segments))
+        return out
+
+
+def probe_compute(address: str, timeout_s: float = 1.0) -> dict:
+    with grpc.insecure_channel(address, options=_OPTIONS) as channel:
+        try:
+            status = compute_pb2_grpc.ComputeStub(channel).Status(cpb.StatusRequest(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            return {"reachable": False, "error": _describe(exc)}
+        return {"reachable": True, "role": status.role, "health": status.health or "ok", "epoch": status.epoch,
+                "vdl": status.vdl, "replica_lag_ms_p50": round(status.replica_lag_ms_p50, 2),
+                "replica_lag_ms_p99": round(status.replica_lag_ms_p99, 2), "commits": status.commits,
+                "sessions": status.sessions, "cached_pages": status.cached_pages}
+
+
+def probe(kind: str, address: str, volume_id: str, timeout_s: float = 1.0) -> dict:
+    if kind == "storage":
+        return probe_storage(address, volume_id, timeout_s)
+    return probe_compute(address, timeout_s)
+
+
+def probe_many(targets: list[tuple[str, str]], volume_id: str, timeout_s: float = 1.0) -> list[dict]:
+    """[(kind, address)] -> probe results in the same order, all at once."""
+    if not targets:
+        return []
+    with ThreadPoolExecutor(max_workers=min(PROBE_THREADS_MAX, len(targets))) as pool:
+        return list(pool.map(lambda t: probe(t[0], t[1], volume_id, timeout_s), targets))

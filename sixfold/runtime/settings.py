@@ -1,0 +1,116 @@
+"""The settings table: one place defines each cluster setting.
+
+Each row gives a setting's name, type, default and help; the command-line flag
+(`--storage-per-az`) and the environment variable (`SIXFOLD_STORAGE_PER_AZ`) are
+derived from the name, and so will the Kubernetes manifests be. `sixfold up`
+builds its options from this table (`click_options`), `sixfold settings` prints
+it, and the README's table is made from it.
+
+The node commands (`sixfold storage-node`, `sixfold compute-node`) still declare
+their own flags; they move onto this table when the manifests need them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+ENV_PREFIX = "SIXFOLD_"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    type: Any  # a click type
+    default: Any
+    help: str
+    scope: str  # "cluster": stored with the cluster and fixed once it exists; "tuning": may change per start; "cli"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def type_name(self) -> str:
+        t = self.type
+        if isinstance(t, click.Choice):
+            return "|".join(t.choices)
+        if isinstance(t, click.ParamType):
+            return t.name
+        return getattr(t, "__name__", str(t))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "flag": self.flag, "env": self.env, "type": self.type_name(),
+                "default": None if self.default is None else str(self.default),
+                "scope": self.scope, "help": self.help}
+
+
+def default_data_dir() -> Path:
+    """Per user: $XDG_DATA_HOME/sixfold/default, else ~/.local/share/sixfold/default."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "sixfold" / "default"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("data_dir", click.Path(file_okay=False, path_type=Path), None,
+            "Where the cluster keeps its state, node data and logs "
+            "[default: $XDG_DATA_HOME/sixfold/default or ~/.local/share/sixfold/default].", "cli"),
+    Setting("runtime", click.Choice(["local", "docker"]), "local",
+            "How nodes run: local processes (docker comes with a later issue).", "cli"),
+    Setting("regions", int, 1, "Regions (1 for now; secondary regions are a later issue).", "cluster"),
+    Setting("azs", int, 3, "Availability zones: exactly 3 (six copies, two per AZ).", "cluster"),
+    Setting("storage_per_az", int, 2, "Storage nodes per AZ (at least 2).", "cluster"),
+    Setting("readers", int, 1, "Reader instances, 0..15, spread over AZs 2, 3, 1, ...", "cluster"),
+    Setting("writers", int, 1, "Writer instances (1 for now; multi-master is a later issue).", "cluster"),
+    Setting("storage_port", int, 7100, "Port of every storage node (each node has its own address).", "cluster"),
+    Setting("compute_port", int, 7200, "Port of every compute instance (each has its own address).", "cluster"),
+    Setting("volume_id", str, "vol-1", "Name of the shared volume.", "cluster"),
+    Setting("pages_per_segment", click.IntRange(1, 1 << 20), 256,
+            "Pages per segment (one protection group per segment); fixed once the volume exists.", "cluster"),
+    Setting("commit_timeout_s", click.FloatRange(0.1), 10.0,
+            "How long a commit waits for a write quorum before it reports an unknown outcome.", "tuning"),
+    Setting("gossip_interval_ms", click.IntRange(10, 60_000), 100,
+            "How often storage nodes compare notes with their peers.", "tuning"),
+    Setting("start_timeout_s", click.FloatRange(1), 90.0,
+            "How long `up` waits for the cluster to become healthy.", "tuning"),
+    Setting("stop_timeout_s", click.FloatRange(0.5), 10.0,
+            "How long a node gets to stop after SIGTERM before it is killed.", "tuning"),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+def click_options(*names: str) -> Callable:
+    """Decorator: one click option per named setting, with its env var and default."""
+
+    def decorate(fn: Callable) -> Callable:
+        for name in reversed(names):
+            s = BY_NAME[name]
+            fn = click.option(
+                s.flag, s.name, type=s.type, default=s.default, envvar=s.env, show_envvar=True,
+                show_default=s.default is not None, help=s.help,
+            )(fn)
+        return fn
+
+    return decorate
+
+
+def values_of(scope: str, params: dict) -> dict:
+    """The subset of parsed parameters that belong to `scope`."""
+    return {s.name: params[s.name] for s in SETTINGS if s.scope == scope and s.name in params}
+
+
+def markdown_table() -> str:
+    """The README's settings table."""
+    rows = ["| flag | environment variable | default | what it is |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "(per user)" if s.default is None else f"`{s.default}`"
+        rows.append(f"| `{s.flag}` | `{s.env}` | {default} | {s.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,218 @@
+"""The shape of a cluster, as data: a `ClusterSpec` in, node specs out.
+
+Pure: no I/O, no processes. Every runtime (local processes today, containers
+and Kubernetes later) asks this module which nodes a cluster has and where
+they live, so that the same flags give the same cluster everywhere.
+
+Addresses follow DESIGN.md section 7: every node binds its own loopback address
+`127.<region>.<az>.<n>`, so the region and AZ of a node can be read from its
+address, and partitions can be cut between addresses.
+
+- storage nodes: n = 1..storage_per_az, port `storage_port` (7100)
+- compute instances: n = 100 + k, port `compute_port` (7200); the writer is
+  k = 0 in AZ 1, reader i (1-based) is k = i, placed round-robin over AZs 2, 3, 1, ...
+  so that the first readers survive the loss of the writer's AZ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from sixfold.volume.placement import AZ_COUNT, COPIES_PER_AZ, StorageNodeInfo
+
+READERS_MAX = 15  # Aurora's limit; promotion tiers are 0..15
+COMPUTE_OCTET_BASE = 100  # compute instances are 127.<r>.<az>.100+k
+STORAGE_PER_AZ_MAX = COMPUTE_OCTET_BASE - 1  # storage octets must stay below the compute ones
+
+STORAGE = "storage"
+COMPUTE = "compute"
+WRITER = "writer"
+READER = "reader"
+
+
+class TopologyError(ValueError):
+    """The requested cluster cannot be built (a usage error: exit code 2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    regions: int = 1
+    azs: int = 3
+    storage_per_az: int = 2
+    readers: int = 1
+    writers: int = 1
+    storage_port: int = 7100
+    compute_port: int = 7200
+    volume_id: str = "vol-1"
+    pages_per_segment: int = 256
+
+    # the fields that define which nodes exist and where (ports may differ between starts)
+    SHAPE_FIELDS = ("regions", "azs", "storage_per_az", "readers", "writers", "volume_id", "pages_per_segment")
+
+    def problems(self) -> list[str]:
+        """Every reason this spec is impossible, each saying what to do instead."""
+        found = []
+        if self.regions != 1:
+            found.append(f"--regions {self.regions}: only one region is supported for now "
+                         "(global databases with secondary regions are a later issue); use --regions 1")
+        if self.azs != AZ_COUNT:
+            found.append(f"--azs {self.azs}: the volume keeps six copies over exactly {AZ_COUNT} AZs "
+                         f"(two per AZ, so that losing an AZ leaves a write quorum of 4); use --azs {AZ_COUNT}")
+        if self.storage_per_az < COPIES_PER_AZ:
+            found.append(f"--storage-per-az {self.storage_per_az}: each AZ holds {COPIES_PER_AZ} of the six "
+                         f"copies, so it needs at least {COPIES_PER_AZ} storage nodes")
+        elif self.storage_per_az > STORAGE_PER_AZ_MAX:
+            found.append(f"--storage-per-az {self.storage_per_az}: at most {STORAGE_PER_AZ_MAX} "
+                         f"(addresses 127.<region>.<az>.{COMPUTE_OCTET_BASE}+ belong to compute instances)")
+        if not 0 <= self.readers <= READERS_MAX:
+            found.append(f"--readers {self.readers}: a cluster has 0 to {READERS_MAX} readers")
+        if self.writers != 1:
+            found.append(f"--writers {self.writers}: exactly one writer for now "
+                         "(several writers on one volume, multi-master, is a later issue); use --writers 1")
+        for name, port in (("--storage-port", self.storage_port), ("--compute-port", self.compute_port)):
+            if not 1 <= port <= 65535:
+                found.append(f"{name} {port}: a port is 1..65535")
+        if self.storage_port == self.compute_port:
+            found.append("--storage-port and --compute-port must differ")
+        if not self.volume_id or not all(c.isalnum() or c in "-_." for c in self.volume_id):
+            found.append(f"--volume-id {self.volume_id!r}: use letters, digits, '-', '_' or '.'")
+        if not 1 <= self.pages_per_segment <= 1 << 20:
+            found.append(f"--pages-per-segment {self.pages_per_segment}: use 1..{1 << 20}")
+        return found
+
+    def validate(self) -> "ClusterSpec":
+        problems = self.problems()
+        if problems:
+            raise TopologyError("; ".join(problems))
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ClusterSpec":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def shape_differences(self, other: "ClusterSpec") -> list[str]:
+        """`field: ours -> theirs` for each shape field that differs."""
+        return [f"{name}: {getattr(self, name)} -> {getattr(other, name)}"
+                for name in self.SHAPE_FIELDS if getattr(self, name) != getattr(other, name)]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    name: str
+    kind: str  # "storage" | "compute"
+    role: str  # "storage" | "writer" | "reader"
+    region: int
+    az: int
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "address": self.address}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NodeSpec":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def reader_az(reader_no: int, azs: int = AZ_COUNT) -> int:
+    """AZ of reader `reader_no` (1-based): 2, 3, 1, 2, 3, 1, ... (the writer is in AZ 1)."""
+    assert reader_no >= 1
+    return (reader_no % azs) + 1
+
+
+def storage_name(region: int, az: int, n: int) -> str:
+    return f"storage-{region}-{az}-{n}"
+
+
+def nodes_of(spec: ClusterSpec) -> list[NodeSpec]:
+    """Every node of the cluster, storage first (start order), then the writer, then readers."""
+    spec.validate()
+    region = 1
+    nodes = [
+        NodeSpec(name=storage_name(region, az, n), kind=STORAGE, role=STORAGE, region=region, az=az,
+                 host=f"127.{region}.{az}.{n}", port=spec.storage_port)
+        for az in range(1, spec.azs + 1)
+        for n in range(1, spec.storage_per_az + 1)
+    ]
+    nodes.append(NodeSpec(name="writer-1", kind=COMPUTE, role=WRITER, region=region, az=1,
+                          host=f"127.{region}.1.{COMPUTE_OCTET_BASE}", port=spec.compute_port))
+    for i in range(1, spec.readers + 1):
+        az = reader_az(i, spec.azs)
+        nodes.append(NodeSpec(name=f"reader-{i}", kind=COMPUTE, role=READER, region=region, az=az,
+                              host=f"127.{region}.{az}.{COMPUTE_OCTET_BASE + i}", port=spec.compute_port))
+    names = [n.name for n in nodes]
+    hosts = [n.host for n in nodes]
+    assert len(set(names)) == len(names) and len(set(hosts)) == len(hosts), "names and addresses are unique"
+    return nodes
+
+
+def storage_node_infos(nodes: list[NodeSpec]) -> list[StorageNodeInfo]:
+    return [StorageNodeInfo(node_id=n.name, az=str(n.az), address=n.address, region=str(n.region))
+            for n in nodes if n.kind == STORAGE]
+
+
+def storage_nodes_flag(nodes: list[NodeSpec]) -> str:
+    """The compute node's `--storage-nodes` value: ID@AZ=HOST:PORT,..."""
+    return ",".join(f"{n.name}@{n.az}={n.address}" for n in nodes if n.kind == STORAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    name: str
+    kind: str  # "writer" | "reader" | "instance"
+    host: str
+    port: int
+    target: str  # the instance it points at
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "address": self.address}
+
+
+def endpoints_of(nodes: list[NodeSpec]) -> list[Endpoint]:
+    """Writer and reader (cluster) endpoints, then one per instance.
+
+    There is no endpoint router yet (it comes with the coordinators): the writer
+    endpoint is the writer's own address, the reader endpoint the first reader's
+    (the writer's when there are no readers).
+    """
+    compute = [n for n in nodes if n.kind == COMPUTE]
+    writer = next(n for n in compute if n.role == WRITER)
+    readers = [n for n in compute if n.role == READER]
+    reader = readers[0] if readers else writer
+    out = [Endpoint("writer", WRITER, writer.host, writer.port, writer.name),
+           Endpoint("reader", READER, reader.host, reader.port, reader.name)]
+    out += [Endpoint(n.name, "instance", n.host, n.port, n.name) for n in compute]
+    return out
+
+
+def select_nodes(nodes: list[NodeSpec], *, names: tuple[str, ...] = (), azs: tuple[int, ...] = (),
+                 writer: bool = False, readers: bool = False, storage: bool = False,
+                 all_nodes: bool = False) -> list[NodeSpec]:
+    """The nodes a chaos command aims at, in start order; unknown names and AZs are errors."""
+    known = {n.name for n in nodes}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise TopologyError(f"no node named {', '.join(unknown)}; the nodes are: {', '.join(sorted(known))}")
+    known_azs = sorted({n.az for n in nodes})
+    bad_azs = [az for az in azs if az not in known_azs]
+    if bad_azs:
+        raise TopologyError(f"no AZ {', '.join(map(str, bad_azs))}; the AZs are {', '.join(map(str, known_azs))}")
+    chosen = [
+        n for n in nodes
+        if all_nodes or n.name in names or n.az in azs or (writer and n.role == WRITER)
+        or (readers and n.role == READER) or (storage and n.kind == STORAGE)
+    ]
+    return chosen
