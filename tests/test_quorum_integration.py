@@ -191,3 +191,33 @@ def test_old_writer_is_fenced_and_truncated_records_never_return(storage_cluster
             await new.close()
 
     asyncio.run(scenario())
+
+
+def test_a_commit_waiting_for_quorum_completes_when_nodes_return(storage_cluster):
+    """No later write is needed: the returning nodes get the records again (or by gossip)
+    and tell the writer their SCL."""
+    cluster = storage_cluster
+
+    async def scenario():
+        client = QuorumClient(cluster.node_infos(), "w1", settings(commit_timeout_s=20.0))
+        await client.open_writer()
+        try:
+            await commit_pairs(client, 1, 5)
+            down = [n for n in cluster.nodes if n.az == "1"] + [next(n for n in cluster.nodes if n.az == "2")]
+            for node in down:
+                cluster.kill(node.node_id)
+            waiting = asyncio.ensure_future(
+                client.commit([PageWrite(50, image(50)), PageWrite(PAIR_OFFSET + 50, image(50))]))
+            await asyncio.sleep(1.0)
+            assert not waiting.done()                              # 3 of 6: no write quorum
+            for node in down:
+                await asyncio.to_thread(cluster.restart, node.node_id)
+            started = time.monotonic()
+            lsn = await asyncio.wait_for(waiting, 10)
+            assert time.monotonic() - started < 5, "the commit should complete soon after the nodes return"
+            assert client.vdl >= lsn
+            assert await client.read_page(PAIR_OFFSET + 50, client.vdl) == image(50)
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())

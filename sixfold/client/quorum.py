@@ -10,6 +10,7 @@ carry each segment's SCL; VDL advances by bookkeeping only.
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import logging
@@ -69,6 +70,9 @@ class _MemberStream:
         self._wakeup = asyncio.Event()
         self._announced: set[int] = set()
         self._task: asyncio.Task | None = None
+        # batches sent on this stream and not yet acknowledged: resent on the next stream
+        self._unacked: collections.deque[tuple[int, list[tuple[int, bytes]]]] = collections.deque()
+        self._must_announce = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"stream-{self.node.node_id}")
@@ -105,10 +109,24 @@ class _MemberStream:
             except Exception:  # a bug here must not end the writer: log it and reconnect
                 log.exception("stream to %s failed", self.node.address)
             self.connected = False
-            self.pending.clear()
-            self.pending_bytes = 0
+            self._requeue_unacked()
             self._announced.clear()
             await asyncio.sleep(RECONNECT_DELAY_S)
+
+    def _requeue_unacked(self) -> None:
+        """What the broken stream did not acknowledge goes out again on the next one
+        (the node drops duplicates); past the memory bound the node heals by gossip."""
+        resend = [item for _, items in self._unacked for item in items]
+        self._unacked.clear()
+        self.pending[:0] = resend
+        self.pending_bytes = sum(len(encoded) for _, encoded in self.pending)
+        if self.pending_bytes > PENDING_MAX_BYTES:
+            self.dropped_records += len(self.pending)
+            self.pending.clear()
+            self.pending_bytes = 0
+        # a restarted node must learn again which segments this writer waits on, so that
+        # it pushes their SCL as gossip fills them in (even if nothing new is sent)
+        self._must_announce = True
 
     async def _stream_once(self) -> None:
         stub = self.client.pool.stub(self.node.address)
@@ -121,22 +139,22 @@ class _MemberStream:
                 if reader.done():
                     reader.result()  # raises the stream error
                     return
-                if not self.pending or self.sent_seq - self.acked_seq >= MAX_INFLIGHT_BATCHES:
+                idle = not self.pending and not self._must_announce
+                if idle or self.sent_seq - self.acked_seq >= MAX_INFLIGHT_BATCHES:
                     self._wakeup.clear()
                     waiter = asyncio.ensure_future(self._wakeup.wait())
                     await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     continue
-                request = self._take_batch(first)
-                first = False
                 self.sent_seq += 1
-                request.batch_seq = self.sent_seq
+                request = self._take_batch(first, self.sent_seq)
+                first = False
                 await call.write(request)
         finally:
             reader.cancel()
             call.cancel()
 
-    def _take_batch(self, first: bool) -> pb.AppendRequest:
+    def _take_batch(self, first: bool, batch_seq: int) -> pb.AppendRequest:
         client = self.client
         by_segment: dict[int, list[bytes]] = {}
         size = 0
@@ -147,8 +165,14 @@ class _MemberStream:
             by_segment.setdefault(segment, []).append(encoded)
             size += len(encoded)
             taken += 1
+        self._unacked.append((batch_seq, self.pending[:taken]))
         del self.pending[:taken]
         self.pending_bytes -= size
+        if self._must_announce:
+            self._must_announce = False
+            mine = set(client.tracker.pg_segments_of(self.node.address))
+            for segment in client.tracker.pending_segments() & mine:
+                by_segment.setdefault(segment, [])
         segments = []
         for segment, records in by_segment.items():
             announce = segment not in self._announced
@@ -158,6 +182,7 @@ class _MemberStream:
                 members=list(client.tracker.pg(segment).members) if announce else [],
             ))
         return pb.AppendRequest(
+            batch_seq=batch_seq,
             volume_id=client.settings.volume_id, volume_epoch=client.epoch, writer_id=client.writer_id,
             vdl_hint=client.tracker.vdl, min_read_lsn=client.min_read_lsn(),
             truncations=truncations_to_pb(client.history) if first else [],
@@ -174,6 +199,8 @@ class _MemberStream:
                 log.warning("node %s refused a batch: %s %s", self.node.address, pb.ErrorCode.Name(ack.error), ack.detail)
                 raise StorageError(ack.detail)
             self.acked_seq = max(self.acked_seq, ack.batch_seq)
+            while self._unacked and self._unacked[0][0] <= self.acked_seq:
+                self._unacked.popleft()
             self.client._on_ack(self.node, ack)
             self._wakeup.set()
 

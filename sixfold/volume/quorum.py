@@ -157,6 +157,13 @@ class VolumeTracker:
         pg = self._pgs.get(segment)
         return pg.members_at_or_above(read_lsn) if pg else []
 
+    def pending_segments(self) -> set[int]:
+        """Segments with records issued but not yet complete on a write quorum."""
+        return {record.segment for record in self._pending}
+
+    def pg_segments_of(self, member: str) -> list[int]:
+        return [segment for segment, pg in self._pgs.items() if member in pg.members]
+
     def lagging_pgs(self) -> list[PGTracker]:
         """PGs holding back VCL: the first pending record's PG, with too few members."""
         first = self.oldest_pending()
