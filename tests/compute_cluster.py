@@ -50,9 +50,8 @@ class ComputeNodeProcess(StorageNodeProcess):
             if not self.running:
                 raise RuntimeError(f"{self.node_id} exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                status = self.compute_stub().Status(cpb.StatusRequest(), timeout=0.5)
-                if self.role == "writer" or status.vdl > 0 or time.monotonic() > deadline - timeout_s / 2:
-                    return status
+                # a reader serves only once it follows the writer's redo stream
+                return self.compute_stub().Status(cpb.StatusRequest(), timeout=0.5)
             except grpc.RpcError:
                 pass
             if time.monotonic() > deadline:

@@ -246,22 +246,22 @@ class Session:
         engine = self.engine
         conn, file = engine.writer_conn, engine.writer_file
         assert conn is not None and file is not None
-        commit_lsn = None
         try:
             result = _run(conn, sql, params)
-            commit_lsn = file.take_commit_lsn()
-        except BaseException as exc:
-            commit_lsn = file.take_commit_lsn()
-            if isinstance(exc, StorageError) or isinstance(exc.__cause__, StorageError):
-                engine.on_writer_failure(exc if isinstance(exc, StorageError) else exc.__cause__)
-                self._release_writer()
-                raise
+        except StorageError as exc:
+            # the publish failed (apsw re-raises what the VFS raised): SQLite believes the
+            # transaction committed, the volume never got it; nothing was acknowledged
+            file.take_commit_lsn()
+            engine.on_writer_failure(exc)
+            self._release_writer()
+            raise
+        except BaseException:
+            file.take_commit_lsn()
             if conn.getautocommit():
                 file.discard()
                 self._release_writer()
             raise
-        finally:
-            pass
+        commit_lsn = file.take_commit_lsn()
         if conn.getautocommit():
             file.discard()
             self._release_writer()
