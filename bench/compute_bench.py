@@ -24,12 +24,15 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.compute_cluster import ComputeCluster  # noqa: E402  (moves to sixfold.runtime)
-from tests.storage_cluster import StorageCluster  # noqa: E402
+import sixfold  # noqa: E402
+from bench.cluster import BenchCluster  # noqa: E402
+from sixfold.rpc import compute_pb2 as cpb  # noqa: E402
+from sixfold.rpc import compute_pb2_grpc  # noqa: E402
 
 console = Console(stderr=True)
 ROWS = 10_000
@@ -112,8 +115,9 @@ def local_suite(path: Path, levels: list[int], seconds: float) -> list[dict]:
     return results
 
 
-def sixfold_suite(cluster: ComputeCluster, levels: list[int], seconds: float) -> list[dict]:
-    setup = cluster.writer.connect()
+def sixfold_suite(cluster: BenchCluster, levels: list[int], seconds: float) -> list[dict]:
+    writer, reader = cluster.compute_address("writer"), cluster.compute_address("reader")
+    setup = sixfold.connect(writer, autocommit=True)
     cur = setup.cursor()
     cur.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
     cur.execute("CREATE TABLE r(id INTEGER PRIMARY KEY, v TEXT)")
@@ -124,16 +128,16 @@ def sixfold_suite(cluster: ComputeCluster, levels: list[int], seconds: float) ->
     results = []
     for sessions in levels:
         console.print(f"sixfold insert, {sessions} session(s) ...")
-        conns = [cluster.writer.connect() for _ in range(sessions)]
+        conns = [sixfold.connect(writer, autocommit=True) for _ in range(sessions)]
         n, lat, el = run_threads(sessions, seconds,
                                  lambda i: (lambda c=conns[i].cursor(): c.execute("INSERT INTO t(v) VALUES ('x')")))
         results.append(row("sixfold writer (4/6 quorum)", "insert", sessions, n, lat, el))
         for c in conns:
             c.close()
     counter = [0]
-    for node, name in ((cluster.writer, "sixfold writer"), (cluster.readers[0], "sixfold reader")):
+    for address, name in ((writer, "sixfold writer"), (reader, "sixfold reader")):
         console.print(f"{name} point selects ...")
-        conns = [node.connect() for _ in range(8)]
+        conns = [sixfold.connect(address, autocommit=True) for _ in range(8)]
 
         def select_op(i, conns=conns):
             c = conns[i].cursor()
@@ -147,11 +151,11 @@ def sixfold_suite(cluster: ComputeCluster, levels: list[int], seconds: float) ->
     return results
 
 
-def replica_lag(cluster: ComputeCluster, rate_per_s: float, seconds: float) -> dict:
+def replica_lag(cluster: BenchCluster, rate_per_s: float, seconds: float) -> dict:
     """Paced commits at rate_per_s; lag samples from the reader's own measurement."""
-    conn = cluster.writer.connect()
+    conn = sixfold.connect(cluster.compute_address("writer"), autocommit=True)
     cur = conn.cursor()
-    reader = cluster.readers[0]
+    reader_stub = compute_pb2_grpc.ComputeStub(grpc.insecure_channel(cluster.compute_address("reader")))
     interval = 1.0 / rate_per_s
     commits = 0
     started = time.monotonic()
@@ -166,11 +170,11 @@ def replica_lag(cluster: ComputeCluster, rate_per_s: float, seconds: float) -> d
         cur.execute("INSERT INTO t(v) VALUES ('lag')")
         commits += 1
         if time.monotonic() - last_status > 1.0:
-            status = reader.status()
+            status = reader_stub.Status(cpb.StatusRequest(), timeout=5)
             samples_p50.append(status.replica_lag_ms_p50)
             samples_p99.append(status.replica_lag_ms_p99)
             last_status = time.monotonic()
-    status = reader.status()
+    status = reader_stub.Status(cpb.StatusRequest(), timeout=5)
     elapsed = time.monotonic() - started
     return {"system": "sixfold reader", "test": f"replica lag at {rate_per_s:.0f} commits/s",
             "commits_per_s_achieved": commits / elapsed,
@@ -187,15 +191,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="sixfold-bench-") as tmp:
         console.print("reference: SQLite on a local file ...")
         results = local_suite(Path(tmp) / "local.db", levels, args.seconds)
-        with StorageCluster(Path(tmp) / "storage") as storage:
-            cluster = ComputeCluster(Path(tmp) / "compute", storage, readers=1)
-            try:
-                cluster.start()
-                results += sixfold_suite(cluster, levels, args.seconds)
-                console.print("replica lag at 500 commits/s ...")
-                lag = replica_lag(cluster, 500, max(args.seconds, 5))
-            finally:
-                cluster.close()
+        console.print("sixfold up: 6 storage nodes, a writer and a reader ...")
+        with BenchCluster(readers=1) as cluster:
+            results += sixfold_suite(cluster, levels, args.seconds)
+            console.print("replica lag at 500 commits/s ...")
+            lag = replica_lag(cluster, 500, max(args.seconds, 5))
     table = Table(title="Compute: SQL through the compute node vs SQLite on a local file")
     for col in ("system", "test", "sessions", "ops/s", "p50 ms", "p99 ms", "vs local"):
         table.add_column(col, justify="left" if col in ("system", "test") else "right")

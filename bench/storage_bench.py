@@ -29,7 +29,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sixfold.client.quorum import ClientSettings, PageWrite, QuorumClient
-from tests.storage_cluster import StorageCluster  # moves to sixfold.runtime with the local runtime
+from bench.cluster import BenchCluster
 from sixfold.volume.records import PAGE_SIZE_BYTES, LogRecord, RecordKind, encode_record, make_delta
 
 console = Console(stderr=True)
@@ -123,8 +123,9 @@ async def run_quorum(client: QuorumClient, committers: int, seconds: float, page
     return result
 
 
-async def quorum_suite(cluster: StorageCluster, levels: list[int], seconds: float) -> list[dict]:
-    client = QuorumClient(cluster.node_infos(), writer_id="bench-writer", settings=ClientSettings(volume_id="bench"))
+async def quorum_suite(cluster: BenchCluster, levels: list[int], seconds: float) -> list[dict]:
+    # a volume of its own on the cluster's storage nodes: the cluster's writer is not involved
+    client = QuorumClient(cluster.storage_infos(), writer_id="bench-writer", settings=ClientSettings(volume_id="bench"))
     await client.open_writer()
     results = []
     try:
@@ -148,8 +149,8 @@ def main() -> int:
         for committers in levels:
             console.print(f"[bold]reference[/] {committers} committer(s) for {args.seconds:.0f} s ...")
             results.append(run_reference(Path(tmp) / f"ref-{committers}.log", committers, args.seconds))
-        console.print("starting 6 storage nodes over 3 AZs ...")
-        with StorageCluster(Path(tmp) / "cluster") as cluster:
+        console.print("sixfold up: 6 storage nodes over 3 AZs ...")
+        with BenchCluster(readers=0) as cluster:
             results.extend(asyncio.run(quorum_suite(cluster, levels, args.seconds)))
     table = Table(title="Storage: committed transactions (one record each), fsync on")
     for col in ("system", "committers", "commits/s", "p50 ms", "p99 ms", "vs reference"):

@@ -14,6 +14,7 @@ import collections
 import heapq
 import itertools
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -53,6 +54,14 @@ class ClientSettings:
     read_timeout_s: float = 5.0
     rpc_timeout_s: float = 2.0
     local_az: str | None = None
+
+
+def _payload(write: PageWrite) -> tuple[RecordKind, bytes]:
+    """A delta against the previous image where that is smaller, else the full page."""
+    delta = make_delta(write.base, write.image) if write.base is not None else None
+    if delta is not None:
+        return RecordKind.PAGE_DELTA, delta
+    return RecordKind.FULL_PAGE, write.image
 
 
 class _MemberStream:
@@ -228,6 +237,10 @@ class QuorumClient:
         self._pin_ids = itertools.count(1)
         self.commits = 0
         self._record_listeners: list = []
+        # guards the tracker for callers on other threads (the SQLite writer issues and
+        # waits from its own threads); the loop takes it only for short bookkeeping
+        self._cond = threading.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.read_floor_provider = None   # callable -> the compute node's oldest pinned read LSN
         self._vdl_listeners: list = []
         self.records_sent = 0
@@ -239,6 +252,7 @@ class QuorumClient:
             self.pool, self.settings.volume_id, self.nodes, self.writer_id, self.settings.rpc_timeout_s,
         )
         self.recovered = recovered
+        self._loop = asyncio.get_running_loop()
         self.epoch = recovered.epoch
         self.history = recovered.history
         self.tracker = VolumeTracker(recovered.vdl, recovered.segment_tails, self.settings.lal_records)
@@ -253,6 +267,8 @@ class QuorumClient:
 
     async def close(self) -> None:
         self.closed = True
+        with self._cond:
+            self._cond.notify_all()
         for stream in self._streams.values():
             await stream.stop()
         self._fail_waiters(StorageError("the quorum client was closed"))
@@ -264,9 +280,10 @@ class QuorumClient:
         return self.tracker.vdl
 
     def _segment_members(self, segment: int) -> tuple[str, ...]:
-        if not self.tracker.has_pg(segment):
-            self.tracker.add_pg(segment, tuple(n.address for n in place_segment(segment, self.nodes)))
-        return self.tracker.pg(segment).members
+        with self._cond:   # re-entrant use from issue_from_thread is fine: Condition wraps an RLock
+            if not self.tracker.has_pg(segment):
+                self.tracker.add_pg(segment, tuple(n.address for n in place_segment(segment, self.nodes)))
+            return self.tracker.pg(segment).members
 
     async def commit(self, writes: list[PageWrite]) -> int:
         """Makes one transaction durable; returns its commit LSN once VDL >= it."""
@@ -291,7 +308,7 @@ class QuorumClient:
         segments = [segment_of_page(w.page, self.settings.pages_per_segment) for w in writes]
         for segment in set(segments):
             self._segment_members(segment)
-        while self.tracker.room() < len(writes):
+        while self._room_for(len(writes)) is False:
             self._room.clear()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -302,22 +319,76 @@ class QuorumClient:
                 pass
             if self.fenced:
                 raise FencedError(self.fenced)
-        issued = self.tracker.issue_transaction(segments)
-        for write, rec in zip(writes, issued):
-            delta = make_delta(write.base, write.image) if write.base is not None else None
-            record = LogRecord(
-                lsn=rec.lsn, prev_lsn=rec.prev_lsn, epoch=self.epoch, page=write.page,
-                kind=RecordKind.PAGE_DELTA if delta is not None else RecordKind.FULL_PAGE,
-                flags=FLAG_CPL if rec.is_cpl else 0,
-                payload=delta if delta is not None else write.image,
-            )
-            encoded = encode_record(record)
-            for member in self.tracker.pg(rec.segment).members:
-                self._streams[member].push(rec.segment, encoded)
+        payloads = [_payload(w) for w in writes]
+        with self._cond:
+            issued = self.tracker.issue_transaction(segments)
+        self._push_issued(self._encode(writes, payloads, issued))
+        return issued[-1].lsn
+
+    def issue_from_thread(self, writes: list[PageWrite]) -> int:
+        """issue() for a caller on another thread (the SQLite writer): LSNs are allocated
+        and records encoded right here, without waiting for the loop; the loop gets them
+        in LSN order. Waits only while the LAL is reached."""
+        if self.fenced:
+            raise FencedError(self.fenced)
+        if self.closed or self._loop is None:
+            raise StorageError("the volume is not open for writing")
+        assert writes, "a transaction writes at least one page"
+        deadline = time.monotonic() + self.settings.commit_timeout_s
+        segments = [segment_of_page(w.page, self.settings.pages_per_segment) for w in writes]
+        payloads = [_payload(w) for w in writes]   # deltas need no LSN: outside the lock
+        with self._cond:
+            for segment in set(segments):
+                self._segment_members(segment)
+            while self.tracker.room() < len(writes):
+                remaining = deadline - time.monotonic()
+                if self.fenced:
+                    raise FencedError(self.fenced)
+                if remaining <= 0:
+                    raise CommitTimeoutError(self._quorum_report(f"the LAL is reached (VDL {self.tracker.vdl})"))
+                self._cond.wait(remaining)
+            issued = self.tracker.issue_transaction(segments)
+            encoded = self._encode(writes, payloads, issued)
+            # scheduled under the lock: the loop pushes transactions in LSN order
+            self._loop.call_soon_threadsafe(self._push_issued, encoded)
+        return issued[-1].lsn
+
+    def wait_durable_from_thread(self, lsn: int) -> None:
+        """Blocks the calling (non-loop) thread until VDL >= lsn."""
+        deadline = time.monotonic() + self.settings.commit_timeout_s
+        with self._cond:
+            while self.tracker.vdl < lsn:
+                if self.fenced:
+                    raise FencedError(self.fenced)
+                if self.closed:
+                    raise StorageError("the quorum client was closed")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommitTimeoutError(self._quorum_report(
+                        f"commit LSN {lsn} is not durable after {self.settings.commit_timeout_s:.1f} s"))
+                self._cond.wait(remaining)
+            self.commits += 1
+
+    def _room_for(self, count: int) -> bool:
+        with self._cond:
+            return self.tracker.room() >= count
+
+    def _encode(self, writes, payloads, issued) -> list[tuple[int, LogRecord, bytes]]:
+        out = []
+        for write, (kind, payload), rec in zip(writes, payloads, issued):
+            record = LogRecord(lsn=rec.lsn, prev_lsn=rec.prev_lsn, epoch=self.epoch, page=write.page,
+                               kind=kind, flags=FLAG_CPL if rec.is_cpl else 0, payload=payload)
+            out.append((rec.segment, record, encode_record(record)))
+        return out
+
+    def _push_issued(self, encoded: list[tuple[int, LogRecord, bytes]]) -> None:
+        """On the loop: into every member's boxcar, and to the redo listeners."""
+        for segment, record, blob in encoded:
+            for member in self.tracker.pg(segment).members:
+                self._streams[member].push(segment, blob)
             for listener in self._record_listeners:
                 listener(record)
-        self.records_sent += len(issued)
-        return issued[-1].lsn
+        self.records_sent += len(encoded)
 
     def add_record_listener(self, listener) -> None:
         """listener(record) is called for every record issued (the redo stream to readers)."""
@@ -354,8 +425,11 @@ class QuorumClient:
 
     def _on_ack(self, node: StorageNodeInfo, ack: pb.AppendAck) -> None:
         moved = False
-        for seg_ack in ack.segments:
-            moved |= self.tracker.on_ack(seg_ack.segment, node.address, seg_ack.scl)
+        with self._cond:
+            for seg_ack in ack.segments:
+                moved |= self.tracker.on_ack(seg_ack.segment, node.address, seg_ack.scl)
+            if moved:
+                self._cond.notify_all()
         if moved:
             vdl = self.tracker.vdl
             while self._waiters and self._waiters[0][0] <= vdl:
@@ -376,6 +450,8 @@ class QuorumClient:
         self.fenced = (f"writer {self.writer_id} at epoch {self.epoch} was fenced: node {node.address} is at "
                        f"epoch {ack.node_epoch}. Another writer took over; this one must stop writing.")
         log.error(self.fenced)
+        with self._cond:
+            self._cond.notify_all()
         self._fail_waiters(FencedError(self.fenced))
         self._room.set()
 

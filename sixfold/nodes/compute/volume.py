@@ -153,8 +153,10 @@ class WriterVolume(VolumeState):
 
     @classmethod
     def open(cls, nodes: list[StorageNodeInfo], writer_id: str, settings: ClientSettings,
-             cache_pages: int = 20_000) -> "WriterVolume":
-        loop = LoopThread(f"volume-{writer_id}")
+             cache_pages: int = 20_000, loop: LoopThread | None = None) -> "WriterVolume":
+        """Runs recovery (a new volume epoch). `loop`: a promoted reader passes its own
+        loop, which also runs its gRPC server; call this from another thread."""
+        loop = loop or LoopThread(f"volume-{writer_id}")
         client = QuorumClient(nodes, writer_id, settings)
         recovered = loop.run(client.open_writer())
         volume = cls(client, loop, cache_pages)
@@ -192,7 +194,7 @@ class WriterVolume(VolumeState):
         self.commit_counter += 1
         stamped = stamp_page1(page1, self.commit_counter)
         changes.insert(0, PageWrite(0, stamped, self.read_newest(0)))
-        lsn = self.loop.run(self.client.issue(changes))
+        lsn = self.client.issue_from_thread(changes)
         with self.lock:
             for change in changes:
                 self.cache.put_version(change.page, lsn, change.image)
@@ -203,7 +205,7 @@ class WriterVolume(VolumeState):
         raise AssertionError("a transaction wrote pages but page 1 of the database does not exist")
 
     def wait_durable(self, lsn: int) -> None:
-        self.loop.run(self.client.wait_durable(lsn))
+        self.client.wait_durable_from_thread(lsn)
 
     def maintain(self) -> None:
         """Prunes versions no pinned read needs and evicts cold pages (rule 6)."""

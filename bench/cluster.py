@@ -1,0 +1,56 @@
+"""A throwaway local cluster for benchmarks, started with the real CLI.
+
+`sixfold up` on a temporary data dir and ports of its own (so a cluster the
+user runs on the default ports is left alone); `sixfold down --purge` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from sixfold.volume.placement import StorageNodeInfo
+
+BENCH_STORAGE_PORT = 17100
+BENCH_COMPUTE_PORT = 17200
+
+
+def _sixfold(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "sixfold.cli", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"sixfold {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+class BenchCluster:
+    def __init__(self, readers: int = 1) -> None:
+        self.readers = readers
+        self._tmp = tempfile.TemporaryDirectory(prefix="sixfold-bench-cluster-")
+        self.data_dir = str(Path(self._tmp.name) / "cluster")
+
+    def __enter__(self) -> "BenchCluster":
+        try:
+            _sixfold("up", "--data-dir", self.data_dir, "--readers", str(self.readers),
+                     "--storage-port", str(BENCH_STORAGE_PORT), "--compute-port", str(BENCH_COMPUTE_PORT),
+                     "--json")
+            self.nodes = json.loads(_sixfold("status", "--data-dir", self.data_dir, "--json"))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            _sixfold("down", "--data-dir", self.data_dir, "--purge")
+        finally:
+            self._tmp.cleanup()
+
+    def storage_infos(self) -> list[StorageNodeInfo]:
+        return [StorageNodeInfo(node_id=n["name"], az=str(n["az"]), address=n["address"], region=str(n["region"]))
+                for n in self.nodes if n["kind"] == "storage"]
+
+    def compute_address(self, role: str) -> str:
+        return next(n["address"] for n in self.nodes if n["kind"] == "compute" and n["role"] == role)
