@@ -73,7 +73,8 @@ def append_request(
         writer_id=writer,
         vdl_hint=vdl_hint,
         min_read_lsn=min_read_lsn,
-        truncations=[pb.Truncation(epoch=t.epoch, start_lsn=t.start_lsn) for t in truncations],
+        truncations=[pb.Truncation(epoch=t.epoch, start_lsn=t.start_lsn, baseline_lsn=t.baseline_lsn)
+                     for t in truncations],
         segments=[
             pb.SegmentAppend(segment=s, records=encode_records(records), members=members or [])
             for s, records in segments.items()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+
+import pytest
 
 from sixfold.nodes.storage.log import LogPosition
 from sixfold.nodes.storage.pagestore import PageStore, SegmentBatch, SegmentRow, StoreBatch, rows_for
@@ -98,6 +101,41 @@ def test_void_deletes_records_and_versions_of_older_epochs_above_start(tmp_path)
     result = commit(store, [], [], through=10, void=[Truncation(3, 8)])
     assert result.versions_voided == {("v", 0): 2}  # the invariant broke: reported, not hidden
     store.close()
+
+
+def test_a_baseline_deletes_the_rows_of_old_copies_above_the_materialised_point_only(tmp_path):
+    records = build_history(seed=7, count=20)
+    store = PageStore(tmp_path / "p.db")
+    commit(store, records, records[:8], through=8)
+    # a recovery at epoch 2 re-stamped (5, 15]: memory dropped the old copies 9..15 (8 and below
+    # are page versions: kept); 16..20 are void
+    result = commit(store, [], [], through=8, void=[Truncation(2, 15, 5)])
+    assert result.versions_voided == {}
+    assert [lsn for lsn, _ in store.read_records("v", 0, 0, 100, 100)] == list(range(1, 9))
+    assert store.count("versions", "v", 0) == 8
+    # re-stamped copies that come (gossip) in the batch that saves the truncation stay
+    store.close()
+    store = PageStore(tmp_path / "q.db")
+    commit(store, records, records[:8], through=8)
+    restamped = [dataclasses.replace(r, epoch=2) for r in records[8:15]]
+    commit(store, restamped, [], through=8, void=[Truncation(2, 15, 5)])
+    stored = store.read_records("v", 0, 0, 100, 100)
+    assert [lsn for lsn, _ in stored] == list(range(1, 16))
+    assert [data for _, data in stored[8:]] == [encode_record(r) for r in restamped]
+    store.close()
+
+
+def test_meta_without_baselines_reads_as_baseline_equal_to_start():
+    from sixfold.nodes.storage.codec import CodecError, meta_from_json, meta_to_json
+
+    old = {"epoch": 3, "owner": "rec", "history": [[2, 5], [3, 9]], "members": ["a:1"], "vdl_hint": 4}
+    meta, vdl_hint, min_read_lsn = meta_from_json(old)
+    assert meta.history == (Truncation(2, 5, 5), Truncation(3, 9, 9)) and (vdl_hint, min_read_lsn) == (4, 0)
+    new = Meta(3, "rec", (Truncation(2, 5, 5), Truncation(3, 9, 0)), ("a:1",))
+    doc = meta_to_json(new, 4, 0)
+    assert doc["history"] == [[2, 5, 5], [3, 9, 0]] and meta_from_json(doc)[0] == new
+    with pytest.raises(CodecError):
+        meta_from_json({**old, "history": [[2, 5, 6]]})  # a baseline above the start
 
 
 def test_load_returns_checkpoint_meta_and_split_records(tmp_path):

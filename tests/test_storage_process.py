@@ -393,7 +393,7 @@ def test_stray_truncation_spares_upgraded_records_and_gossip_spreads_the_upgrade
         assert state(node, 0).scl == 30  # an upgrade moves no chain
     for node in nodes[:4]:
         reply = node.stub().Truncate(pb.TruncateRequest(volume_id=VOLUME, segment=0, epoch=3, owner="rec",
-                                                        start_lsn=20), timeout=5)
+                                                        start_lsn=20, baseline_lsn=10), timeout=5)
         assert reply.error == pb.OK and reply.state.scl == 20
     expected = [(r.lsn, 1 if r.lsn <= 10 else 3) for r in records[:20]]
 
@@ -401,7 +401,8 @@ def test_stray_truncation_spares_upgraded_records_and_gossip_spreads_the_upgrade
         s = state(node, 0)
         if s is None or s.scl != 20 or s.volume_epoch != 3:
             return False
-        if {(t.epoch, t.start_lsn) for t in s.truncations} != {(2, 10), (3, 20)}:
+        # the stray entry was written without a baseline (an older node): it reads as baseline = start
+        if {(t.epoch, t.start_lsn, t.baseline_lsn) for t in s.truncations} != {(2, 10, 10), (3, 20, 10)}:
             return False
         return [(r.lsn, r.epoch) for r in decode_records(fetch_all(node, 0))] == expected
 
@@ -419,6 +420,56 @@ def test_stray_truncation_spares_upgraded_records_and_gossip_spreads_the_upgrade
         # 21..30 went (by the Truncate, or by gossip when a peer got it first), and nothing else
         assert voided_in_log(node) == 10, node.log_text()
     assert voided_in_log(nodes[4]) == 20  # its old 11..30, at once
+    reference = fetch_all(nodes[0], 0)
+    for node in nodes[1:]:
+        assert fetch_all(node, 0) == reference
+    assert cluster.errors() == []
+
+
+@pytest.mark.timeout(120)
+def test_old_copies_a_repair_missed_are_dropped_and_gossip_refills_them_re_stamped(storage_cluster_factory):
+    cluster = storage_cluster_factory(azs=3, per_az=2, gossip_interval_ms=50)
+    nodes = cluster.nodes
+    vol = Volume(cluster.addresses)
+    written = [vol.batch({0: 10}) for _ in range(3)]  # LSNs 1..30 at epoch 1
+    for node in nodes:
+        assert_acked(run_append(node, written), 3)
+    records = decode_records(fetch_all(nodes[0], 0))
+    # A recovery at epoch 3 (baseline 10, VDL 20) while node 5 is down: it fences nodes 0..4,
+    # re-replicates 11..20 re-stamped to nodes 0..3 (node 4's Append is lost) and truncates 0..4.
+    nodes[5].kill()
+    for node in nodes[:5]:
+        reply = node.stub().BumpEpoch(pb.BumpEpochRequest(volume_id=VOLUME, segment=0, new_epoch=3, owner="rec",
+                                                          members=cluster.addresses), timeout=5)
+        assert reply.error == pb.OK, reply.detail
+    repair = append_request(1, {0: [dataclasses.replace(r, epoch=3) for r in records[10:20]]}, epoch=3,
+                            writer="rec", members=cluster.addresses, vdl_hint=10)
+    for node in nodes[:4]:
+        assert_acked(run_append(node, [repair]), 1)
+    for node in nodes[:5]:
+        reply = node.stub().Truncate(pb.TruncateRequest(volume_id=VOLUME, segment=0, epoch=3, owner="rec",
+                                                        start_lsn=20, baseline_lsn=10), timeout=5)
+        assert reply.error == pb.OK, reply.detail
+        assert [(t.epoch, t.start_lsn, t.baseline_lsn) for t in reply.state.truncations] == [(3, 20, 10)]
+    bad = nodes[0].stub().Truncate(pb.TruncateRequest(volume_id=VOLUME, segment=0, epoch=3, owner="rec",
+                                                      start_lsn=20, baseline_lsn=21), timeout=5)
+    assert bad.error == pb.INVALID
+    expected = [(r.lsn, 1 if r.lsn <= 10 else 3) for r in records[:20]]
+
+    def converged(node) -> bool:
+        s = state(node, 0)
+        return (s is not None and s.scl == 20 and s.volume_epoch == 3
+                and [(r.lsn, r.epoch) for r in decode_records(fetch_all(node, 0))] == expected)
+
+    # Node 4 dropped its old copies 11..20 at the Truncate (21..30 are void) and gets the
+    # re-stamped ones by gossip; node 5 comes back, learns (3, 20, 10) from a peer, and does the same.
+    nodes[5].start()
+    for node in nodes:
+        wait_until(lambda node=node: converged(node), 30, f"{node.node_id} to hold the re-stamped copies")
+    for node in nodes[4:]:
+        assert "10 old copy(ies) dropped" in node.log_text(), node.log_text()
+    for node in nodes[:4]:
+        assert "old copy(ies) dropped" not in node.log_text()
     reference = fetch_all(nodes[0], 0)
     for node in nodes[1:]:
         assert fetch_all(node, 0) == reference

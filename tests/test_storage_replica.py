@@ -470,3 +470,90 @@ def test_restamp_entries_go_when_the_record_is_voided_or_written_again():
     r.on_restamped(pending)  # the batch that wrote the epoch-3 copies commits late
     assert r.restamp[2][0].epoch == 5  # still pending: a newer copy came meanwhile
     r.check_invariants()
+
+
+# ------------------------------------------------------------ baselines: old copies
+
+
+def test_a_truncation_with_a_baseline_drops_old_copies_and_they_are_refilled_re_stamped():
+    records = chain_records([1, 2, 3, 4, 5])
+    r, _ = recovered_replica(records)  # fenced at 3, but the repair of (2, 4] missed it
+    changes = r.truncate(3, "rec", 4, 2)
+    assert not isinstance(changes, Rejection)
+    assert changes.voided == [5] and changes.dropped_stale == [3, 4] and changes.scl_after == 2
+    assert r.meta.history == (Truncation(3, 4, 2),) and sorted(r.held) == [1, 2]
+    r.check_invariants()
+    # the old copies again (an older writer's resend, or a peer that has not learned the
+    # truncation): the same records, skipped, not an error
+    old = append(r, records[2:4], epoch=3, writer="rec")
+    assert not isinstance(old, Rejection) and old.stale == 2 and not old.records and r.scl == 2
+    gossip = r.ingest(incoming(records[2:4]))
+    assert gossip.stale == 2 and not gossip.records and not gossip.warnings and r.scl == 2
+    # the re-stamped copies (gossip from a repaired member) fill the gap
+    refill = r.ingest(incoming(restamped(records[2:4], 3)))
+    assert [x.lsn for x, _ in refill.records] == [3, 4] and r.scl == 4
+    assert [r.held[lsn].record.epoch for lsn in (1, 2, 3, 4)] == [1, 1, 3, 3]
+    r.check_invariants()
+
+
+def test_a_baseline_above_the_start_or_a_different_baseline_is_refused():
+    records = chain_records([1, 2, 3])
+    r, _ = recovered_replica(records)
+    bad = r.truncate(3, "rec", 2, 3)
+    assert isinstance(bad, Rejection) and bad.code == Code.INVALID and sorted(r.held) == [1, 2, 3]
+    assert not isinstance(r.truncate(3, "rec", 2, 1), Rejection)
+    assert isinstance(r.truncate(3, "rec", 2, 0), Rejection)          # the same epoch, another baseline
+    assert isinstance(r.truncate(3, "rec", 2), Rejection)             # no baseline: 2, not 1
+    conflict = append(r, [], epoch=3, writer="rec", history=[Truncation(3, 2, 2)])
+    assert isinstance(conflict, Rejection) and "conflict" in conflict.detail
+    learned = r.learn(Meta(3, "rec", (Truncation(3, 2, 0),), ()))
+    assert learned.warnings and r.meta.history == (Truncation(3, 2, 1),)
+
+
+def test_an_entry_without_a_baseline_drops_no_old_copy():
+    records = chain_records([1, 2, 3, 4])
+    r, _ = recovered_replica(records)
+    changes = r.truncate(3, "rec", 3)   # as from a recoverer that sends no baseline
+    assert changes.voided == [4] and changes.dropped_stale == [] and r.scl == 3
+    assert r.meta.history == (Truncation(3, 3, 3),)
+
+
+def test_materialised_old_copies_stay_but_are_never_materialised_from_memory():
+    records = chain_records([1, 2, 3, 4, 5, 6])
+    r = SegmentReplica("v", 0)
+    append(r, records, epoch=1)
+    r.note_hints(3, 0)
+    assert [h.record.lsn for h in r.to_materialise(100)] == [1, 2, 3]
+    r.on_stored([h.record.lsn for h in r.take_unstored()])
+    r.on_materialised(3)
+    # a recovery at epoch 3 (baseline 1, VDL 5) re-stamped (1, 5] elsewhere; this replica learns it
+    learned = r.learn(Meta(3, "rec", (Truncation(3, 5, 1),), MEMBERS))
+    assert learned.dropped_stale == [4, 5] and learned.voided == [6] and not learned.warnings
+    assert r.scl == 3 and r.materialised_crc(2) is not None   # 2, 3: page versions, kept
+    # the truncation start (5) lets 4, 5 become versions only as their re-stamped copies
+    assert r.materialise_limit() == 3
+    r.durable_scl = r.ingest(incoming(restamped(records[3:5], 3))).scl_after
+    assert r.materialise_limit() == 5 and [h.record.epoch for h in r.to_materialise(100)] == [3, 3]
+    r.check_invariants()
+
+
+def test_durable_scl_never_counts_records_dropped_before_the_drop_is_durable():
+    """Drops lower the SCL in memory at once; a change logged earlier that becomes durable
+    afterwards must not raise durable_scl past what memory still holds (a read would build a
+    page without the dropped records, an ack would count them)."""
+    records = chain_records([1, 2, 3, 4, 5, 6])
+    r = SegmentReplica("v", 0)
+    plan = r.check_append(1, "w1", (), incoming(records), MEMBERS)
+    first = r.apply_append(plan)                 # logged, its fsync still running
+    assert first.scl_after == 6 and r.durable_scl == 0
+    r.bump_epoch(3, "rec", (), ())
+    dropped = r.truncate(3, "rec", 5, 2)          # old copies 3..5, void 6: SCL 2 in memory
+    assert dropped.scl_after == 2 and r.durable_scl == 0
+    drop_seq = r.drop_seq
+    refill = r.ingest(incoming(restamped(records[2:4], 3)))   # gossip refills 3, 4 (not durable yet)
+    assert refill.scl_after == 4
+    assert r.on_durable(first.scl_after, drop_seq - 1) and r.durable_scl == 2  # capped, not 6
+    assert not r.on_durable(dropped.scl_after, drop_seq)   # the truncation is durable: the cap goes
+    assert r.durable_scl == 2 and r.scl_cap is None
+    assert r.on_durable(refill.scl_after, drop_seq) and r.durable_scl == 4
+    r.check_invariants()

@@ -86,3 +86,53 @@ def test_streams_that_disconnect_leave_no_tasks_behind(tmp_path):
         await stop(node, server, channel)
 
     asyncio.run(run())
+
+
+def test_truncation_baselines_cross_the_wire_with_presence():
+    """0 is a real baseline, so `baseline_lsn` is optional: unset means baseline = start."""
+    import pytest
+
+    from sixfold.client.convert import truncations_from_pb, truncations_to_pb
+    from sixfold.nodes.storage.node import history_of
+    from sixfold.volume.epochs import Truncation
+
+    history = (Truncation(2, 5, 0), Truncation(3, 9, 9), Truncation(4, 12, 7))
+    wire = pb.SegmentState(truncations=truncations_to_pb(history)).SerializeToString()
+    parsed = pb.SegmentState.FromString(wire).truncations
+    assert all(t.HasField("baseline_lsn") for t in parsed)
+    assert truncations_from_pb(parsed) == history_of(parsed) == history
+    old = pb.SegmentState.FromString(pb.SegmentState(truncations=[pb.Truncation(epoch=2, start_lsn=5)])
+                                     .SerializeToString()).truncations  # from a node before baselines
+    assert truncations_from_pb(old) == history_of(old) == (Truncation(2, 5, 5),)
+    with pytest.raises(ValueError):
+        history_of([pb.Truncation(epoch=2, start_lsn=5, baseline_lsn=6)])
+
+
+def test_bad_baselines_are_refused_over_grpc(tmp_path):
+    async def run():
+        node, server, channel, stub = await start(tmp_path)
+        try:
+            acks = [ack async for ack in stub.Append(iter(batches(1)))]
+            assert acks[-1].error == pb.OK
+            bump = await stub.BumpEpoch(pb.BumpEpochRequest(
+                volume_id="vol-test", segment=0, new_epoch=2, owner="rec",
+                truncations=[pb.Truncation(epoch=2, start_lsn=3, baseline_lsn=4)]))
+            assert bump.error == pb.INVALID and "baseline" in bump.detail
+            assert (await stub.BumpEpoch(pb.BumpEpochRequest(volume_id="vol-test", segment=0, new_epoch=2,
+                                                             owner="rec"))).error == pb.OK
+            bad = await stub.Truncate(pb.TruncateRequest(volume_id="vol-test", segment=0, epoch=2, owner="rec",
+                                                         start_lsn=3, baseline_lsn=4))
+            assert bad.error == pb.INVALID
+            good = await stub.Truncate(pb.TruncateRequest(volume_id="vol-test", segment=0, epoch=2, owner="rec",
+                                                          start_lsn=3, baseline_lsn=0))
+            assert good.error == pb.OK and good.state.scl == 0  # 1..3 (epoch 1) are old copies now
+            [t] = good.state.truncations
+            assert (t.epoch, t.start_lsn, t.baseline_lsn) == (2, 3, 0) and t.HasField("baseline_lsn")
+            append = append_request(9, {}, epoch=2, writer="rec", members=MEMBERS)
+            append.truncations.append(pb.Truncation(epoch=2, start_lsn=3, baseline_lsn=5))
+            refused = [ack async for ack in stub.Append(iter([append]))]
+            assert refused[-1].error == pb.INVALID
+        finally:
+            await stop(node, server, channel)
+
+    asyncio.run(run())

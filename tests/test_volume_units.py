@@ -23,6 +23,7 @@ from sixfold.volume.epochs import (
     Truncation,
     durable_floor,
     merge_histories,
+    record_is_current,
     record_is_valid,
 )
 from sixfold.volume.placement import (
@@ -366,6 +367,33 @@ def test_record_validity():
     assert record_is_valid(10, 4, history)
 
 
+def test_record_currency():
+    history = (Truncation(3, 9, 4),)     # recovery 3 kept up to 9 and re-stamped (4, 9]
+    assert record_is_current(4, 1, history)          # at or below the baseline: not re-stamped
+    assert not record_is_current(5, 1, history)      # an old copy of a re-stamped record ...
+    assert record_is_valid(5, 1, history)            # ... but not void
+    assert record_is_current(5, 3, history) and record_is_current(9, 4, history)
+    assert not record_is_current(10, 1, history) and not record_is_valid(10, 1, history)
+    # current implies valid, for any history
+    history = (Truncation(2, 5, 5), Truncation(4, 9, 2), Truncation(6, 12, 11))
+    for lsn in range(15):
+        for epoch in range(1, 8):
+            assert not record_is_current(lsn, epoch, history) or record_is_valid(lsn, epoch, history)
+    assert not record_is_current(3, 3, history) and record_is_current(3, 4, history)
+    assert record_is_current(11, 4, history) and not record_is_current(12, 5, history)
+
+
+def test_truncation_baseline_defaults_to_the_start_and_never_exceeds_it():
+    assert Truncation(2, 5) == Truncation(2, 5, 5) == Truncation(2, 5, None)
+    assert Truncation(2, 5).baseline_lsn == 5 and Truncation(2, 5, 0).baseline_lsn == 0
+    assert all(record_is_current(lsn, 1, (Truncation(2, 5),)) == record_is_valid(lsn, 1, (Truncation(2, 5),))
+               for lsn in range(10))   # no baseline: nothing is an old copy
+    with pytest.raises(ValueError):
+        Truncation(2, 5, 6)
+    with pytest.raises(ValueError):
+        Truncation(2, 5, -1)
+
+
 def test_merge_histories():
     a = (Truncation(2, 5), Truncation(4, 9))
     b = [Truncation(3, 7), Truncation(2, 5)]
@@ -381,6 +409,11 @@ def test_merge_conflict_is_refused():
         merge_histories((Truncation(2, 5),), (Truncation(2, 6),))
     with pytest.raises(HistoryConflict):
         merge_histories([Truncation(3, 1), Truncation(3, 2)])
+    with pytest.raises(HistoryConflict, match="baseline"):   # the same start, another baseline
+        merge_histories((Truncation(2, 5, 1),), (Truncation(2, 5, 3),))
+    with pytest.raises(HistoryConflict):                     # no baseline means baseline = start
+        merge_histories((Truncation(2, 5),), (Truncation(2, 5, 0),))
+    assert merge_histories((Truncation(2, 5, 1),), (Truncation(2, 5, 1),)) == (Truncation(2, 5, 1),)
 
 
 def test_durable_floor():

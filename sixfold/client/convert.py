@@ -8,11 +8,15 @@ from sixfold.volume.recovery import MemberState
 
 
 def truncations_to_pb(history: tuple[Truncation, ...]) -> list[pb.Truncation]:
-    return [pb.Truncation(epoch=t.epoch, start_lsn=t.start_lsn) for t in history]
+    return [pb.Truncation(epoch=t.epoch, start_lsn=t.start_lsn, baseline_lsn=t.baseline_lsn) for t in history]
 
 
 def truncations_from_pb(items) -> tuple[Truncation, ...]:
-    return tuple(Truncation(t.epoch, t.start_lsn) for t in items)
+    """An entry without a baseline (an older node) has baseline = start (see epochs.py).
+    Raises ValueError for a baseline above the start."""
+    return tuple(
+        Truncation(t.epoch, t.start_lsn, t.baseline_lsn if t.HasField("baseline_lsn") else None) for t in items
+    )
 
 
 def member_state(member: str, state: pb.SegmentState) -> MemberState:

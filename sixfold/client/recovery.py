@@ -2,7 +2,9 @@
 
 Fence with a new epoch on a write quorum of every PG, read a read quorum,
 re-replicate what survives, truncate the rest, and hand back the point from
-which the new writer issues LSNs.
+which the new writer issues LSNs. The truncation carries the baseline: the
+records kept in (baseline, VDL] are re-stamped on a write quorum before it is
+written, so replicas drop older copies there (sixfold/volume/epochs.py).
 """
 
 from __future__ import annotations
@@ -173,7 +175,8 @@ async def recover_volume(
 
     async def truncate(seg: int) -> None:
         async with gate:
-            request = pb.TruncateRequest(volume_id=volume_id, segment=seg, epoch=epoch, owner=owner, start_lsn=point.vdl)
+            request = pb.TruncateRequest(volume_id=volume_id, segment=seg, epoch=epoch, owner=owner,
+                                         start_lsn=point.vdl, baseline_lsn=point.baseline)
             replies = await asyncio.gather(*(
                 _call(pool.stub(m).Truncate(request, timeout=rpc_timeout_s), rpc_timeout_s) for m in members[seg]
             ))
@@ -182,7 +185,8 @@ async def recover_volume(
             raise RecoveryError(f"segment {seg}: truncation reached {done} of 6 members (need {WRITE_QUORUM})")
 
     await asyncio.gather(*(truncate(s) for s in segments))
-    history = merge_histories(history, (Truncation(epoch, point.vdl),))
+    # (baseline, VDL] is re-stamped with our epoch on a write quorum: older copies there are stale
+    history = merge_histories(history, (Truncation(epoch, point.vdl, point.baseline),))
     return RecoveredVolume(
         epoch=epoch, vdl=point.vdl, baseline=baseline, history=history,
         segment_tails=point.segment_tails, segment_members=members,

@@ -24,49 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sixfold/rpc/storage.proto\x12\nsixfold.v1\".\n\nTruncation\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x11\n\tstart_lsn\x18\x02 \x01(\x04\"B\n\rSegmentAppend\x12\x0f\n\x07segment\x18\x01 \x01(\r\x12\x0f\n\x07records\x18\x02 \x01(\x0c\x12\x0f\n\x07members\x18\x03 \x03(\t\"\xe0\x01\n\rAppendRequest\x12\x11\n\tbatch_seq\x18\x01 \x01(\x04\x12\x11\n\tvolume_id\x18\x02 \x01(\t\x12\x14\n\x0cvolume_epoch\x18\x03 \x01(\x04\x12\x11\n\twriter_id\x18\x04 \x01(\t\x12\x10\n\x08vdl_hint\x18\x05 \x01(\x04\x12\x14\n\x0cmin_read_lsn\x18\x06 \x01(\x04\x12+\n\x0btruncations\x18\x07 \x03(\x0b\x32\x16.sixfold.v1.Truncation\x12+\n\x08segments\x18\x08 \x03(\x0b\x32\x19.sixfold.v1.SegmentAppend\"*\n\nSegmentAck\x12\x0f\n\x07segment\x18\x01 \x01(\r\x12\x0b\n\x03scl\x18\x02 \x01(\x04\"\x92\x01\n\tAppendAck\x12\x11\n\tbatch_seq\x18\x01 \x01(\x04\x12$\n\x05\x65rror\x18\x02 \x01(\x0e\x32\x15.sixfold.v1.ErrorCode\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x12\n\nnode_epoch\x18\x04 \x01(\x04\x12(\n\x08segments\x18\x05 \x03(\x0b\x32\x16.sixfold.v1.SegmentAck\"\xa7\x01\n\x0eGetPageRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\r\x12\x0c\n\x04page\x18\x03 \x01(\r\x12\x10\n\x08read_lsn\x18\x04 \x01(\x04\x12\x14\n\x0cvolume_epoch\x18\x05 \x01(\x04\x12\x0f\n\x07wait_ms\x18\x06 \x01(\r\x12\x19\n\x0crequired_scl\x18\x07 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_required_scl\"\x84\x01\n\x0fGetPageResponse\x12$\n\x05\x65rror\x18\x01 \x01(\x0e\x32\x15.sixfold.v1.ErrorCode\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x0e\n\x06\x65xists\x18\x03 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x10\n\x08page_lsn\x18\x05 \x01(\x04\x12\x0b\n\x03scl\x18\x06 \x01(\x04\"\xee\x01\n\x0cSegmentState\x12\x0f\n\x07segment\x18\x01 \x01(\r\x12\x14\n\x0cvolume_epoch\x18\x02 \x01(\x04\x12\x13\n\x0b\x65poch_owner\x18\x03 \x01(\t\x12\x0b\n\x03scl\x18\x04 \x01(\x04\x12\x13\n\x0bhighest_lsn\x18\x05 \x01(\x04\x12\x10\n\x08vdl_hint\x18\x06 \x01(\x04\x12+\n\x0btruncations\x18\x07 \x03(\x0b\x32\x16.sixfold.v1.Truncation\x12\x0f\n\x07members\x18\x08 \x03(\t\x12\x14\n\x0crecord_count\x18\t \x01(\x04\x12\x1a\n\x12oldest_version_lsn\x18\n \x01(\x04\":\n\x13SegmentStateRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x10\n\x08segments\x18\x02 \x03(\r\"\x89\x01\n\x14SegmentStateResponse\x12$\n\x05\x65rror\x18\x01 \x01(\x0e\x32\x15.sixfold.v1.ErrorCode\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12*\n\x08segments\x18\x04 \x03(\x0b\x32\x18.sixfold.v1.SegmentState\"\x96\x01\n\x10\x42umpEpochRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\r\x12\x11\n\tnew_epoch\x18\x03 \x01(\x04\x12\r\n\x05owner\x18\x04 \x01(\t\x12+\n\x0btruncations\x18\x05 \x03(\x0b\x32\x16.sixfold.v1.Truncation\x12\x0f\n\x07members\x18\x06 \x03(\t\"r\n\x11SegmentStateReply\x12$\n\x05\x65rror\x18\x01 \x01(\x0e\x32\x15.sixfold.v1.ErrorCode\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0b\x32\x18.sixfold.v1.SegmentState\"f\n\x0fTruncateRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\r\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x11\n\tstart_lsn\x18\x05 \x01(\x04\"\x87\x01\n\x13\x46\x65tchRecordsRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\r\x12\x11\n\tafter_lsn\x18\x03 \x01(\x04\x12\x11\n\tup_to_lsn\x18\x04 \x01(\x04\x12\x13\n\x0bmax_records\x18\x05 \x01(\r\x12\x11\n\tmax_bytes\x18\x06 \x01(\r\"\x98\x01\n\x14\x46\x65tchRecordsResponse\x12$\n\x05\x65rror\x18\x01 \x01(\x0e\x32\x15.sixfold.v1.ErrorCode\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x0f\n\x07records\x18\x03 \x01(\x0c\x12\x10\n\x08has_more\x18\x04 \x01(\x08\x12\'\n\x05state\x18\x05 \x01(\x0b\x32\x18.sixfold.v1.SegmentState\"\x0f\n\rHealthRequest\"\xc8\x01\n\x0eHealthResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\n\n\x02\x61z\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x10\n\x08uptime_s\x18\x06 \x01(\x01\x12\x15\n\rsegment_count\x18\x07 \x01(\r\x12\x11\n\tlog_bytes\x18\x08 \x01(\x04\x12\x13\n\x0b\x66sync_count\x18\t \x01(\x04\x12\x17\n\x0frecords_durable\x18\n \x01(\x04*\x8c\x01\n\tErrorCode\x12\x06\n\x02OK\x10\x00\x12\x0f\n\x0bSTALE_EPOCH\x10\x01\x12\x13\n\x0fNOT_EPOCH_OWNER\x10\x02\x12\x11\n\rNOT_AVAILABLE\x10\x03\x12\x0b\n\x07TOO_OLD\x10\x04\x12\x13\n\x0fUNKNOWN_SEGMENT\x10\x05\x12\x0b\n\x07INVALID\x10\x06\x12\x0f\n\x0bUNAVAILABLE\x10\x07\x32\x89\x04\n\x07Storage\x12>\n\x06\x41ppend\x12\x19.sixfold.v1.AppendRequest\x1a\x15.sixfold.v1.AppendAck(\x01\x30\x01\x12\x42\n\x07GetPage\x12\x1a.sixfold.v1.GetPageRequest\x1a\x1b.sixfold.v1.GetPageResponse\x12T\n\x0fGetSegmentState\x12\x1f.sixfold.v1.SegmentStateRequest\x1a .sixfold.v1.SegmentStateResponse\x12H\n\tBumpEpoch\x12\x1c.sixfold.v1.BumpEpochRequest\x1a\x1d.sixfold.v1.SegmentStateReply\x12\x46\n\x08Truncate\x12\x1b.sixfold.v1.TruncateRequest\x1a\x1d.sixfold.v1.SegmentStateReply\x12Q\n\x0c\x46\x65tchRecords\x12\x1f.sixfold.v1.FetchRecordsRequest\x1a .sixfold.v1.FetchRecordsResponse\x12?\n\x06Health\x12\x19.sixfold.v1.HealthRequest\x1a\x1a.sixfold.v1.HealthResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sixfold/rpc/storage.proto\x12\nsixfold.v1\"Z\n\nTruncation\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x11\n\tstart_lsn\x18\x02 \x01(\x04\x12\x19\n\x0c\x62\x61seline_lsn\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_baseline_lsn\"B\n\rSegmentAppend\x12\x0f\n\x07segment\x18\x01 \x01(\r\x12\x0f\n\x07records\x18\x02 \x01(\x0c\x12\x0f\n\x07members\x18\x03 \x03(\t\"\xe0\x01\n\rAppendRequest\x12\x11\n\tbatch_seq\x18\x01 \x01(\x04\x12\x11\n\tvolume_id\x18\x02 \x01(\t\x12\x14\n\x0cvolume_epoch\x18\x03 \x01(\x04\x12\x11\n\twriter_id\x18\x04 \x01(\t\x12\x10\n\x08vdl_hint\x18\x05 \x01(\x04\x12\x14\n\x0cmin_read_lsn\x18\x06 \x01(\x04\x12+\n\x0btruncations\x18\x07 \x03(\x0b\x32\x16.sixfold.v1.Truncation\x12+\n\x08segments\x18\x08 \x03(\x0b\x32\x19.sixfold.v1.SegmentAppend\"*\n\nSegmentAck\x12\x0f\n\x07segment\x18\x01 \x01(\r\x12\x0b\n\x03scl\x18\x02 \x01(\x04\"\x92\x01\n\tAppendAck\x12\x11\n\tbatch_seq\x18\x01 \x01(\x04\x12$\n\x05\x65rror\x18\x02 \x01(\x0e\x32\x15.sixfold.v1.ErrorCode\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x12\n\nnode_epoch\x18\x04 \x01(\x04\x12(\n\x08segments\x18\x05 \x03(\x0b\x32\x16.sixfold.v1.SegmentAck\"\xa7\x01\n\x0eGetPageRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\r\x12\x0c\n\x04page\x18\x03 \x01(\r\x12\x10\n\x08read_lsn\x18\x04 \x01(\x04\x12\x14\n\x0cvolume_epoch\x18\x05 \x01(\x04\x12\x0f\n\x07wait_ms\x18\x06 \x01(\r\x12\x19\n\x0crequired_scl\x18\x07 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_required_scl\"\x84\x01\n\x0fGetPageResponse\x12$\n\x05\x65rror\x18\x01 \x01(\x0e\x32\x15.sixfold.v1.ErrorCode\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x0e\n\x06\x65xists\x18\x03 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x10\n\x08page_lsn\x18\x05 \x01(\x04\x12\x0b\n\x03scl\x18\x06 \x01(\x04\"\xee\x01\n\x0cSegmentState\x12\x0f\n\x07segment\x18\x01 \x01(\r\x12\x14\n\x0cvolume_epoch\x18\x02 \x01(\x04\x12\x13\n\x0b\x65poch_owner\x18\x03 \x01(\t\x12\x0b\n\x03scl\x18\x04 \x01(\x04\x12\x13\n\x0bhighest_lsn\x18\x05 \x01(\x04\x12\x10\n\x08vdl_hint\x18\x06 \x01(\x04\x12+\n\x0btruncations\x18\x07 \x03(\x0b\x32\x16.sixfold.v1.Truncation\x12\x0f\n\x07members\x18\x08 \x03(\t\x12\x14\n\x0crecord_count\x18\t \x01(\x04\x12\x1a\n\x12oldest_version_lsn\x18\n \x01(\x04\":\n\x13SegmentStateRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x10\n\x08segments\x18\x02 \x03(\r\"\x89\x01\n\x14SegmentStateResponse\x12$\n\x05\x65rror\x18\x01 \x01(\x0e\x32\x15.sixfold.v1.ErrorCode\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12*\n\x08segments\x18\x04 \x03(\x0b\x32\x18.sixfold.v1.SegmentState\"\x96\x01\n\x10\x42umpEpochRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\r\x12\x11\n\tnew_epoch\x18\x03 \x01(\x04\x12\r\n\x05owner\x18\x04 \x01(\t\x12+\n\x0btruncations\x18\x05 \x03(\x0b\x32\x16.sixfold.v1.Truncation\x12\x0f\n\x07members\x18\x06 \x03(\t\"r\n\x11SegmentStateReply\x12$\n\x05\x65rror\x18\x01 \x01(\x0e\x32\x15.sixfold.v1.ErrorCode\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0b\x32\x18.sixfold.v1.SegmentState\"\x92\x01\n\x0fTruncateRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\r\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x11\n\tstart_lsn\x18\x05 \x01(\x04\x12\x19\n\x0c\x62\x61seline_lsn\x18\x06 \x01(\x04H\x00\x88\x01\x01\x42\x0f\n\r_baseline_lsn\"\x87\x01\n\x13\x46\x65tchRecordsRequest\x12\x11\n\tvolume_id\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\r\x12\x11\n\tafter_lsn\x18\x03 \x01(\x04\x12\x11\n\tup_to_lsn\x18\x04 \x01(\x04\x12\x13\n\x0bmax_records\x18\x05 \x01(\r\x12\x11\n\tmax_bytes\x18\x06 \x01(\r\"\x98\x01\n\x14\x46\x65tchRecordsResponse\x12$\n\x05\x65rror\x18\x01 \x01(\x0e\x32\x15.sixfold.v1.ErrorCode\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x0f\n\x07records\x18\x03 \x01(\x0c\x12\x10\n\x08has_more\x18\x04 \x01(\x08\x12\'\n\x05state\x18\x05 \x01(\x0b\x32\x18.sixfold.v1.SegmentState\"\x0f\n\rHealthRequest\"\xc8\x01\n\x0eHealthResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\n\n\x02\x61z\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x10\n\x08uptime_s\x18\x06 \x01(\x01\x12\x15\n\rsegment_count\x18\x07 \x01(\r\x12\x11\n\tlog_bytes\x18\x08 \x01(\x04\x12\x13\n\x0b\x66sync_count\x18\t \x01(\x04\x12\x17\n\x0frecords_durable\x18\n \x01(\x04*\x8c\x01\n\tErrorCode\x12\x06\n\x02OK\x10\x00\x12\x0f\n\x0bSTALE_EPOCH\x10\x01\x12\x13\n\x0fNOT_EPOCH_OWNER\x10\x02\x12\x11\n\rNOT_AVAILABLE\x10\x03\x12\x0b\n\x07TOO_OLD\x10\x04\x12\x13\n\x0fUNKNOWN_SEGMENT\x10\x05\x12\x0b\n\x07INVALID\x10\x06\x12\x0f\n\x0bUNAVAILABLE\x10\x07\x32\x89\x04\n\x07Storage\x12>\n\x06\x41ppend\x12\x19.sixfold.v1.AppendRequest\x1a\x15.sixfold.v1.AppendAck(\x01\x30\x01\x12\x42\n\x07GetPage\x12\x1a.sixfold.v1.GetPageRequest\x1a\x1b.sixfold.v1.GetPageResponse\x12T\n\x0fGetSegmentState\x12\x1f.sixfold.v1.SegmentStateRequest\x1a .sixfold.v1.SegmentStateResponse\x12H\n\tBumpEpoch\x12\x1c.sixfold.v1.BumpEpochRequest\x1a\x1d.sixfold.v1.SegmentStateReply\x12\x46\n\x08Truncate\x12\x1b.sixfold.v1.TruncateRequest\x1a\x1d.sixfold.v1.SegmentStateReply\x12Q\n\x0c\x46\x65tchRecords\x12\x1f.sixfold.v1.FetchRecordsRequest\x1a .sixfold.v1.FetchRecordsResponse\x12?\n\x06Health\x12\x19.sixfold.v1.HealthRequest\x1a\x1a.sixfold.v1.HealthResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sixfold.rpc.storage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=2210
-  _globals['_ERRORCODE']._serialized_end=2350
+  _globals['_ERRORCODE']._serialized_start=2299
+  _globals['_ERRORCODE']._serialized_end=2439
   _globals['_TRUNCATION']._serialized_start=41
-  _globals['_TRUNCATION']._serialized_end=87
-  _globals['_SEGMENTAPPEND']._serialized_start=89
-  _globals['_SEGMENTAPPEND']._serialized_end=155
-  _globals['_APPENDREQUEST']._serialized_start=158
-  _globals['_APPENDREQUEST']._serialized_end=382
-  _globals['_SEGMENTACK']._serialized_start=384
-  _globals['_SEGMENTACK']._serialized_end=426
-  _globals['_APPENDACK']._serialized_start=429
-  _globals['_APPENDACK']._serialized_end=575
-  _globals['_GETPAGEREQUEST']._serialized_start=578
-  _globals['_GETPAGEREQUEST']._serialized_end=745
-  _globals['_GETPAGERESPONSE']._serialized_start=748
-  _globals['_GETPAGERESPONSE']._serialized_end=880
-  _globals['_SEGMENTSTATE']._serialized_start=883
-  _globals['_SEGMENTSTATE']._serialized_end=1121
-  _globals['_SEGMENTSTATEREQUEST']._serialized_start=1123
-  _globals['_SEGMENTSTATEREQUEST']._serialized_end=1181
-  _globals['_SEGMENTSTATERESPONSE']._serialized_start=1184
-  _globals['_SEGMENTSTATERESPONSE']._serialized_end=1321
-  _globals['_BUMPEPOCHREQUEST']._serialized_start=1324
-  _globals['_BUMPEPOCHREQUEST']._serialized_end=1474
-  _globals['_SEGMENTSTATEREPLY']._serialized_start=1476
-  _globals['_SEGMENTSTATEREPLY']._serialized_end=1590
-  _globals['_TRUNCATEREQUEST']._serialized_start=1592
-  _globals['_TRUNCATEREQUEST']._serialized_end=1694
-  _globals['_FETCHRECORDSREQUEST']._serialized_start=1697
-  _globals['_FETCHRECORDSREQUEST']._serialized_end=1832
-  _globals['_FETCHRECORDSRESPONSE']._serialized_start=1835
-  _globals['_FETCHRECORDSRESPONSE']._serialized_end=1987
-  _globals['_HEALTHREQUEST']._serialized_start=1989
-  _globals['_HEALTHREQUEST']._serialized_end=2004
-  _globals['_HEALTHRESPONSE']._serialized_start=2007
-  _globals['_HEALTHRESPONSE']._serialized_end=2207
-  _globals['_STORAGE']._serialized_start=2353
-  _globals['_STORAGE']._serialized_end=2874
+  _globals['_TRUNCATION']._serialized_end=131
+  _globals['_SEGMENTAPPEND']._serialized_start=133
+  _globals['_SEGMENTAPPEND']._serialized_end=199
+  _globals['_APPENDREQUEST']._serialized_start=202
+  _globals['_APPENDREQUEST']._serialized_end=426
+  _globals['_SEGMENTACK']._serialized_start=428
+  _globals['_SEGMENTACK']._serialized_end=470
+  _globals['_APPENDACK']._serialized_start=473
+  _globals['_APPENDACK']._serialized_end=619
+  _globals['_GETPAGEREQUEST']._serialized_start=622
+  _globals['_GETPAGEREQUEST']._serialized_end=789
+  _globals['_GETPAGERESPONSE']._serialized_start=792
+  _globals['_GETPAGERESPONSE']._serialized_end=924
+  _globals['_SEGMENTSTATE']._serialized_start=927
+  _globals['_SEGMENTSTATE']._serialized_end=1165
+  _globals['_SEGMENTSTATEREQUEST']._serialized_start=1167
+  _globals['_SEGMENTSTATEREQUEST']._serialized_end=1225
+  _globals['_SEGMENTSTATERESPONSE']._serialized_start=1228
+  _globals['_SEGMENTSTATERESPONSE']._serialized_end=1365
+  _globals['_BUMPEPOCHREQUEST']._serialized_start=1368
+  _globals['_BUMPEPOCHREQUEST']._serialized_end=1518
+  _globals['_SEGMENTSTATEREPLY']._serialized_start=1520
+  _globals['_SEGMENTSTATEREPLY']._serialized_end=1634
+  _globals['_TRUNCATEREQUEST']._serialized_start=1637
+  _globals['_TRUNCATEREQUEST']._serialized_end=1783
+  _globals['_FETCHRECORDSREQUEST']._serialized_start=1786
+  _globals['_FETCHRECORDSREQUEST']._serialized_end=1921
+  _globals['_FETCHRECORDSRESPONSE']._serialized_start=1924
+  _globals['_FETCHRECORDSRESPONSE']._serialized_end=2076
+  _globals['_HEALTHREQUEST']._serialized_start=2078
+  _globals['_HEALTHREQUEST']._serialized_end=2093
+  _globals['_HEALTHRESPONSE']._serialized_start=2096
+  _globals['_HEALTHRESPONSE']._serialized_end=2296
+  _globals['_STORAGE']._serialized_start=2442
+  _globals['_STORAGE']._serialized_end=2963
 # @@protoc_insertion_point(module_scope)

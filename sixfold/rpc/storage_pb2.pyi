@@ -27,12 +27,14 @@ INVALID: ErrorCode
 UNAVAILABLE: ErrorCode
 
 class Truncation(_message.Message):
-    __slots__ = ("epoch", "start_lsn")
+    __slots__ = ("epoch", "start_lsn", "baseline_lsn")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     START_LSN_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_LSN_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     start_lsn: int
-    def __init__(self, epoch: _Optional[int] = ..., start_lsn: _Optional[int] = ...) -> None: ...
+    baseline_lsn: int
+    def __init__(self, epoch: _Optional[int] = ..., start_lsn: _Optional[int] = ..., baseline_lsn: _Optional[int] = ...) -> None: ...
 
 class SegmentAppend(_message.Message):
     __slots__ = ("segment", "records", "members")
@@ -191,18 +193,20 @@ class SegmentStateReply(_message.Message):
     def __init__(self, error: _Optional[_Union[ErrorCode, str]] = ..., detail: _Optional[str] = ..., state: _Optional[_Union[SegmentState, _Mapping]] = ...) -> None: ...
 
 class TruncateRequest(_message.Message):
-    __slots__ = ("volume_id", "segment", "epoch", "owner", "start_lsn")
+    __slots__ = ("volume_id", "segment", "epoch", "owner", "start_lsn", "baseline_lsn")
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     START_LSN_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_LSN_FIELD_NUMBER: _ClassVar[int]
     volume_id: str
     segment: int
     epoch: int
     owner: str
     start_lsn: int
-    def __init__(self, volume_id: _Optional[str] = ..., segment: _Optional[int] = ..., epoch: _Optional[int] = ..., owner: _Optional[str] = ..., start_lsn: _Optional[int] = ...) -> None: ...
+    baseline_lsn: int
+    def __init__(self, volume_id: _Optional[str] = ..., segment: _Optional[int] = ..., epoch: _Optional[int] = ..., owner: _Optional[str] = ..., start_lsn: _Optional[int] = ..., baseline_lsn: _Optional[int] = ...) -> None: ...
 
 class FetchRecordsRequest(_message.Message):
     __slots__ = ("volume_id", "segment", "after_lsn", "up_to_lsn", "max_records", "max_bytes")

@@ -23,6 +23,12 @@ under an epoch below E', merging that stray truncation later would void it.
 Stamped with an epoch above E', the record is out of its reach. (Records at
 or below the baseline are not at risk: they were durable before any recovery
 that could have voided them fenced its quorum, so that recovery saw them.)
+
+Re-stamping protects the copies that got the new epoch, not the old copies on
+members the repair missed. So the truncation carries the baseline: (E, VDL, B)
+says (B, VDL] was re-stamped on a write quorum, and a replica that learns it
+treats an older-epoch copy there as absent (sixfold/volume/epochs.py) before
+the new writer can count an ack through it; gossip brings the re-stamped copy.
 """
 
 from __future__ import annotations

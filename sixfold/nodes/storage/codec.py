@@ -6,6 +6,8 @@ RECORDS       [u16 volume length][volume utf-8][u32 segment][records...]
 SEGMENT_META  [u16 volume length][volume utf-8][u32 segment][JSON meta]
               epoch, owner, truncation history, members, vdl_hint, min_read_lsn:
               rare (epoch changes, truncations, membership), so readable JSON.
+              A history entry is [epoch, start_lsn, baseline_lsn]; [epoch, start_lsn]
+              (written before baselines existed) reads as baseline = start_lsn.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def meta_to_json(meta: Meta, vdl_hint: int, min_read_lsn: int) -> dict:
     return {
         "epoch": meta.epoch,
         "owner": meta.owner,
-        "history": [[t.epoch, t.start_lsn] for t in meta.history],
+        "history": [[t.epoch, t.start_lsn, t.baseline_lsn] for t in meta.history],
         "members": list(meta.members),
         "vdl_hint": vdl_hint,
         "min_read_lsn": min_read_lsn,
@@ -74,12 +76,19 @@ def meta_from_json(doc: dict) -> tuple[Meta, int, int]:
         meta = Meta(
             int(doc["epoch"]),
             str(doc["owner"]),
-            tuple(Truncation(int(e), int(s)) for e, s in doc["history"]),
+            tuple(_truncation(entry) for entry in doc["history"]),
             tuple(str(m) for m in doc["members"]),
         )
         return meta, int(doc.get("vdl_hint", 0)), int(doc.get("min_read_lsn", 0))
     except (KeyError, TypeError, ValueError) as e:
         raise CodecError(f"bad segment meta: {e}") from None
+
+
+def _truncation(entry) -> Truncation:
+    if len(entry) == 2:  # before baselines: nothing known to be re-stamped (see epochs.py)
+        return Truncation(int(entry[0]), int(entry[1]))
+    epoch, start, baseline = entry
+    return Truncation(int(epoch), int(start), int(baseline))
 
 
 def encode_meta(volume_id: str, segment: int, meta: Meta, vdl_hint: int, min_read_lsn: int) -> bytes:

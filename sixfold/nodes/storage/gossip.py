@@ -5,7 +5,10 @@ they share (GetSegmentState: SCL, highest LSN, epoch, history). Every ~100 ms
 it picks the replicas that have a gap, or whose peers report a higher SCL or
 highest LSN, and calls FetchRecords(after_lsn = our SCL) on the best peer.
 What comes back is ingested under the same validity rules as an Append, after
-learning the peer's epoch and truncation history. Everything is bounded:
+learning the peer's epoch and truncation history. Learning a truncation can
+drop old copies (a recovery re-stamped them elsewhere; sixfold/volume/epochs.py):
+the gap that leaves is what makes the next round fetch the re-stamped copies,
+and old copies a peer still serves are skipped. Everything is bounded:
 replicas per round, concurrent RPCs, records per fetch, pages per fetch, and
 every RPC has a timeout. A dead peer is skipped quietly for a while.
 """
@@ -19,9 +22,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from sixfold.nodes.storage.node import Key, StorageNode
+from sixfold.nodes.storage.node import Key, StorageNode, history_of
 from sixfold.nodes.storage.replica import Code, Meta, SegmentReplica, split_records
-from sixfold.nodes.storage.server import MESSAGE_MAX_BYTES, history_of
+from sixfold.nodes.storage.server import MESSAGE_MAX_BYTES
 from sixfold.rpc import storage_pb2 as pb
 from sixfold.rpc import storage_pb2_grpc as pb_grpc
 from sixfold.volume.records import RecordError
@@ -146,7 +149,11 @@ class Gossiper:
 
     async def _learn(self, replica: SegmentReplica, peer: str, state: pb.SegmentState) -> None:
         self._note(replica, peer, state)
-        history = history_of(state.truncations)
+        try:
+            history = history_of(state.truncations)
+        except ValueError as e:
+            log.warning("segment %s/%d: peer %s reports a bad history: %s", *replica.key, peer, e)
+            return
         if state.volume_epoch > replica.epoch or not set(history) <= set(replica.meta.history):
             meta = Meta(state.volume_epoch, state.epoch_owner, history, tuple(state.members))
             await self.node.ingest_from_peer(replica, meta, [])
@@ -209,7 +216,12 @@ class Gossiper:
                 return
             state = response.state
             self._note(replica, peer, state)
-            meta = Meta(state.volume_epoch, state.epoch_owner, history_of(state.truncations), tuple(state.members))
+            try:
+                history = history_of(state.truncations)
+            except ValueError as e:
+                log.warning("segment %s/%d: peer %s reports a bad history: %s", *replica.key, peer, e)
+                return
+            meta = Meta(state.volume_epoch, state.epoch_owner, history, tuple(state.members))
             added = await self.node.ingest_from_peer(replica, meta, incoming)
             if added.records:
                 log.debug("gossip %s/%d: %d record(s) from %s, SCL now %d",

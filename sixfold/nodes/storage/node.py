@@ -41,9 +41,10 @@ from sixfold.nodes.storage.replica import (
     Rejection,
     SegmentReplica,
     record_crc,
+    record_epoch,
     split_records,
 )
-from sixfold.volume.epochs import Truncation
+from sixfold.volume.epochs import Truncation, record_is_current
 from sixfold.volume.records import RecordError, RecordKind, apply_record
 
 log = logging.getLogger("sixfold.storage.node")
@@ -112,6 +113,16 @@ def bad_segment(segment: int) -> str | None:
     return None if 0 <= segment <= SEGMENT_MAX else f"segment {segment} out of range"
 
 
+def history_of(truncations) -> tuple[Truncation, ...]:
+    """Protobuf Truncation entries -> history. An entry without baseline_lsn (from a node
+    that predates it) has baseline = start (sixfold/volume/epochs.py). Raises ValueError
+    for a baseline above the start."""
+    return tuple(
+        Truncation(t.epoch, t.start_lsn, t.baseline_lsn if t.HasField("baseline_lsn") else None)
+        for t in truncations
+    )
+
+
 class StorageNode:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
@@ -142,6 +153,7 @@ class StorageNode:
         end = await asyncio.to_thread(scan_log, data_dir / "log", checkpoint, self._replay_frame)
         for replica in self.replicas.values():
             replica.durable_scl = replica.chain.scl  # everything replayed is on disk
+            replica.scl_cap = None
             self._dirty.add(replica.key)
         self._stored_checkpoint = checkpoint
         self.log = GroupCommitLog(
@@ -188,6 +200,9 @@ class StorageNode:
         changes = replica.ingest(incoming)
         if changes.skipped:
             log.warning("segment %s/%d: %d stored record(s) are no longer valid", *replica.key, changes.skipped)
+        if changes.stale:
+            log.info("segment %s/%d: %d stored old copy(ies) are not current (re-stamped elsewhere)",
+                     *replica.key, changes.stale)
         replica.on_stored([r.lsn for r, _ in incoming])
         replica.unstored = []
         self.replicas[replica.key] = replica
@@ -224,7 +239,10 @@ class StorageNode:
             return Rejected(Rejection(Code.INVALID, problem))
         if len(req.truncations) > 1024 or len(req.segments) > 4096:
             return Rejected(Rejection(Code.INVALID, "too many truncations or segments in one request"))
-        history = tuple(Truncation(t.epoch, t.start_lsn) for t in req.truncations)
+        try:
+            history = history_of(req.truncations)
+        except ValueError as e:
+            return Rejected(Rejection(Code.INVALID, str(e)))
         decoded: list[tuple[object, list[Incoming]]] = []
         seen: set[int] = set()
         for sa in req.segments:
@@ -279,13 +297,17 @@ class StorageNode:
     ) -> asyncio.Future:
         assert self.log is not None
         frames: list[tuple[int, bytes]] = []
-        updates: list[tuple[SegmentReplica, int, int]] = []
+        updates: list[tuple[SegmentReplica, int, int, int]] = []  # (replica, SCL after, drops, records)
         for replica, changes, blob in work:
             self._log_warnings(changes)
             if changes.upgraded:
                 log.info("segment %s/%d: %d record(s) re-stamped with a higher epoch (%d..%d)",
                          replica.volume_id, replica.segment, len(changes.upgraded),
                          changes.upgraded[0], changes.upgraded[-1])
+            if changes.dropped_stale:
+                log.info("segment %s/%d: %d old copy(ies) dropped, re-stamped elsewhere by a recovery "
+                         "(%d..%d); gossip refills them", replica.volume_id, replica.segment,
+                         len(changes.dropped_stale), changes.dropped_stale[0], changes.dropped_stale[-1])
             if changes.meta is not None:
                 payload = codec.encode_meta(replica.volume_id, replica.segment, changes.meta,
                                             replica.vdl_hint, replica.min_read_lsn)
@@ -294,14 +316,16 @@ class StorageNode:
                 if blob is None:
                     blob = b"".join(encoded for _, encoded in changes.records)
                 frames.append((FrameType.RECORDS, codec.encode_records(replica.volume_id, replica.segment, blob)))
-            updates.append((replica, changes.scl_after, len(changes.records) - len(changes.upgraded)))
+            updates.append((replica, changes.scl_after, replica.drop_seq, len(changes.records) - len(changes.upgraded)))
             self._dirty.add(replica.key)
 
         def on_durable() -> None:
-            for replica, scl_after, count in updates:
+            for replica, scl_after, drop_seq, count in updates:
                 self.records_durable += count
-                if replica.durable_scl != scl_after:
-                    replica.durable_scl = scl_after
+                if replica.on_durable(scl_after, drop_seq):
+                    # the materialise limit moved: a round that ran before this fsync could not
+                    # materialise these records, and nothing else may mark the replica again
+                    self._dirty.add(replica.key)
                     self._scl_moved(replica.key, origin)
 
         return self.log.append(frames, on_durable)
@@ -344,13 +368,14 @@ class StorageNode:
         await self._persist([(replica, result, None)], None)
         return None, replica
 
-    async def truncate(self, volume_id: str, segment: int, epoch: int, owner: str, start_lsn: int
-                       ) -> tuple[Rejection | None, SegmentReplica | None]:
+    async def truncate(self, volume_id: str, segment: int, epoch: int, owner: str, start_lsn: int,
+                       baseline_lsn: int | None = None) -> tuple[Rejection | None, SegmentReplica | None]:
+        """baseline_lsn: the recovery's baseline (None: not sent, taken as start_lsn)."""
         replica = self.replicas.get((volume_id, segment))
         if replica is None:
             return Rejection(Code.UNKNOWN_SEGMENT, f"no replica of {volume_id}/{segment}"), None
         await self.log.wait_for_room()
-        result = replica.truncate(epoch, owner, start_lsn)
+        result = replica.truncate(epoch, owner, start_lsn, baseline_lsn)
         if isinstance(result, Rejection):
             return result, replica
         if result.voided:
@@ -459,13 +484,24 @@ class StorageNode:
         # memory first (see get_page); held records are exactly those above the materialised point
         held = replica.held_in_range(after_lsn, up_to_lsn)
         materialised_lsn = replica.materialised_lsn
+        # Never an old copy (sixfold/volume/epochs.py): materialised ones may be in the store,
+        # and a held one may have been dropped by a history learned during an await below.
+        found: list[tuple[int, bytes]] = []
         store_full = False
-        rows: list[tuple[int, bytes]] = []
-        if after_lsn < materialised_lsn:
-            rows = await self._read_records(replica, after_lsn, min(up_to_lsn, materialised_lsn), max_records)
+        cursor = after_lsn
+        while cursor < materialised_lsn:
+            rows = await self._read_records(replica, cursor, min(up_to_lsn, materialised_lsn), max_records)
             store_full = len(rows) == max_records
-        # read after the await: a held record upgraded meanwhile is replaced in place
-        found = rows + [(h.record.lsn, h.encoded) for h in held]
+            history = replica.meta.history
+            found += [(lsn, data) for lsn, data in rows if record_is_current(lsn, record_epoch(data), history)]
+            if found or not store_full:
+                break
+            cursor = rows[-1][0]  # a whole page of old copies: read on, or the answer looks complete
+        if not store_full:
+            # read after the await: a held record upgraded meanwhile is replaced in place
+            history = replica.meta.history
+            found += [(h.record.lsn, h.encoded) for h in held
+                      if record_is_current(h.record.lsn, h.record.epoch, history)]
         out: list[bytes] = []
         size_bytes = 0
         has_more = store_full

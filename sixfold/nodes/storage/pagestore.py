@@ -13,7 +13,10 @@ log file is gone), `segments` (replica metadata and GC horizons) and
 A record's epoch is in its `records` row and in the `versions` row made from
 it: truncations void both by epoch. When a replica upgrades a record's epoch
 (a recovery re-stamped it), the batch's `restamp` rewrites both, before the
-batch's truncations are applied.
+batch's truncations are applied. A truncation (E, S, B) also deletes the rows of
+old copies in (B, S] (epoch < E) above the materialised point: memory dropped
+them (not current, sixfold/volume/epochs.py). Materialised records keep their
+rows and versions unless void.
 
 Blocking API: the node calls the write methods from one writer thread and the
 read methods from reader threads (one connection per thread).
@@ -80,7 +83,7 @@ class SegmentBatch:
     row: SegmentRow                              # saved as is (materialised_lsn: after this batch)
     records: list[tuple[int, int, int, bytes]]   # (lsn, epoch, crc, encoded) to store
     materialise: list[LogRecord]                 # ascending, contiguous in the chain, all stored
-    void: tuple[Truncation, ...] = ()            # truncations new since the last save
+    void: tuple[Truncation, ...] = ()            # truncations new since the last save (void, and stale copies)
     # a version whose successor (same page, this batch) is at or below this LSN is not
     # written: no reader may read below it, so GC would drop that version right away
     skip_below_lsn: int = 0
@@ -211,6 +214,14 @@ class PageStore:
                 "DELETE FROM records WHERE volume = ? AND segment = ? AND lsn > ? AND epoch < ?",
                 (r.volume_id, r.segment, t.start_lsn, t.epoch),
             )
+            # old copies, not current: dropped in memory, never materialised (rows at or
+            # below the materialised point stay: a page version was made from them)
+            stale_above = max(t.baseline_lsn, r.materialised_lsn)
+            if stale_above < t.start_lsn:
+                db.execute(
+                    "DELETE FROM records WHERE volume = ? AND segment = ? AND lsn > ? AND lsn <= ? AND epoch < ?",
+                    (r.volume_id, r.segment, stale_above, t.start_lsn, t.epoch),
+                )
             voided = db.execute(
                 "DELETE FROM versions WHERE volume = ? AND segment = ? AND lsn > ? AND epoch < ?",
                 (r.volume_id, r.segment, t.start_lsn, t.epoch),

@@ -17,6 +17,13 @@ higher epoch replaces the held copy: in memory at once, in the log as a RECORDS
 frame, and in the page store (records row and the page version made from it) by
 the materialiser's next batch (`restamp`). Chain and SCL do not change. A copy
 with the same or a lower epoch is a duplicate; different contents are refused.
+
+Old copies: a truncation (E, S, B) says its recovery re-stamped what it kept in
+(B, S] on a write quorum, so a held copy there with an epoch below E is not current
+(sixfold/volume/epochs.py). It is dropped like a void one (a gap: the SCL cannot pass
+it; gossip refills it with the re-stamped copy), and an incoming one is skipped.
+Materialised records are the exception: they stay unless void (DESIGN.md).
+Invariant: every held record is current under the replica's history.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from sixfold.volume.epochs import (
     Truncation,
     durable_floor,
     merge_histories,
+    record_is_current,
     record_is_valid,
 )
 from sixfold.volume.records import (
@@ -113,12 +121,22 @@ def record_crc(encoded: bytes) -> int:
     return _CRC.unpack_from(encoded, 0)[0]
 
 
+_EPOCH = struct.Struct("<Q")
+_EPOCH_OFFSET = 24  # crc u32, body u32, lsn u64, prev u64 (sixfold/volume/records.py)
+
+
+def record_epoch(encoded: bytes) -> int:
+    """The epoch field of an encoded record (its CRC was checked when it was stored)."""
+    return _EPOCH.unpack_from(encoded, _EPOCH_OFFSET)[0]
+
+
 @dataclass(frozen=True, slots=True)
 class AppendPlan:
     meta: Meta | None          # the meta to adopt (None: unchanged)
     fresh: list[Incoming]      # records to add
     duplicates: int
     upgrades: list[Incoming] = field(default_factory=list)  # held records to re-stamp with a higher epoch
+    stale: int = 0             # old copies skipped: not current under the history (not an error)
 
     @property
     def to_log(self) -> list[Incoming]:
@@ -138,9 +156,11 @@ class Changes:
     meta: Meta | None = None
     records: list[Incoming] = field(default_factory=list)
     upgraded: list[int] = field(default_factory=list)
-    voided: list[int] = field(default_factory=list)
+    voided: list[int] = field(default_factory=list)      # held records dropped: void
+    dropped_stale: list[int] = field(default_factory=list)  # held records dropped: not current (old copies)
     duplicates: int = 0
     skipped: int = 0            # gossip/replay records ignored (void, too new, conflicting)
+    stale: int = 0              # incoming old copies ignored: not current under the history
     warnings: list[str] = field(default_factory=list)
     scl_after: int = 0
 
@@ -182,6 +202,11 @@ class SegmentReplica:
         self.page_lsns: dict[int, list[int]] = {}   # page -> held LSNs touching it, ascending
         self.unstored: list[int] = []               # held LSNs not yet in the page store
         self.durable_scl = materialised_lsn
+        # Dropping held records (void, or old copies) lowers the SCL in memory at once, before
+        # the change is durable: until it is, durable_scl may not exceed the SCL after the drop,
+        # or a read (or an ack) would count records memory no longer has (see on_durable)
+        self.drop_seq = 0
+        self.scl_cap: int | None = None
         self.vdl_hint = vdl_hint
         self.min_read_lsn = min_read_lsn
         self.records_gc_lsn = records_gc_lsn        # every record below it is gone from the store
@@ -246,10 +271,12 @@ class SegmentReplica:
             return Rejection(Code.INVALID, problem)
         if not members and not self.meta.members:
             return Rejection(Code.INVALID, f"segment {self.segment}: members are required on the first append")
-        void = self._void_under(merged) if merged != self.meta.history else set()
+        # held records the merged history drops (apply_append drops them): not held any more
+        gone = self._dropped_under(merged) if merged != self.meta.history else set()
         fresh: list[Incoming] = []
         upgrades: list[Incoming] = []
         duplicates = 0
+        stale = 0
         for record, encoded in incoming:
             if record.epoch > epoch:
                 return Rejection(Code.INVALID, f"record lsn={record.lsn} epoch {record.epoch} > request epoch {epoch}")
@@ -257,8 +284,11 @@ class SegmentReplica:
                 return Rejection(
                     Code.INVALID, f"record lsn={record.lsn} epoch {record.epoch} is void under the history"
                 )
+            if not record_is_current(record.lsn, record.epoch, merged):
+                stale += 1  # an old copy of a record a recovery re-stamped: the same record, not stored
+                continue
             held = self.held.get(record.lsn)
-            if held is not None and record.lsn not in void:
+            if held is not None and record.lsn not in gone:
                 match = _compare(held.record, held.encoded, record, encoded)
                 if match == "different":
                     return Rejection(Code.INVALID, f"lsn {record.lsn} is already held with different bytes")
@@ -280,10 +310,10 @@ class SegmentReplica:
                 continue
             fresh.append((record, encoded))
         meta = Meta(epoch, writer_id, merged, tuple(members) or self.meta.members)
-        return AppendPlan(None if meta == self.meta else meta, fresh, duplicates, upgrades)
+        return AppendPlan(None if meta == self.meta else meta, fresh, duplicates, upgrades, stale)
 
     def apply_append(self, plan: AppendPlan) -> Changes:
-        changes = Changes(duplicates=plan.duplicates)
+        changes = Changes(duplicates=plan.duplicates, stale=plan.stale)
         if plan.meta is not None:
             self._set_meta(plan.meta, changes)
         for record, encoded in plan.fresh:
@@ -320,20 +350,36 @@ class SegmentReplica:
         changes.scl_after = self.chain.scl
         return changes
 
-    def truncate(self, epoch: int, owner: str, start_lsn: int) -> Changes | Rejection:
+    def truncate(self, epoch: int, owner: str, start_lsn: int, baseline_lsn: int | None = None) -> Changes | Rejection:
+        """baseline_lsn: the recovery's baseline (None: unknown, taken as start_lsn)."""
+        if baseline_lsn is not None and not 0 <= baseline_lsn <= start_lsn:
+            return Rejection(Code.INVALID, f"baseline_lsn {baseline_lsn} above start_lsn {start_lsn}")
         if epoch < self.meta.epoch:
             return Rejection(Code.STALE_EPOCH, f"request epoch {epoch} < segment epoch {self.meta.epoch}")
         if epoch > self.meta.epoch:
             return Rejection(Code.INVALID, f"segment epoch {self.meta.epoch} < request epoch {epoch}: BumpEpoch first")
         if owner != self.meta.owner:
             return Rejection(Code.NOT_EPOCH_OWNER, f"epoch {epoch} is owned by {self.meta.owner!r}")
-        merged = self._merge((Truncation(epoch, start_lsn),), epoch)
+        merged = self._merge((Truncation(epoch, start_lsn, baseline_lsn),), epoch)
         if isinstance(merged, Rejection):
             return merged
         changes = Changes()
         self._set_meta(Meta(self.meta.epoch, self.meta.owner, merged, self.meta.members), changes)
         changes.scl_after = self.chain.scl
         return changes
+
+    def on_durable(self, scl_after: int, drop_seq: int) -> bool:
+        """A logged change is durable: it left the SCL at scl_after, after `drop_seq` drops.
+        Returns True when durable_scl moved. Called in log order."""
+        scl = scl_after
+        if self.scl_cap is not None:
+            if drop_seq >= self.drop_seq:
+                self.scl_cap = None  # the latest drop is durable with this change
+            else:
+                scl = min(scl, self.scl_cap)
+        moved = scl != self.durable_scl
+        self.durable_scl = scl
+        return moved
 
     def note_hints(self, vdl_hint: int, min_read_lsn: int) -> bool:
         """Both only move up; returns True when either moved."""
@@ -366,10 +412,16 @@ class SegmentReplica:
         return changes
 
     def ingest(self, incoming: list[Incoming]) -> Changes:
-        """Adds records a peer (or the log) holds; silently skips what is not valid here."""
+        """Adds records a peer (or the log) holds; silently skips what is not valid here,
+        and old copies that are not current (counted in `stale`)."""
         changes = Changes()
         history = self.meta.history
         for record, encoded in incoming:
+            if not record_is_current(record.lsn, record.epoch, history) and record_is_valid(
+                record.lsn, record.epoch, history
+            ):
+                changes.stale += 1  # an old copy of a record a recovery re-stamped: as if absent
+                continue
             held = self.held.get(record.lsn)
             if held is not None:
                 match = _compare(held.record, held.encoded, record, encoded)
@@ -415,7 +467,11 @@ class SegmentReplica:
 
     def materialise_limit(self) -> int:
         """Records up to here can never be voided: they are at or below the VDL
-        (or a recovery's durable point) and inside the durable, gap-free chain."""
+        (or a recovery's durable point) and inside the durable, gap-free chain.
+
+        A truncation's start is only safe because the chain holds current copies only:
+        in (baseline, start] of the newest truncation every held copy is the re-stamped
+        one (an old copy there was dropped, so the SCL stops below it)."""
         safe_lsn = max(self.vdl_hint, durable_floor(self.meta.history))
         return min(self.durable_scl, self.chain.scl, safe_lsn)
 
@@ -423,7 +479,13 @@ class SegmentReplica:
         limit = self.materialise_limit()
         lsns = self.chain.lsns_above(self.materialised_lsn)
         lsns = lsns[: min(max_records, bisect.bisect_right(lsns, limit))]
-        return [self.held[lsn] for lsn in lsns]
+        out = [self.held[lsn] for lsn in lsns]
+        history = self.meta.history
+        for held in out:  # never a page version from an old copy (see materialise_limit)
+            assert record_is_current(held.record.lsn, held.record.epoch, history), (
+                f"segment {self.segment}: materialising lsn {held.record.lsn} epoch {held.record.epoch}, "
+                f"not current under {history}")
+        return out
 
     def take_unstored(self) -> list[Held]:
         out = [self.held[lsn] for lsn in self.unstored if lsn in self.held and not self.held[lsn].in_store]
@@ -509,22 +571,25 @@ class SegmentReplica:
             return Rejection(Code.INVALID, f"history names epoch {merged[-1].epoch} above request epoch {epoch}")
         return merged
 
-    def _void_under(self, history: tuple[Truncation, ...]) -> set[int]:
-        lowest = min((t.start_lsn for t in history), default=None)
+    def _dropped_under(self, history: tuple[Truncation, ...]) -> dict[int, bool]:
+        """Held LSNs whose copy is void (True) or valid but not current (False) under `history`."""
+        lowest = min((t.baseline_lsn for t in history), default=None)
         if lowest is None:
-            return set()
-        return {
-            lsn
-            for lsn in self.chain.lsns_above(lowest)
-            if not record_is_valid(lsn, self.held[lsn].record.epoch, history)
-        }
+            return {}
+        out: dict[int, bool] = {}
+        for lsn in self.chain.lsns_above(lowest):
+            epoch = self.held[lsn].record.epoch
+            if not record_is_current(lsn, epoch, history):
+                out[lsn] = not record_is_valid(lsn, epoch, history)
+        return out
 
     def _set_meta(self, meta: Meta, changes: Changes) -> None:
         if meta.history != self.meta.history:
-            void = self._void_under(meta.history)
-            if void:
-                self._drop(void)
-                changes.voided = sorted(void)
+            gone = self._dropped_under(meta.history)
+            if gone:
+                self._drop(set(gone))
+                changes.voided = sorted(lsn for lsn, void in gone.items() if void)
+                changes.dropped_stale = sorted(lsn for lsn, void in gone.items() if not void)
             for t in meta.history:
                 if t.start_lsn < self.materialised_lsn and t not in self.meta.history:
                     void_materialised = self._materialised_void_under(t)
@@ -572,6 +637,9 @@ class SegmentReplica:
             self.restamp.pop(lsn, None)  # the store's void (same batch or later) removes any copy
             self._unindex_page(self.held.pop(lsn).record)
         self.chain.truncate_above(min(lsns) - 1, keep=lambda lsn: lsn not in lsns)
+        self.drop_seq += 1
+        self.scl_cap = self.chain.scl if self.scl_cap is None else min(self.scl_cap, self.chain.scl)
+        self.durable_scl = min(self.durable_scl, self.chain.scl)
 
     def _unindex_page(self, record: LogRecord) -> None:
         if record.kind is RecordKind.VOLUME_SIZE:
@@ -608,7 +676,7 @@ class SegmentReplica:
         assert indexed == sorted(lsn for lsn, h in self.held.items() if h.record.kind is not RecordKind.VOLUME_SIZE)
         assert self.chain.scl >= self.materialised_lsn
         for lsn, held in self.held.items():
-            assert record_is_valid(lsn, held.record.epoch, self.meta.history)
+            assert record_is_current(lsn, held.record.epoch, self.meta.history)  # (so valid too)
             assert held.record.lsn == lsn
         assert len(self._mat_lsns) == len(self._mat_crcs) == len(self._mat_epochs)
         for lsn, (record, encoded) in self.restamp.items():

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 import grpc
 
 from sixfold.nodes.storage.log import LogFailed
-from sixfold.nodes.storage.node import Key, Rejected, StorageNode
+from sixfold.nodes.storage.node import Key, Rejected, StorageNode, history_of
 from sixfold.nodes.storage.replica import Code, Rejection, SegmentReplica
 from sixfold.rpc import storage_pb2 as pb
 from sixfold.rpc import storage_pb2_grpc as pb_grpc
-from sixfold.volume.epochs import Truncation
 
 log = logging.getLogger("sixfold.storage.server")
 
@@ -36,15 +35,12 @@ def segment_state(replica: SegmentReplica) -> pb.SegmentState:
         scl=replica.durable_scl,
         highest_lsn=replica.chain.highest_lsn,
         vdl_hint=replica.vdl_hint,
-        truncations=[pb.Truncation(epoch=t.epoch, start_lsn=t.start_lsn) for t in replica.meta.history],
+        truncations=[pb.Truncation(epoch=t.epoch, start_lsn=t.start_lsn, baseline_lsn=t.baseline_lsn)
+                     for t in replica.meta.history],
         members=list(replica.meta.members),
         record_count=replica.record_count,
         oldest_version_lsn=replica.oldest_version_lsn,
     )
-
-
-def history_of(truncations) -> tuple[Truncation, ...]:
-    return tuple(Truncation(t.epoch, t.start_lsn) for t in truncations)
 
 
 @dataclass(slots=True)
@@ -144,10 +140,12 @@ class StorageServicer(pb_grpc.StorageServicer):
                     return
                 await stream.wakeup.wait()
         finally:
-            # the client went away (or we are done): no task may outlive the call
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            # the client went away (or we are done): no task may outlive the call. Unregister
+            # before awaiting: a second cancellation of this task (the call's own, then the
+            # server's) can end the await below, and would leak the stream
+            reader.cancel()  # it runs no more code until it sees the cancellation
             self.node.unregister_stream(stream, stream.touched)
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def _read_appends(self, request_iterator, stream: AppendStream) -> None:
         try:
@@ -222,9 +220,13 @@ class StorageServicer(pb_grpc.StorageServicer):
 
     async def BumpEpoch(self, request, context):
         try:
+            history = history_of(request.truncations)
+        except ValueError as e:
+            return self._state_reply(Rejection(Code.INVALID, str(e)), None)
+        try:
             rejection, replica = await self.node.bump_epoch(
                 request.volume_id, request.segment, request.new_epoch, request.owner,
-                history_of(request.truncations), tuple(request.members),
+                history, tuple(request.members),
             )
         except LogFailed as e:
             rejection, replica = Rejection(Code.UNAVAILABLE, str(e)), None
@@ -234,6 +236,7 @@ class StorageServicer(pb_grpc.StorageServicer):
         try:
             rejection, replica = await self.node.truncate(
                 request.volume_id, request.segment, request.epoch, request.owner, request.start_lsn,
+                request.baseline_lsn if request.HasField("baseline_lsn") else None,
             )
         except LogFailed as e:
             rejection, replica = Rejection(Code.UNAVAILABLE, str(e)), None
