@@ -56,12 +56,10 @@ class Router:
         self._conns: set[tuple[str, str, asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self.servers: list[asyncio.AbstractServer] = []
 
-    def target(self, endpoint: str, unreachable: frozenset[str] = frozenset()) -> str | None:
+    def target(self, endpoint: str) -> str | None:
         snap = self.snapshot()
         if endpoint == "reader":
-            # readers the catalog calls healthy but this connection could not reach (the
-            # health checks lag a crash by a few probes) are skipped: then the writer
-            readers = [r for r in reader_targets(snap) if r not in unreachable]
+            readers = reader_targets(snap)
             if readers:
                 return readers[next(self._rr) % len(readers)]
         return writer_target(snap)
@@ -118,9 +116,8 @@ class Router:
         deadline = loop.time() + CONNECT_WAIT_S
         upstream = None
         target = None
-        unreachable: set[str] = set()
         while upstream is None and loop.time() < deadline:
-            target = self.target(endpoint, frozenset(unreachable))
+            target = self.target(endpoint)
             if target is None:
                 await asyncio.sleep(0.05)
                 continue
@@ -128,7 +125,6 @@ class Router:
             try:
                 upstream = await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT_S)
             except (OSError, asyncio.TimeoutError):
-                unreachable.add(target)
                 await asyncio.sleep(0.1)
         if upstream is None:
             log.warning("endpoint %s: no target within %.0f s; closing the client connection", endpoint,
