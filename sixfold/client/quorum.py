@@ -201,7 +201,10 @@ class _MemberStream:
     async def _read_acks(self, call) -> None:
         async for ack in call:
             self.connected = True
-            if ack.error in (pb.STALE_EPOCH, pb.NOT_EPOCH_OWNER):
+            if ack.error in (pb.STALE_EPOCH, pb.NOT_EPOCH_OWNER) or ack.node_epoch > self.client.epoch:
+                # a newer epoch: another writer recovered the volume. The SCLs in this ack may
+                # count *its* records (same LSNs, newer epoch), so they must never move our VDL
+                # (a storage node pushes SCL moves to every stream of the segment, stale ones too)
                 self.client._on_fenced(self.node, ack)
                 return
             if ack.error != pb.OK:
