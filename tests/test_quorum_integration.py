@@ -42,7 +42,10 @@ async def commit_pairs(client: QuorumClient, start: int, count: int) -> dict[int
 
 
 async def segment_scls(client: QuorumClient, address: str) -> dict[int, int]:
-    reply = await client.pool.stub(address).GetSegmentState(pb.SegmentStateRequest(volume_id="it"), timeout=2)
+    # wait_for_ready: a node that just restarted may find the client's channel still in
+    # its reconnect backoff (grpc fails fast then, though the node is up)
+    reply = await client.pool.stub(address).GetSegmentState(pb.SegmentStateRequest(volume_id="it"), timeout=5,
+                                                             wait_for_ready=True)
     return {s.segment: s.scl for s in reply.segments}
 
 
