@@ -236,8 +236,6 @@ class QuorumClient:
         self._waiters: list[tuple[int, int, asyncio.Future]] = []
         self._waiter_ids = itertools.count()
         self._room = asyncio.Event()
-        self._read_points: dict[int, int] = {}   # pin id -> read LSN
-        self._pin_ids = itertools.count(1)
         self.commits = 0
         self._record_listeners: list = []
         # guards the tracker for callers on other threads (the SQLite writer issues and
@@ -466,19 +464,9 @@ class QuorumClient:
                 future.exception()  # mark retrieved: the committer may already have timed out
 
     # --- read points --------------------------------------------------------------
-    def pin_read_point(self, lsn: int | None = None) -> tuple[int, int]:
-        """Pins a read LSN (default: VDL) so storage keeps its page versions."""
-        pin = next(self._pin_ids)
-        read_lsn = self.tracker.vdl if lsn is None else lsn
-        self._read_points[pin] = read_lsn
-        return pin, read_lsn
-
-    def unpin_read_point(self, pin: int) -> None:
-        self._read_points.pop(pin, None)
-
     def min_read_lsn(self) -> int:
         """The oldest read point any user of the volume holds (sent to storage for GC)."""
-        floor = min(self._read_points.values(), default=self.tracker.vdl)
+        floor = self.tracker.vdl
         if self.read_floor_provider is not None:
             floor = min(floor, self.read_floor_provider())
         return floor

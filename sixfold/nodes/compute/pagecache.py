@@ -162,8 +162,10 @@ class PageCache:
     # --- memory -------------------------------------------------------------------
     def prune(self, min_read_lsn: int, page: int | None = None) -> None:
         """Drops versions no pinned reader needs (of one page, or of all)."""
-        targets = [self._pages[page]] if page is not None and page in self._pages else (
-            self._pages.values() if page is None else [])
+        if page is None:
+            targets = list(self._pages.values())
+        else:
+            targets = [self._pages[page]] if page in self._pages else []
         for cached in targets:
             cached.prune_below(min_read_lsn)
 

@@ -73,12 +73,6 @@ class LoopThread:
     def submit(self, coro) -> Future:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def call(self, fn, *args):
-        """Runs a plain function on the loop thread (the client is not thread-safe)."""
-        async def wrapper():
-            return fn(*args)
-        return self.run(wrapper())
-
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
@@ -182,7 +176,8 @@ class WriterVolume(VolumeState):
         if page1 is None:
             page1 = self.read_newest(0)
         if page1 is None:
-            return None if not writes else self._fail_empty()
+            # SQLite writes page 1 in the transaction that creates the database
+            raise AssertionError("a transaction wrote pages but page 1 of the database does not exist")
         for page, image in sorted(writes.items()):
             if page == 0:
                 continue
@@ -200,9 +195,6 @@ class WriterVolume(VolumeState):
                 self.cache.put_version(change.page, lsn, change.image)
             self.issued_lsn = lsn
         return lsn
-
-    def _fail_empty(self) -> None:
-        raise AssertionError("a transaction wrote pages but page 1 of the database does not exist")
 
     def wait_durable(self, lsn: int) -> None:
         self.client.wait_durable_from_thread(lsn)
