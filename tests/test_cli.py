@@ -143,7 +143,7 @@ def test_command_list_is_complete():
     names = {" ".join(p) for p in ALL_COMMANDS}
     for expected in ("up", "down", "status", "endpoints", "sql", "demo", "settings", "chaos kill", "chaos pause",
                      "chaos resume", "chaos restart", "chaos partition", "chaos heal", "chaos log",
-                     "storage-node", "compute-node"):
+                     "storage-node", "compute-node", "coordinator", "failover"):
         assert expected in names
 
 
@@ -247,8 +247,8 @@ def test_up_prints_endpoints_and_is_idempotent(cluster):
     assert up["started"] is True and up["data_dir"] == str(cluster.cdir.root)
     assert [e["name"] for e in up["endpoints"]] == ["writer", "reader", "writer-1", "reader-1"]
     assert all(ENDPOINT_FIELDS <= set(e) for e in up["endpoints"])
-    assert up["endpoints"][0]["address"] == f"127.1.1.100:{cluster.compute_port}"
-    assert len(up["nodes"]) == 8
+    assert up["endpoints"][0]["address"] == f"127.1.0.200:{cluster.compute_port + 200}"  # the router
+    assert len(up["nodes"]) == 11
     supervisor = cluster.state()["supervisor_pid"]
     again = cluster.ok("up")
     assert "already up" in again.stdout
@@ -264,7 +264,7 @@ def test_up_prints_endpoints_and_is_idempotent(cluster):
 @pytest.mark.timeout(240)
 def test_status_and_endpoints_json(cluster):
     nodes = cluster.json("status")
-    assert isinstance(nodes, list) and len(nodes) == 8
+    assert isinstance(nodes, list) and len(nodes) == 11
     for n in nodes:
         assert STATUS_FIELDS <= set(n), n
         assert n["health"] == "ok" and isinstance(n["pid"], int)
@@ -316,6 +316,32 @@ def test_sql_one_shot_json_and_repl(cluster):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
+def test_planned_failover_and_back(cluster):
+    cluster.sql("CREATE TABLE planned(id INTEGER PRIMARY KEY)")
+    for i in range(1, 21):
+        cluster.sql(f"INSERT INTO planned VALUES ({i})")
+    moved = cluster.json("failover")
+    assert moved["from"] == "writer-1" and moved["to"] == "reader-1" and moved["state"] == "done"
+    # the writer endpoint (the router) reaches the new writer; nothing acknowledged is lost
+    assert cluster.sql("INSERT INTO planned VALUES (21)")[0]["commit_lsn"] > 0
+    assert cluster.sql("SELECT count(*) FROM planned")[0]["rows"] == [[21]]
+    # the old writer steps down and the supervisor brings it back as a reader
+    nodes = cluster.wait_status(lambda n: n["reader-1"]["role"] == "writer" and n["writer-1"]["role"] == "reader"
+                                and n["writer-1"]["health"] == "ok")
+    assert nodes["reader-1"]["epoch"] > 1
+    coordinators = [n for n in nodes.values() if n["kind"] == "coordinator"]
+    assert sorted(n["role"] for n in coordinators) == ["follower", "follower", "leader"]
+    bad = cluster.cli("failover", "--target", "nope")
+    assert bad.returncode == 2 and "no instance named" in bad.stderr
+    back = cluster.json("failover", "--target", "writer-1")
+    assert back["to"] == "writer-1" and back["epoch"] > moved["epoch"]
+    cluster.wait_status(lambda n: n["writer-1"]["role"] == "writer" and n["reader-1"]["role"] == "reader"
+                        and n["reader-1"]["health"] == "ok")
+    assert cluster.sql("SELECT count(*) FROM planned")[0]["rows"] == [[21]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_chaos_usage_errors(cluster):
     for args, words in ((["chaos", "kill"], "no target"), (["chaos", "kill", "--node", "nope"], "no node named nope"),
                         (["chaos", "pause", "--az", "9"], "no AZ 9"), (["chaos", "kill", "--region", "2"], "no region 2"),
@@ -332,12 +358,13 @@ def test_kill_an_az_while_writes_go_on_through_sql(cluster):
     cluster.sql("INSERT INTO events(phase) VALUES ('before')")
     killed = cluster.json("chaos", "kill", "--az", "2")
     assert CHAOS_FIELDS <= set(killed)
-    assert sorted(killed["done"]) == ["reader-1", "storage-1-2-1", "storage-1-2-2"]
+    assert sorted(killed["done"]) == ["coordinator-1-2", "reader-1", "storage-1-2-1", "storage-1-2-2"]
     assert set(killed["detail"]["pids"]) == set(killed["done"])
     for pid in killed["detail"]["pids"].values():
         assert not procs.alive(pid)
     nodes = cluster.status()
-    assert {n for n, s in nodes.items() if s["health"] == "down"} == {"reader-1", "storage-1-2-1", "storage-1-2-2"}
+    assert {n for n, s in nodes.items() if s["health"] == "down"} == {"coordinator-1-2", "reader-1", "storage-1-2-1",
+                                                                      "storage-1-2-2"}
     for i in range(5):  # writes go on with an AZ down: 4 of 6 copies
         assert cluster.sql(f"INSERT INTO events(phase) VALUES ('az2-down-{i}')")[0]["commit_lsn"] > 0
     # the reader endpoint has no reader left: it falls back to the writer
@@ -345,7 +372,7 @@ def test_kill_an_az_while_writes_go_on_through_sql(cluster):
     time.sleep(1.0)  # the supervisor must leave chaos-killed nodes down
     assert cluster.status()["storage-1-2-1"]["health"] == "down"
     healed = cluster.json("chaos", "heal")
-    assert sorted(healed["detail"]["restarted"]) == ["reader-1", "storage-1-2-1", "storage-1-2-2"]
+    assert sorted(healed["detail"]["restarted"]) == ["coordinator-1-2", "reader-1", "storage-1-2-1", "storage-1-2-2"]
     cluster.wait_status(all_healthy)
     assert cluster.sql("SELECT count(*) FROM events")[0]["rows"] == [[6]]
     log = [json.loads(line) for line in cluster.cdir.chaos_log.read_text().splitlines()]
@@ -370,7 +397,11 @@ def test_pause_resume_and_restart(cluster):
     before = cluster.status()["writer-1"]
     restarted = cluster.json("chaos", "restart", "--writer")
     assert restarted["done"] == ["writer-1"]
-    after = cluster.wait_status(lambda n: n["writer-1"]["health"] == "ok" and n["writer-1"]["pid"] != before["pid"])
+    # the coordinators may fail over to reader-1 while writer-1 restarts (it then comes back as a
+    # reader): either way a new epoch, one writer, and SQL through the writer endpoint goes on
+    after = cluster.wait_status(lambda n: n["writer-1"]["health"] == "ok" and n["writer-1"]["pid"] != before["pid"]
+                                and n["reader-1"]["health"] == "ok"
+                                and sorted([n["writer-1"]["role"], n["reader-1"]["role"]]) == ["reader", "writer"])
     assert after["writer-1"]["epoch"] > before["epoch"]
     assert cluster.sql("SELECT count(*) FROM events")[0]["rows"] == [[7]]
     assert cluster.sql("INSERT INTO events(phase) VALUES ('after-restart')")[0]["commit_lsn"] > 0
@@ -400,10 +431,13 @@ def test_partition_and_heal(cluster):
     assert cut["detail"]["chain"] == chain and cut["detail"]["rules"] > 0
     assert len(partition.rules(cluster.cdir.cluster_id)) == cut["detail"]["rules"]
     nodes = cluster.status()
-    assert len(nodes["storage-1-3-1"]["partitioned_from"]) == 6
+    assert len(nodes["storage-1-3-1"]["partitioned_from"]) == 8  # 6 storage and compute + 2 coordinators
+    # the cut-off coordinator loses the raft leader and stops serving the shared endpoints
+    cluster.wait_status(lambda n: n["coordinator-1-3"]["role"] == "no-leader")
     assert cluster.sql("INSERT INTO events(phase) VALUES ('az3-cut')")[0]["commit_lsn"] > 0  # 4 of 6
     # one more storage node cut off from the writer: 3 of 6, so the commit cannot be acknowledged
-    cluster.ok("chaos", "partition", "--node", "storage-1-2-1", "--from", "writer-1")
+    writer = next(name for name, n in cluster.status().items() if n["role"] == "writer")  # failovers move it
+    cluster.ok("chaos", "partition", "--node", "storage-1-2-1", "--from", writer)
     stuck = cluster.cli("sql", "-c", "INSERT INTO events(phase) VALUES ('no-quorum')")
     assert stuck.returncode == 1 and "commit_unknown" in stuck.stderr
     healed = cluster.json("chaos", "heal")
@@ -425,7 +459,7 @@ def test_partition_and_heal(cluster):
 @pytest.mark.timeout(240)
 def test_down_leaves_nothing_and_is_idempotent(cluster):
     pids = cluster.pids()
-    assert len(pids) == 9
+    assert len(pids) == 12  # 6 storage, writer, reader, 3 coordinators, the supervisor
     result = cluster.ok("down")
     assert "stopped the cluster" in result.stdout and "data kept" in result.stdout
     assert not [p for p in pids if procs.alive(p)]

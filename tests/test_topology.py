@@ -6,7 +6,8 @@ import click
 import pytest
 
 from sixfold.runtime.settings import SETTINGS, click_options, markdown_table
-from sixfold.runtime.topology import (ClusterSpec, TopologyError, endpoints_of, nodes_of, reader_az, select_nodes,
+from sixfold.runtime.topology import (ClusterSpec, TopologyError, endpoints_of, nodes_of, raft_address, reader_az,
+                                      router_addresses, select_nodes,
                                       storage_node_infos, storage_nodes_flag)
 from sixfold.volume.placement import check_topology
 
@@ -15,12 +16,15 @@ def test_default_cluster_nodes_and_addresses():
     nodes = nodes_of(ClusterSpec())
     assert [n.name for n in nodes] == [
         "storage-1-1-1", "storage-1-1-2", "storage-1-2-1", "storage-1-2-2", "storage-1-3-1", "storage-1-3-2",
-        "writer-1", "reader-1"]
+        "writer-1", "reader-1", "coordinator-1-1", "coordinator-1-2", "coordinator-1-3"]
     by_name = {n.name: n for n in nodes}
     assert by_name["storage-1-2-1"].address == "127.1.2.1:7100"
     assert by_name["writer-1"].address == "127.1.1.100:7200"
     assert by_name["writer-1"].role == "writer" and by_name["writer-1"].az == 1
     assert by_name["reader-1"].address == "127.1.2.101:7200"
+    assert by_name["coordinator-1-3"].address == "127.1.3.200:7300"
+    assert raft_address(by_name["coordinator-1-3"]) == "127.1.3.200:7301"
+    assert router_addresses(nodes) == {"writer": "127.1.0.200:7400", "reader": "127.1.0.200:7401"}
     for n in nodes:  # the address says where the node lives
         _, region, az, _ = n.host.split(".")
         assert (int(region), int(az)) == (n.region, n.az)
@@ -78,22 +82,22 @@ def test_storage_nodes_flag_is_what_compute_nodes_accept():
 def test_endpoints():
     eps = endpoints_of(nodes_of(ClusterSpec(readers=2)))
     assert [(e.name, e.kind, e.target) for e in eps] == [
-        ("writer", "writer", "writer-1"), ("reader", "reader", "reader-1"),
+        ("writer", "writer", "router"), ("reader", "reader", "router"),
         ("writer-1", "instance", "writer-1"), ("reader-1", "instance", "reader-1"),
         ("reader-2", "instance", "reader-2")]
-    assert eps[0].to_dict() == {"name": "writer", "kind": "writer", "host": "127.1.1.100", "port": 7200,
-                                "target": "writer-1", "address": "127.1.1.100:7200"}
+    assert eps[0].to_dict() == {"name": "writer", "kind": "writer", "host": "127.1.0.200", "port": 7400,
+                                "target": "router", "address": "127.1.0.200:7400"}
     no_readers = endpoints_of(nodes_of(ClusterSpec(readers=0)))
-    assert no_readers[1].name == "reader" and no_readers[1].target == "writer-1"
+    assert no_readers[1].name == "reader" and no_readers[1].address == "127.1.0.200:7401"
 
 
 def test_select_nodes():
     nodes = nodes_of(ClusterSpec(readers=2))
     names = lambda **kw: [n.name for n in select_nodes(nodes, **kw)]  # noqa: E731
-    assert names(azs=(3,)) == ["storage-1-3-1", "storage-1-3-2", "reader-2"]
+    assert names(azs=(3,)) == ["storage-1-3-1", "storage-1-3-2", "reader-2", "coordinator-1-3"]
     assert names(writer=True, readers=True) == ["writer-1", "reader-1", "reader-2"]
     assert names(names=("storage-1-1-2",), storage=False) == ["storage-1-1-2"]
-    assert len(names(all_nodes=True)) == 9
+    assert len(names(all_nodes=True)) == 12
     assert len(names(storage=True)) == 6
     with pytest.raises(TopologyError, match="no node named nope"):
         select_nodes(nodes, names=("nope",))

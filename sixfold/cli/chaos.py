@@ -39,6 +39,8 @@ def resolve_targets(cdir, node_names, azs, region, writer, readers, storage, all
                     default_all: bool = False) -> list[NodeSpec]:
     state = local.require(cdir)
     nodes = local.node_specs(state)
+    if writer or readers:
+        nodes = local.with_live_roles(nodes)   # --writer: the writer now (failovers move it)
     if region is not None:
         regions = sorted({n.region for n in nodes})
         if region not in regions:

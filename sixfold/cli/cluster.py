@@ -164,15 +164,37 @@ def status(data_dir: Path | None, as_json: bool) -> None:
 def endpoints(data_dir: Path | None, as_json: bool) -> None:
     """Writer, reader and instance endpoints with host:port.
 
-    There is no endpoint router yet (it comes with the coordinators): the writer
-    endpoint is the writer instance's address, the reader endpoint the first
-    reader's (the writer's when there are no readers).
+    The writer and reader endpoints are the coordinators' router on the region's
+    endpoint address (127.<region>.0.200): the writer endpoint forwards to the current
+    writer (a client that reconnects after a failover reaches the new one), the reader
+    endpoint round-robins over healthy readers (the writer when there are none). The
+    instance column shows where they point now.
     """
     eps = local.endpoints(cluster_dir(data_dir))
     if as_json:
         print_json([e.to_dict() for e in eps])
     else:
         out.print(endpoints_table(eps))
+
+
+@click.command("failover", context_settings=CONTEXT)
+@data_dir_option
+@click.option("--target", default="", help="Instance to promote [default: by promotion tier, then least lag].")
+@json_option
+@reports_errors
+def failover(data_dir: Path | None, target: str, as_json: bool) -> None:
+    """Planned failover: promote a reader to writer (no acknowledged write is lost).
+
+    The coordinator leader records the failover in its catalog, promotes the target
+    (it runs recovery: a new volume epoch fences the old writer), repoints the writer
+    endpoint and the other readers; the old writer steps down and comes back as a reader.
+    """
+    result = local.failover(cluster_dir(data_dir), target)
+    if as_json:
+        print_json(result)
+    else:
+        out.print(f"failover {result['id']}: {result['from']} -> [bold]{result['to']}[/bold] is the writer "
+                  f"at epoch {result['epoch']} ({result['state']}, {result['duration_s']:.2f} s)")
 
 
 @click.command("settings", context_settings=CONTEXT)

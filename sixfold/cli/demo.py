@@ -39,7 +39,7 @@ from sixfold.runtime import local, procs
 from sixfold.runtime.layout import ClusterDir
 from sixfold.runtime.probe import probe_compute
 from sixfold.runtime.settings import BY_NAME
-from sixfold.runtime.topology import READER, STORAGE, WRITER, ClusterSpec, NodeSpec, nodes_of
+from sixfold.runtime.topology import COMPUTE, READER, STORAGE, WRITER, ClusterSpec, NodeSpec, nodes_of
 
 WRITER_THREADS = 2
 READER_THREADS = 2
@@ -259,7 +259,7 @@ class Monitor(threading.Thread):
             state = local.load(self.cdir) or {"nodes": []}
             live = {n["name"] for n in state["nodes"] if procs.belongs_to(n.get("pid"), self.cdir.root)}
             storage = [n for n in self.nodes if n.kind == STORAGE]
-            compute = [n for n in self.nodes if n.kind != STORAGE]
+            compute = [n for n in self.nodes if n.kind == COMPUTE]
             self.up_counts = (sum(n.name in live for n in storage), len(storage),
                               sum(n.name in live for n in compute), len(compute))
             lags = [probe_compute(n.address, 0.4) for n in self.nodes if n.role == READER and n.name in live]

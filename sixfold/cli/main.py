@@ -18,12 +18,14 @@ COMMANDS = {
     "down": "sixfold.cli.cluster:down",
     "status": "sixfold.cli.cluster:status",
     "endpoints": "sixfold.cli.cluster:endpoints",
+    "failover": "sixfold.cli.cluster:failover",
     "sql": "sixfold.cli.sql:sql",
     "chaos": "sixfold.cli.chaos:chaos",
     "demo": "sixfold.cli.demo:demo",
     "settings": "sixfold.cli.cluster:settings",
     "storage-node": "sixfold.nodes.storage.main:storage_node",
     "compute-node": "sixfold.nodes.compute.main:compute_node",
+    "coordinator": "sixfold.nodes.coordinator.main:coordinator",
 }
 
 

@@ -59,6 +59,16 @@ class ComputeStub:
                 request_serializer=sixfold_dot_rpc_dot_compute__pb2.StatusRequest.SerializeToString,
                 response_deserializer=sixfold_dot_rpc_dot_compute__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/sixfold.v1.Compute/Promote',
+                request_serializer=sixfold_dot_rpc_dot_compute__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=sixfold_dot_rpc_dot_compute__pb2.PromoteResponse.FromString,
+                _registered_method=True)
+        self.Follow = channel.unary_unary(
+                '/sixfold.v1.Compute/Follow',
+                request_serializer=sixfold_dot_rpc_dot_compute__pb2.FollowRequest.SerializeToString,
+                response_deserializer=sixfold_dot_rpc_dot_compute__pb2.FollowResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServicer:
@@ -94,6 +104,18 @@ class ComputeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Promote(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Follow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComputeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +143,16 @@ def add_ComputeServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=sixfold_dot_rpc_dot_compute__pb2.StatusRequest.FromString,
                     response_serializer=sixfold_dot_rpc_dot_compute__pb2.StatusResponse.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=sixfold_dot_rpc_dot_compute__pb2.PromoteRequest.FromString,
+                    response_serializer=sixfold_dot_rpc_dot_compute__pb2.PromoteResponse.SerializeToString,
+            ),
+            'Follow': grpc.unary_unary_rpc_method_handler(
+                    servicer.Follow,
+                    request_deserializer=sixfold_dot_rpc_dot_compute__pb2.FollowRequest.FromString,
+                    response_serializer=sixfold_dot_rpc_dot_compute__pb2.FollowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +290,60 @@ class Compute:
             '/sixfold.v1.Compute/Status',
             sixfold_dot_rpc_dot_compute__pb2.StatusRequest.SerializeToString,
             sixfold_dot_rpc_dot_compute__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sixfold.v1.Compute/Promote',
+            sixfold_dot_rpc_dot_compute__pb2.PromoteRequest.SerializeToString,
+            sixfold_dot_rpc_dot_compute__pb2.PromoteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Follow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sixfold.v1.Compute/Follow',
+            sixfold_dot_rpc_dot_compute__pb2.FollowRequest.SerializeToString,
+            sixfold_dot_rpc_dot_compute__pb2.FollowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,6 +11,8 @@ sends chaos signals. See layout.py for the data dir.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import random
@@ -27,7 +29,8 @@ from sixfold.runtime import partition, procs
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_PAUSED, MARKER_RESTART, MARKERS,
                                     RUNNING, STARTING, STATE_FORMAT, STOPPED, STOPPING, ClusterDir, StateError, tail)
 from sixfold.runtime.probe import probe, probe_many
-from sixfold.runtime.topology import (COMPUTE, READER, STORAGE, WRITER, ClusterSpec, Endpoint, NodeSpec,
+from sixfold.runtime.topology import (COMPUTE, COORDINATOR, READER, STORAGE, WRITER, ClusterSpec, Endpoint, NodeSpec,
+                                      extra_listen_addresses, raft_address, router_addresses,
                                       TopologyError, endpoints_of, nodes_of)
 
 Progress = Callable[[str], None]
@@ -137,10 +140,11 @@ def check_ports(nodes: list[NodeSpec]) -> None:
                              "node its own 127.x.y.z address, which Linux routes on loopback by default "
                              "(on macOS add aliases with `ifconfig lo0 alias ADDRESS`)")
     taken = []
-    for n in nodes:
-        if procs.port_taken(n.host, n.port):
-            holder = procs.port_holder(n.host, n.port)
-            taken.append(f"{n.address} ({n.name})" + (f", held by {holder}" if holder else ""))
+    for address, what in [(n.address, n.name) for n in nodes] + extra_listen_addresses(nodes):
+        host, port = address.rsplit(":", 1)
+        if procs.port_taken(host, int(port)):
+            holder = procs.port_holder(host, int(port))
+            taken.append(f"{address} ({what})" + (f", held by {holder}" if holder else ""))
     if taken:
         raise RuntimeFailure(
             f"{len(taken)} address(es) the cluster needs are already in use: " + "; ".join(taken[:4])
@@ -337,7 +341,7 @@ def down(cdir: ClusterDir, purge: bool = False, progress: Progress = _quiet) -> 
         timeout_s = float(state.get("tuning", {}).get("stop_timeout_s", 10.0))
         if was_running:
             sup = state.get("supervisor_pid")
-            progress("stopping readers, writer, then storage")
+            progress("stopping coordinators, readers, writer, then storage")
             if sup and procs.signal_ours(sup, signal.SIGTERM, cdir.root):
                 if procs.wait_gone([sup], timeout_s * 3 + 10):
                     messages.append(f"the supervisor (pid {sup}) did not stop in time: killed it")
@@ -432,11 +436,16 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
             starting = entries[i].get("state") == "starting" or state.get("state") == STARTING
             row.update(health="starting" if starting else "unreachable", detail=result.get("error", ""))
             continue
-        if kind == STORAGE:
+        if kind == COORDINATOR:
+            role = "leader" if result["is_leader"] else ("follower" if result["leader"] else "no-leader")
+            row.update(health="ok", role=role, epoch=result["epoch"],
+                       detail=f"catalog: writer {result['writer'] or '?'}, {result['failovers']} failover(s)")
+        elif kind == STORAGE:
             row.update(health="ok" if result.get("serving") else "not-serving", epoch=result.get("epoch"),
                        scl=result.get("scl"), segments=result.get("segments"), scl_min=result.get("scl_min"),
                        uptime_s=result.get("uptime_s"))
         else:
+            row["role"] = result["role"] or row["role"]   # the live role: failovers move the writer
             row.update(health=result["health"], epoch=result["epoch"], vdl=result["vdl"],
                        replica_lag_ms_p50=result["replica_lag_ms_p50"] if row["role"] == READER else None,
                        replica_lag_ms_p99=result["replica_lag_ms_p99"] if row["role"] == READER else None,
@@ -455,7 +464,68 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
 
 
 def endpoints(cdir: ClusterDir) -> list[Endpoint]:
-    return endpoints_of(node_specs(require(cdir)))
+    """The router's writer and reader endpoints (their target is the current writer or the
+    readers, when a coordinator answers), then one endpoint per instance."""
+    nodes = node_specs(require(cdir))
+    out = endpoints_of(nodes)
+    catalog = _catalog(nodes)
+    if catalog is not None:
+        targets = {e["name"]: ",".join(e["targets"]) for e in catalog["endpoints"]}
+        out = [dataclasses.replace(e, target=targets.get(e.name) or e.target) if e.name in ("writer", "reader")
+               else e for e in out]
+    return out
+
+
+def with_live_roles(nodes: list[NodeSpec]) -> list[NodeSpec]:
+    """The compute instances' roles as the coordinators' catalog has them now (a former
+    writer is a reader after a failover); unchanged when no coordinator answers."""
+    catalog = _catalog(nodes)
+    if catalog is None:
+        return nodes
+    live = {name: (WRITER if i["role"] == WRITER else READER) for name, i in catalog["instances"].items()}
+    return [dataclasses.replace(n, role=live.get(n.name, n.role)) if n.kind == COMPUTE else n for n in nodes]
+
+
+def _catalog(nodes: list[NodeSpec], timeout_s: float = 1.0) -> dict | None:
+    """The catalog from the first coordinator that answers."""
+    from sixfold.runtime.probe import probe_coordinator
+
+    for n in nodes:
+        if n.kind == COORDINATOR:
+            result = probe_coordinator(n.address, timeout_s)
+            if result.get("reachable"):
+                return result
+    return None
+
+
+def failover(cdir: ClusterDir, target: str = "", timeout_s: float = 120.0) -> dict:
+    """Planned failover: a coordinator (the leader) promotes `target` (or the best reader)."""
+    import grpc
+
+    from sixfold.rpc import coordinator_pb2 as copb
+    from sixfold.rpc import coordinator_pb2_grpc
+
+    nodes = node_specs(require_running(cdir))
+    compute = {n.name for n in nodes if n.kind == COMPUTE}
+    if target and target not in compute:
+        raise UsageProblem(f"no instance named {target!r}; the instances are: {', '.join(sorted(compute))}")
+    last_error = "no coordinator answered"
+    for n in nodes:
+        if n.kind != COORDINATOR:
+            continue
+        with grpc.insecure_channel(n.address) as channel:
+            try:
+                reply = coordinator_pb2_grpc.CoordinatorStub(channel).Failover(copb.FailoverRequest(target=target),
+                                                                              timeout=timeout_s)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise UsageProblem(exc.details()) from None
+                last_error = f"{n.name}: {exc.code().name} {exc.details()}"
+                continue
+        f = reply.failover
+        return {"id": f.id, "from": f.from_instance, "to": f.to_instance, "state": f.state, "epoch": f.epoch,
+                "duration_s": round(max(0.0, f.finished_unix_s - f.started_unix_s), 3)}
+    raise RuntimeFailure(f"the failover did not run: {last_error}; check `sixfold status`")
 
 
 def resolve_endpoint(cdir: ClusterDir, name: str) -> tuple[str, str]:
@@ -465,6 +535,9 @@ def resolve_endpoint(cdir: ClusterDir, name: str) -> tuple[str, str]:
     state = require_running(cdir)
     nodes = node_specs(state)
     compute = [n for n in nodes if n.kind == COMPUTE]
+    routed = router_addresses(nodes)
+    if name in ("writer", "reader") and routed:
+        return routed[name], f"{name} endpoint (router)"
     if name == "writer":
         writer = next(n for n in compute if n.role == WRITER)
         return writer.address, f"writer endpoint ({writer.name})"
@@ -488,6 +561,16 @@ def resolve_endpoint(cdir: ClusterDir, name: str) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------ chaos
+
+
+def _side(nodes: list[NodeSpec], number: dict[str, int]) -> list[tuple[int, str, int]]:
+    """(mark number, host, port) of every port a node serves: a coordinator has its raft port too."""
+    out = []
+    for n in nodes:
+        out.append((number[n.name], n.host, n.port))
+        if n.kind == COORDINATOR:
+            out.append((number[n.name], n.host, int(raft_address(n).rsplit(":", 1)[1])))
+    return out
 
 
 def _partitioned_from(cdir: ClusterDir) -> dict[str, set[str]]:
@@ -630,8 +713,7 @@ def chaos(cdir: ClusterDir, action: str, targets: list[NodeSpec], *, others: lis
                 raise UsageProblem("a partition needs nodes on both sides")
             number = {n["name"]: i + 1 for i, n in enumerate(state["nodes"])}  # as the supervisor marks them
             try:
-                added = partition.add_partition(cdir.cluster_id, [(number[t.name], t.host, t.port) for t in targets],
-                                                [(number[n.name], n.host, n.port) for n in side_b])
+                added = partition.add_partition(cdir.cluster_id, _side(targets, number), _side(side_b, number))
             except partition.PartitionError as exc:
                 cdir.append_chaos(action, names, {"error": str(exc)}, ok=False)
                 raise RuntimeFailure(f"could not add the partition: {exc}") from None

@@ -12,6 +12,8 @@ import grpc
 
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import compute_pb2_grpc
+from sixfold.rpc import coordinator_pb2 as copb
+from sixfold.rpc import coordinator_pb2_grpc
 from sixfold.rpc import storage_pb2 as spb
 from sixfold.rpc import storage_pb2_grpc
 
@@ -58,9 +60,29 @@ def probe_compute(address: str, timeout_s: float = 1.0) -> dict:
                 "sessions": status.sessions, "cached_pages": status.cached_pages}
 
 
+def probe_coordinator(address: str, timeout_s: float = 1.0) -> dict:
+    with grpc.insecure_channel(address, options=_OPTIONS) as channel:
+        try:
+            cat = coordinator_pb2_grpc.CoordinatorStub(channel).GetCatalog(copb.CatalogRequest(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            return {"reachable": False, "error": _describe(exc)}
+        return {"reachable": True, "is_leader": cat.is_leader, "leader": cat.leader, "writer": cat.writer,
+                "epoch": cat.epoch, "failovers": cat.failovers,
+                "instances": {i.name: {"role": i.role, "health": i.health, "promotion_tier": i.promotion_tier}
+                              for i in cat.instances},
+                "endpoints": [{"name": e.name, "kind": e.kind, "address": e.address, "targets": list(e.targets)}
+                              for e in cat.endpoints],
+                "failover": {"id": cat.failover.id, "from": cat.failover.from_instance,
+                             "to": cat.failover.to_instance, "state": cat.failover.state,
+                             "reason": cat.failover.reason, "epoch": cat.failover.epoch}
+                if cat.HasField("failover") else None}
+
+
 def probe(kind: str, address: str, volume_id: str, timeout_s: float = 1.0) -> dict:
     if kind == "storage":
         return probe_storage(address, volume_id, timeout_s)
+    if kind == "coordinator":
+        return probe_coordinator(address, timeout_s)
     return probe_compute(address, timeout_s)
 
 

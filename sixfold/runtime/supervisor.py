@@ -5,7 +5,9 @@
 1. takes `supervisor.lock` for its lifetime (the CLI's "is it running?" test);
 2. starts the nodes listed in cluster.json: every storage node at once, then
    waits until each answers Health; then the writer (it runs recovery), waits
-   for its Status; then the readers. Any node that exits or does not become
+   for its Status; then the readers; then the three coordinators (they load the
+   instance list into their catalog; compute nodes get their addresses, so that
+   a restarted instance asks them whether it is still the writer). Any node that exits or does not become
    healthy in time fails the start: the supervisor records why (with the tail of
    that node's log), stops everything it started, and exits 1;
 3. then watches: a node that exits unexpectedly is started again after a
@@ -14,7 +16,7 @@
    down until the marker is removed, then it starts at once. A
    `nodes/<name>/restart-requested` marker restarts a node now (SIGKILL first
    if it is running);
-4. on SIGTERM/SIGINT stops readers, then the writer, then storage (SIGCONT in
+4. on SIGTERM/SIGINT stops the coordinators, then readers, then the writer, then storage (SIGCONT in
    case chaos paused them, SIGTERM, SIGKILL after --stop-timeout-s), records
    the cluster as stopped and exits 0.
 
@@ -41,7 +43,8 @@ from sixfold.runtime import partition
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_RESTART, RUNNING, STARTING, STOPPED,
                                     STOPPING, ClusterDir, hold_lock, tail)
 from sixfold.runtime.probe import probe
-from sixfold.runtime.topology import READER, STORAGE, WRITER, ClusterSpec, NodeSpec, storage_nodes_flag
+from sixfold.runtime.topology import (COMPUTE, COORDINATOR, READER, STORAGE, WRITER, ClusterSpec, NodeSpec,
+                                      raft_address, router_addresses, storage_nodes_flag)
 
 log = logging.getLogger("sixfold.supervisor")
 
@@ -105,6 +108,20 @@ class Supervisor:
                 "--gossip-interval-ms", str(self.tuning.get("gossip_interval_ms", 100)),
             ]
         specs = [m.spec for m in self.nodes]
+        coordinators = [s for s in specs if s.kind == COORDINATOR]
+        if node.kind == COORDINATOR:
+            compute = [s for s in specs if s.kind == COMPUTE]
+            # promotion tier: readers in the order they were made (reader-1 first); the writer last
+            instances = ",".join(f"{s.name}:{s.role}:{s.az}:{i if s.role == READER else 15}={s.address}"
+                                 for i, s in enumerate(compute))
+            endpoints = router_addresses(specs)
+            return [
+                self.python, "-m", "sixfold.nodes.coordinator", "--listen", node.address,
+                "--raft", raft_address(node),
+                "--replicas", ",".join(f"{c.address}@{raft_address(c)}" for c in coordinators),
+                "--instances", instances, "--writer-endpoint", endpoints["writer"],
+                "--reader-endpoint", endpoints["reader"],
+            ]
         cmd = [
             self.python, "-m", "sixfold.nodes.compute", "--node-id", node.name, "--role", node.role,
             "--region", str(node.region), "--az", str(node.az), "--listen", node.address,
@@ -112,6 +129,9 @@ class Supervisor:
             "--pages-per-segment", str(self.spec.pages_per_segment),
             "--commit-timeout-s", str(self.tuning.get("commit_timeout_s", 10.0)),
         ]
+        if coordinators:
+            # a restarted instance asks the catalog for its role (the writer may have moved)
+            cmd += ["--coordinators", ",".join(c.address for c in coordinators)]
         if node.role == READER:
             writer = next(s for s in specs if s.role == WRITER)
             cmd += ["--writer-address", writer.address]
@@ -182,7 +202,8 @@ class Supervisor:
                     m.state = "failed"
                     raise StartFailed(m.name, f"{m.name} exited with code {code} while starting")
                 result = probe(m.spec.kind, m.spec.address, self.spec.volume_id, timeout_s=0.5)
-                if result.get("reachable") and (m.spec.kind != STORAGE or result.get("serving")):
+                if (result.get("reachable") and (m.spec.kind != STORAGE or result.get("serving"))
+                        and (m.spec.kind != COORDINATOR or result.get("writer"))):
                     pending.remove(m)
                     m.state = "running"
                     healthy += 1
@@ -200,6 +221,7 @@ class Supervisor:
             ([m for m in self.nodes if m.spec.kind == STORAGE], "storage nodes"),
             ([m for m in self.nodes if m.spec.role == WRITER], "writer"),
             ([m for m in self.nodes if m.spec.role == READER], "readers"),
+            ([m for m in self.nodes if m.spec.kind == COORDINATOR], "coordinators"),
         ]
         for group, label in groups:
             if not group:
@@ -272,7 +294,8 @@ class Supervisor:
 
     def stop_all(self) -> None:
         timeout_s = float(self.tuning.get("stop_timeout_s", 10.0))
-        for role in (READER, WRITER, STORAGE):
+        # coordinators first: they would take stopping compute nodes for failures
+        for role in (COORDINATOR, READER, WRITER, STORAGE):
             group = [m for m in self.nodes if m.spec.role == role and m.running]
             for m in group:
                 m.proc.send_signal(signal.SIGCONT)  # a paused node cannot act on SIGTERM

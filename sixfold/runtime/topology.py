@@ -12,6 +12,11 @@ address, and partitions can be cut between addresses.
 - compute instances: n = 100 + k, port `compute_port` (7200); the writer is
   k = 0 in AZ 1, reader i (1-based) is k = i, placed round-robin over AZs 2, 3, 1, ...
   so that the first readers survive the loss of the writer's AZ.
+- coordinators: one per AZ on `127.<region>.<az>.200`, gRPC on compute_port + 100 (7300),
+  raft on compute_port + 101 (7301). Their endpoint router listens on the region's endpoint
+  address `127.<region>.0.200`: writer endpoint compute_port + 200 (7400), reader + 201 (7401),
+  shared by the three replicas (SO_REUSEPORT). The ports follow compute_port so that
+  clusters on other ports (tests, the demo) never collide.
 """
 
 from __future__ import annotations
@@ -26,6 +31,12 @@ STORAGE_PER_AZ_MAX = COMPUTE_OCTET_BASE - 1  # storage octets must stay below th
 
 STORAGE = "storage"
 COMPUTE = "compute"
+COORDINATOR = "coordinator"
+COORDINATOR_OCTET = 200
+COORDINATOR_PORT_OFFSET = 100   # from compute_port
+RAFT_PORT_OFFSET = 101
+WRITER_ENDPOINT_PORT_OFFSET = 200
+READER_ENDPOINT_PORT_OFFSET = 201
 WRITER = "writer"
 READER = "reader"
 
@@ -72,6 +83,12 @@ class ClusterSpec:
         for name, port in (("--storage-port", self.storage_port), ("--compute-port", self.compute_port)):
             if not 1 <= port <= 65535:
                 found.append(f"{name} {port}: a port is 1..65535")
+        if self.compute_port > 65535 - READER_ENDPOINT_PORT_OFFSET:
+            found.append(f"--compute-port {self.compute_port}: at most {65535 - READER_ENDPOINT_PORT_OFFSET} "
+                         f"(the coordinators and endpoints use the ports up to compute port + "
+                         f"{READER_ENDPOINT_PORT_OFFSET})")
+        if self.storage_port - self.compute_port in (COORDINATOR_PORT_OFFSET, RAFT_PORT_OFFSET):
+            found.append("--storage-port must not be --compute-port + 100 or + 101 (the coordinators' ports)")
         if self.storage_port == self.compute_port:
             found.append("--storage-port and --compute-port must differ")
         if not self.volume_id or not all(c.isalnum() or c in "-_." for c in self.volume_id):
@@ -103,8 +120,8 @@ class ClusterSpec:
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
     name: str
-    kind: str  # "storage" | "compute"
-    role: str  # "storage" | "writer" | "reader"
+    kind: str  # "storage" | "compute" | "coordinator"
+    role: str  # "storage" | "writer" | "reader" | "coordinator"
     region: int
     az: int
     host: str
@@ -134,7 +151,7 @@ def storage_name(region: int, az: int, n: int) -> str:
 
 
 def nodes_of(spec: ClusterSpec) -> list[NodeSpec]:
-    """Every node of the cluster, storage first (start order), then the writer, then readers."""
+    """Every node of the cluster, storage first (start order), then the writer, readers, coordinators."""
     spec.validate()
     region = 1
     nodes = [
@@ -149,6 +166,10 @@ def nodes_of(spec: ClusterSpec) -> list[NodeSpec]:
         az = reader_az(i, spec.azs)
         nodes.append(NodeSpec(name=f"reader-{i}", kind=COMPUTE, role=READER, region=region, az=az,
                               host=f"127.{region}.{az}.{COMPUTE_OCTET_BASE + i}", port=spec.compute_port))
+    for az in range(1, spec.azs + 1):
+        nodes.append(NodeSpec(name=f"coordinator-{region}-{az}", kind=COORDINATOR, role=COORDINATOR, region=region,
+                              az=az, host=f"127.{region}.{az}.{COORDINATOR_OCTET}",
+                              port=spec.compute_port + COORDINATOR_PORT_OFFSET))
     names = [n.name for n in nodes]
     hosts = [n.host for n in nodes]
     assert len(set(names)) == len(names) and len(set(hosts)) == len(hosts), "names and addresses are unique"
@@ -181,19 +202,45 @@ class Endpoint:
         return {**asdict(self), "address": self.address}
 
 
+def raft_address(node: NodeSpec) -> str:
+    assert node.kind == COORDINATOR
+    return f"{node.host}:{node.port - COORDINATOR_PORT_OFFSET + RAFT_PORT_OFFSET}"
+
+
+def endpoint_host(region: int) -> str:
+    return f"127.{region}.0.{COORDINATOR_OCTET}"
+
+
+def router_addresses(nodes: list[NodeSpec]) -> dict[str, str]:
+    """The router's writer and reader endpoint addresses ({} without coordinators)."""
+    coordinators = [n for n in nodes if n.kind == COORDINATOR]
+    if not coordinators:
+        return {}
+    compute_port = coordinators[0].port - COORDINATOR_PORT_OFFSET
+    host = endpoint_host(coordinators[0].region)
+    return {"writer": f"{host}:{compute_port + WRITER_ENDPOINT_PORT_OFFSET}",
+            "reader": f"{host}:{compute_port + READER_ENDPOINT_PORT_OFFSET}"}
+
+
+def extra_listen_addresses(nodes: list[NodeSpec]) -> list[tuple[str, str]]:
+    """(address, what) the cluster binds besides each node's own address: raft ports, endpoints."""
+    out = [(raft_address(n), f"{n.name} raft") for n in nodes if n.kind == COORDINATOR]
+    out += [(address, f"{name} endpoint") for name, address in router_addresses(nodes).items()]
+    return out
+
+
 def endpoints_of(nodes: list[NodeSpec]) -> list[Endpoint]:
     """Writer and reader (cluster) endpoints, then one per instance.
 
-    There is no endpoint router yet (it comes with the coordinators): the writer
-    endpoint is the writer's own address, the reader endpoint the first reader's
-    (the writer's when there are no readers).
+    The writer and reader endpoints are the coordinators' router (target "router":
+    it forwards to the current writer, or round-robin over healthy readers).
     """
     compute = [n for n in nodes if n.kind == COMPUTE]
-    writer = next(n for n in compute if n.role == WRITER)
-    readers = [n for n in compute if n.role == READER]
-    reader = readers[0] if readers else writer
-    out = [Endpoint("writer", WRITER, writer.host, writer.port, writer.name),
-           Endpoint("reader", READER, reader.host, reader.port, reader.name)]
+    routed = router_addresses(nodes)
+    out = []
+    for name, kind in (("writer", WRITER), ("reader", READER)):
+        host, port = routed[name].rsplit(":", 1)
+        out.append(Endpoint(name, kind, host, int(port), "router"))
     out += [Endpoint(n.name, "instance", n.host, n.port, n.name) for n in compute]
     return out
 

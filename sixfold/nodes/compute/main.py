@@ -13,8 +13,9 @@ import grpc
 
 from sixfold.client.quorum import ClientSettings
 from sixfold.nodes.compute.engine import Engine
-from sixfold.nodes.compute.redo import RedoHub
-from sixfold.nodes.compute.server import ComputeService, follow_writer
+from sixfold.nodes.compute.server import ComputeService, VolumeConfig, start_writer_hub
+from sixfold.rpc import coordinator_pb2 as copb
+from sixfold.rpc import coordinator_pb2_grpc
 from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume
 from sixfold.rpc import compute_pb2_grpc
 from sixfold.volume.placement import PlacementError, StorageNodeInfo, check_topology
@@ -41,6 +42,33 @@ def parse_storage_nodes(spec: str) -> list[StorageNodeInfo]:
     return nodes
 
 
+class _Placeholder:
+    """Stands in for the engine while a reader subscribes (only `.volume` is used)."""
+
+    def __init__(self, volume) -> None:
+        self.volume = volume
+        self.fenced = None
+
+
+def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | None:
+    """(writer name, writer address) from the first coordinator that answers; None if none does."""
+    for address in filter(None, (a.strip() for a in spec.split(","))):
+        with grpc.insecure_channel(address) as channel:
+            try:
+                catalog = coordinator_pb2_grpc.CoordinatorStub(channel).GetCatalog(copb.CatalogRequest(),
+                                                                                    timeout=timeout_s)
+            except grpc.RpcError:
+                continue
+        writer_name = catalog.writer
+        if catalog.HasField("failover") and catalog.failover.state == "promoting":
+            writer_name = catalog.failover.to_instance   # being promoted: it is the writer to follow
+        if not writer_name:
+            return None
+        writer = next((i for i in catalog.instances if i.name == writer_name), None)
+        return (writer_name, writer.address if writer else "")
+    return None
+
+
 @click.command("compute-node")
 @click.option("--node-id", envvar="SIXFOLD_NODE_ID", required=True, help="Unique name of this instance.")
 @click.option("--role", envvar="SIXFOLD_ROLE", type=click.Choice(["writer", "reader"]), required=True,
@@ -57,49 +85,52 @@ def parse_storage_nodes(spec: str) -> list[StorageNodeInfo]:
               default=256, show_default=True, help="Pages per segment (one PG per segment).")
 @click.option("--cache-pages", envvar="SIXFOLD_CACHE_PAGES", type=click.IntRange(16), default=20_000,
               show_default=True, help="Pages the node caches (several versions each).")
+@click.option("--coordinators", envvar="SIXFOLD_COORDINATORS", default="",
+              help="HOST:PORT,... of the region's coordinators: on start, the catalog's writer decides this "
+                   "instance's role (a former writer comes back as a reader).")
 @click.option("--commit-timeout-s", envvar="SIXFOLD_COMMIT_TIMEOUT_S", type=click.FloatRange(0.1),
               default=10.0, show_default=True, help="How long a commit waits for a write quorum.")
 def compute_node(node_id, role, region, az, listen, storage_nodes, writer_address, volume_id,
-                 pages_per_segment, cache_pages, commit_timeout_s) -> None:
+                 pages_per_segment, cache_pages, coordinators, commit_timeout_s) -> None:
     """Run a compute node: SQLite on the shared Sixfold volume."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {node_id} %(name)s: %(message)s")
     nodes = parse_storage_nodes(storage_nodes)
-    if role == "reader" and not writer_address:
-        raise click.BadParameter("a reader needs the writer's address", param_hint="--writer-address")
     settings = ClientSettings(volume_id=volume_id, pages_per_segment=pages_per_segment,
                               commit_timeout_s=commit_timeout_s, local_az=az)
+    if coordinators:
+        # a restarted instance asks the catalog what it is now: after a failover the old
+        # writer must come back as a reader (opening the volume as writer would fence the new one)
+        current = ask_coordinators(coordinators)
+        if current is not None and current[0]:
+            writer_name, current_address = current
+            new_role = "writer" if writer_name == node_id else "reader"
+            if (new_role, current_address) != (role, writer_address):
+                log.warning("the coordinators say %s is the writer: starting as %s", writer_name, new_role)
+            role, writer_address = new_role, ("" if new_role == "writer" else current_address)
+    if role == "reader" and not writer_address:
+        raise click.BadParameter("a reader needs the writer's address", param_hint="--writer-address")
+    stop = threading.Event()
     hub = None
     if role == "writer":
         try:
             volume = WriterVolume.open(nodes, node_id, settings, cache_pages)
         except Exception as exc:
             raise click.ClickException(f"could not open the volume as writer: {exc}") from None
-        hub = RedoHub(node_id, volume.client.tracker.tails_snapshot)
-        hub.epoch = volume.client.epoch
-        hub.vdl = hub.issued_lsn = volume.read_lsn
-
-        def read_floor() -> int:
-            oldest_reader = hub.oldest_reader_lsn()
-            own = volume.min_pinned_lsn()
-            return own if oldest_reader is None else min(own, oldest_reader)
-
-        volume.client.add_record_listener(hub.on_record)
-        volume.client.add_vdl_listener(hub.on_vdl)
-        volume.client.read_floor_provider = read_floor
+        hub = start_writer_hub(volume, node_id)
     else:
         volume = ReaderVolume.open(nodes, node_id, settings, cache_pages)
+    service = ComputeService(None, node_id, role, region, az, listen, hub,
+                             VolumeConfig(nodes, settings, cache_pages), writer_address, on_step_down=stop.set)
     if role == "reader":
         # follow the writer before opening SQLite: a reader must never read at a point
         # it did not get from the writer's redo stream
-        stop_following = asyncio.Event()
-        volume.loop.submit(follow_writer(volume, writer_address, node_id, stop_following))
+        service.engine = _Placeholder(volume)
+        service.start_following(writer_address)
         if not volume.subscribed.wait(60):
             volume.close()
             raise click.ClickException(f"could not follow the writer at {writer_address} within 60 s; is it up?")
-    engine = Engine(volume, writer=(role == "writer"))
-    service = ComputeService(engine, node_id, role, region, az, listen, hub)
-    stop = threading.Event()
+    service.engine = Engine(volume, writer=(role == "writer"))
     server_ready = threading.Event()
     failure: list[str] = []
 
@@ -123,7 +154,7 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
     serving = volume.loop.submit(serve())
     server_ready.wait()
     if failure:
-        engine.close()
+        service.engine.close()
         volume.close()
         raise click.ClickException(failure[0])
     log.info("%s serving on %s (epoch %d, VDL %d)", role, listen, volume.client.epoch, volume.read_lsn)
@@ -136,6 +167,6 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
         serving.result(timeout=10)
     except Exception:
         log.exception("server stopped with an error")
-    engine.close()
-    volume.close()
+    service.engine.close()
+    service.engine.volume.close()
     log.info("stopped")

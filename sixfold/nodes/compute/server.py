@@ -7,11 +7,13 @@ gRPC server and the quorum client share the volume's event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
 
@@ -19,8 +21,10 @@ from sixfold.nodes.compute.engine import Engine, SqlError, INTERNAL
 from sixfold.nodes.compute.redo import RedoHub
 from sixfold.nodes.compute.values import from_pb, to_pb
 from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume
+from sixfold.client.quorum import ClientSettings
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import compute_pb2_grpc
+from sixfold.volume.placement import StorageNodeInfo
 from sixfold.volume.records import RecordError, decode_records
 
 log = logging.getLogger(__name__)
@@ -30,17 +34,135 @@ SQL_THREADS = 32
 ROWS_MAX = 1_000_000
 
 
+def start_writer_hub(volume: WriterVolume, node_id: str) -> RedoHub:
+    """The writer's redo stream to readers, fed by the quorum client's listeners."""
+    hub = RedoHub(node_id, volume.client.tracker.tails_snapshot)
+    hub.epoch = volume.client.epoch
+    hub.vdl = hub.issued_lsn = volume.read_lsn
+
+    def read_floor() -> int:
+        oldest_reader = hub.oldest_reader_lsn()
+        own = volume.min_pinned_lsn()
+        return own if oldest_reader is None else min(own, oldest_reader)
+
+    volume.client.add_record_listener(hub.on_record)
+    volume.client.add_vdl_listener(hub.on_vdl)
+    volume.client.read_floor_provider = read_floor
+    return hub
+
+
+@dataclass
+class VolumeConfig:
+    """What a reader needs to open the volume as writer when it is promoted."""
+    nodes: list[StorageNodeInfo]
+    settings: ClientSettings
+    cache_pages: int
+
+
 class ComputeService(compute_pb2_grpc.ComputeServicer):
     def __init__(self, engine: Engine, node_id: str, role: str, region: str, az: str, address: str,
-                 hub: RedoHub | None) -> None:
+                 hub: RedoHub | None, config: VolumeConfig | None = None, writer_address: str = "",
+                 on_step_down=lambda: None) -> None:
         self.engine = engine
         self.node_id = node_id
         self.role = role
         self.region, self.az, self.address = region, az, address
         self.hub = hub
+        self.config = config
+        self.writer_address = writer_address   # reader: whom it follows
+        self.follow_future = None               # reader: the follow_writer task
+        self.on_step_down = on_step_down        # a fenced writer asks its process to exit (restart as reader)
+        self.promoting = False
+        self._promote_lock: asyncio.Lock | None = None
         self.sessions: dict[str, object] = {}
         self.executor = ThreadPoolExecutor(max_workers=SQL_THREADS, thread_name_prefix="sql")
         self.started = time.monotonic()
+
+    # --- roles ------------------------------------------------------------------------
+    def start_following(self, writer_address: str) -> None:
+        """Reader: (re)subscribe to the writer at `writer_address`; call on the volume loop
+        or before the server starts."""
+        assert self.role == "reader"
+        if self.follow_future is not None:
+            self.follow_future.cancel()
+        volume = self.engine.volume
+        self.writer_address = writer_address
+        self.follow_future = volume.loop.submit(follow_writer(volume, writer_address, self.node_id, asyncio.Event()))
+
+    def fenced_reason(self) -> str | None:
+        return self.engine.fenced or (self.engine.volume.client.fenced if self.role == "writer" else None)
+
+    async def Promote(self, request, context):
+        if self._promote_lock is None:
+            self._promote_lock = asyncio.Lock()
+        async with self._promote_lock:
+            if self.role == "writer":
+                reason = self.fenced_reason()
+                if reason:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                        f"this writer was fenced and cannot be promoted again: {reason}")
+                volume = self.engine.volume
+                return cpb.PromoteResponse(epoch=volume.client.epoch, vdl=volume.read_lsn, node_id=self.node_id)
+            if self.config is None:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node cannot be promoted")
+            log.warning("promotion requested (%s): stopping the redo stream, opening the volume as writer",
+                        request.failover_id or "no failover id")
+            self.promoting = True
+            loop = asyncio.get_running_loop()
+            old_engine, old_volume = self.engine, self.engine.volume
+            try:
+                if self.follow_future is not None:
+                    self.follow_future.cancel()
+                    self.follow_future = None
+                cfg = self.config
+                # recovery: a new volume epoch on a write quorum of every PG fences the old writer
+                volume = await loop.run_in_executor(None, functools.partial(
+                    WriterVolume.open, cfg.nodes, self.node_id, cfg.settings, cfg.cache_pages, loop=old_volume.loop))
+                hub = start_writer_hub(volume, self.node_id)
+                engine = await loop.run_in_executor(None, Engine, volume, True)
+            except Exception as exc:
+                self.promoting = False
+                log.error("promotion failed: %s; following %s again", exc, self.writer_address)
+                if self.writer_address:
+                    self.start_following(self.writer_address)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"promotion failed: {type(exc).__name__}: {exc}")
+            old_sessions = list(self.sessions.values())
+            self.sessions = {}
+            self.engine, self.hub, self.role, self.writer_address = engine, hub, "writer", ""
+            self.promoting = False
+            log.warning("promoted: writer at epoch %d, VDL %d", volume.client.epoch, volume.read_lsn)
+            try:
+                for session in old_sessions:
+                    await self._in_thread(session.close)
+                await old_volume.client.close()
+                await self._in_thread(old_engine.close)
+            except Exception:
+                log.exception("closing the reader's engine after promotion failed")
+            return cpb.PromoteResponse(epoch=volume.client.epoch, vdl=volume.read_lsn, node_id=self.node_id)
+
+    async def Follow(self, request, context):
+        if self.role == "reader":
+            if self.promoting:
+                return cpb.FollowResponse(outcome="refused", detail="this reader is being promoted")
+            if request.writer_address == self.writer_address and self.engine.volume.subscribed.is_set():
+                return cpb.FollowResponse(outcome="unchanged", detail=f"already following {self.writer_address}")
+            log.info("following the writer %s at %s (epoch %d)", request.writer_id, request.writer_address,
+                     request.epoch)
+            self.start_following(request.writer_address)
+            return cpb.FollowResponse(outcome="following", detail=request.writer_address)
+        own_epoch = self.engine.volume.client.epoch
+        if request.writer_id == self.node_id:
+            return cpb.FollowResponse(outcome="unchanged", detail="this node is the writer")
+        if request.epoch > own_epoch or self.fenced_reason():
+            # a newer writer exists: this one may never write again; step down and let the
+            # supervisor start this instance again (as a reader: the coordinators say so)
+            self.engine.fenced = self.fenced_reason() or (
+                f"stepped down: {request.writer_id} is the writer at epoch {request.epoch} (this one: {own_epoch})")
+            log.warning("stepping down: %s", self.engine.fenced)
+            asyncio.get_running_loop().call_later(0.2, self.on_step_down)
+            return cpb.FollowResponse(outcome="stepping-down", detail=self.engine.fenced)
+        return cpb.FollowResponse(outcome="refused",
+                                  detail=f"this writer's epoch {own_epoch} is not older than {request.epoch}")
 
     async def _in_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -115,14 +237,14 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
     async def Status(self, request, context):
         volume = self.engine.volume
         lag = getattr(volume, "lag", None)
-        health = "fenced" if self.engine.fenced else "ok"
+        health = "promoting" if self.promoting else ("fenced" if self.fenced_reason() else "ok")
         return cpb.StatusResponse(
             node_id=self.node_id, role=self.role, region=self.region, az=self.az, address=self.address,
             epoch=volume.client.epoch, vdl=volume.read_lsn,
             replica_lag_ms_p50=lag.percentile(0.5) if lag else 0.0,
             replica_lag_ms_p99=lag.percentile(0.99) if lag else 0.0,
             commits=volume.client.commits, cached_pages=len(volume.cache), health=health,
-            sessions=len(self.sessions),
+            sessions=len(self.sessions), writer_address=self.writer_address,
         )
 
 

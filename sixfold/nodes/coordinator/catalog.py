@@ -1,0 +1,107 @@
+"""The region catalog, replicated by pysyncobj (raft) over the three coordinators.
+
+What it holds: the instances (role, AZ, promotion tier, address, health), the
+current writer and its volume epoch, and the last failover (recorded *before*
+the promotion starts, so that a new leader finishes it instead of starting a
+second one). Any replica reads its own copy; @replicated changes are forwarded
+to the leader by pysyncobj.
+
+Safety never rests on this catalog: pysyncobj's journal is not durable and its
+term/vote are not persisted. Only the storage volume epoch decides which writer
+may write; a wrong catalog costs availability, never data.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+from pysyncobj import SyncObj, SyncObjConf, replicated
+
+WRITER, READER, FENCED = "writer", "reader", "fenced"
+
+
+def raft_conf(bind_address: str) -> SyncObjConf:
+    # appendEntriesUseBatch=False: with batching a synchronous write waits for the 100 ms send period.
+    # bindAddress: pysyncobj listens on 0.0.0.0 otherwise, and the three replicas share a port
+    return SyncObjConf(bindAddress=bind_address, appendEntriesUseBatch=False, dynamicMembershipChange=False,
+                       raftMinTimeout=0.4, raftMaxTimeout=1.0, connectionRetryTime=0.5,
+                       commandsWaitLeader=True)
+
+
+class Catalog(SyncObj):
+    def __init__(self, self_raft: str, partner_rafts: list[str]) -> None:
+        super().__init__(self_raft, partner_rafts, conf=raft_conf(self_raft))
+        self.instances: dict[str, dict] = {}
+        self.writer = ""
+        self.epoch = 0
+        self.failover: dict | None = None
+        self.failovers = 0
+
+    # ------------------------------------------------------------ changes (through the leader)
+
+    @replicated
+    def seed(self, instances: list[dict], writer: str) -> bool:
+        """The first leader loads the instance list it was started with (once)."""
+        if self.instances:
+            return False
+        self.instances = {i["name"]: dict(i) for i in instances}
+        self.writer = writer
+        return True
+
+    @replicated
+    def set_health(self, name: str, health: str, vdl: int, epoch: int) -> None:
+        inst = self.instances.get(name)
+        if inst is None:
+            return
+        inst["health"], inst["vdl"] = health, vdl
+        if name == self.writer and epoch > self.epoch:
+            self.epoch = epoch
+
+    @replicated
+    def set_role(self, name: str, role: str) -> None:
+        if name in self.instances and name != self.writer:
+            self.instances[name]["role"] = role
+
+    @replicated
+    def begin_failover(self, record: dict) -> dict:
+        """Recorded before the promotion. Refused while another one is in progress."""
+        if self.failover and self.failover["state"] == "promoting" and self.failover["id"] != record["id"]:
+            return self.failover
+        self.failover = dict(record, state="promoting")
+        return self.failover
+
+    @replicated
+    def finish_failover(self, failover_id: str, epoch: int, finished_unix_s: float) -> bool:
+        f = self.failover
+        if not f or f["id"] != failover_id or f["state"] != "promoting":
+            return False
+        old, new = f["from_instance"], f["to_instance"]
+        if old in self.instances and old != new:
+            self.instances[old]["role"] = FENCED
+        self.instances[new]["role"] = WRITER
+        self.instances[new]["health"] = "ok"
+        self.writer = new
+        self.epoch = max(self.epoch, epoch)
+        f.update(state="done", epoch=epoch, finished_unix_s=finished_unix_s)
+        self.failovers += 1
+        return True
+
+    @replicated
+    def abandon_failover(self, failover_id: str, reason: str) -> None:
+        f = self.failover
+        if f and f["id"] == failover_id and f["state"] == "promoting":
+            f.update(state="failed", reason=f"{f['reason']}; failed: {reason}", finished_unix_s=time.time())
+
+    # ------------------------------------------------------------ reads (this replica's copy)
+
+    def snapshot(self) -> dict:
+        return {"instances": copy.deepcopy(self.instances), "writer": self.writer, "epoch": self.epoch,
+                "failover": copy.deepcopy(self.failover), "failovers": self.failovers}
+
+    def leader_address(self) -> str:
+        leader = self._getLeader()
+        return leader.address if leader is not None else ""
+
+    def is_leader(self) -> bool:
+        return self._isLeader()

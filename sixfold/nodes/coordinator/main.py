@@ -1,0 +1,184 @@
+"""`sixfold coordinator`: one replica of the region's coordinator group.
+
+Three replicas per region (one per AZ) form a pysyncobj raft group holding the
+catalog (catalog.py). Every replica serves the Coordinator gRPC service from
+its own copy (planned failovers go to the leader) and runs the endpoint router
+(router.py); the leader runs the control loop (control.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import threading
+
+import click
+import grpc
+
+from sixfold.nodes.coordinator.catalog import Catalog
+from sixfold.nodes.coordinator.control import Controller, FailoverError
+from sixfold.nodes.coordinator.router import Router, reader_targets, writer_target
+from sixfold.rpc import coordinator_pb2 as pb
+from sixfold.rpc import coordinator_pb2_grpc
+
+log = logging.getLogger("sixfold.coordinator")
+
+TIER_MAX = 15
+
+
+def parse_instances(spec: str) -> tuple[list[dict], str]:
+    """`NAME:ROLE:AZ:TIER=HOST:PORT,...` -> instance dicts and the writer's name."""
+    out, writer = [], ""
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        try:
+            ident, address = item.split("=", 1)
+            name, role, az, tier = ident.split(":")
+            tier_no = int(tier)
+            if role not in ("writer", "reader") or not 0 <= tier_no <= TIER_MAX:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected NAME:writer|reader:AZ:TIER(0-15)=HOST:PORT",
+                                     param_hint="--instances") from None
+        out.append({"name": name, "role": role, "az": az, "tier": tier_no, "address": address,
+                    "health": "unknown", "vdl": 0})
+        if role == "writer":
+            writer = name
+    if sum(1 for i in out if i["role"] == "writer") != 1:
+        raise click.BadParameter("exactly one instance must be the writer", param_hint="--instances")
+    return out, writer
+
+
+def parse_replicas(spec: str) -> list[tuple[str, str]]:
+    """`GRPC_HOST:PORT@RAFT_HOST:PORT,...` (all three, this one included)."""
+    pairs = []
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        if "@" not in item:
+            raise click.BadParameter(f"{item!r}: expected GRPC_HOST:PORT@RAFT_HOST:PORT", param_hint="--replicas")
+        grpc_address, raft_address = item.split("@", 1)
+        pairs.append((grpc_address, raft_address))
+    return pairs
+
+
+def endpoint_list(snap: dict, endpoints: dict[str, str]) -> list[pb.Endpoint]:
+    out = []
+    writer = writer_target(snap)
+    by_address = {i["address"]: n for n, i in snap["instances"].items()}
+    if "writer" in endpoints:
+        out.append(pb.Endpoint(name="writer", kind="writer", address=endpoints["writer"],
+                               targets=[snap["writer"]] if writer else []))
+    if "reader" in endpoints:
+        readers = [by_address[a] for a in reader_targets(snap)] or ([snap["writer"]] if writer else [])
+        out.append(pb.Endpoint(name="reader", kind="reader", address=endpoints["reader"], targets=readers))
+    for name, inst in sorted(snap["instances"].items()):
+        out.append(pb.Endpoint(name=name, kind="instance", address=inst["address"], targets=[name]))
+    return out
+
+
+class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
+    def __init__(self, catalog: Catalog, controller: Controller, raft_address: str,
+                 grpc_of_raft: dict[str, str], endpoints: dict[str, str]) -> None:
+        self.catalog = catalog
+        self.controller = controller
+        self.raft_address = raft_address
+        self.grpc_of_raft = grpc_of_raft
+        self.endpoints = endpoints
+
+    async def GetCatalog(self, request, context):
+        snap = self.catalog.snapshot()
+        f = snap["failover"]
+        return pb.CatalogResponse(
+            replica=self.raft_address, is_leader=self.catalog.is_leader(), leader=self.catalog.leader_address(),
+            writer=snap["writer"], epoch=snap["epoch"],
+            instances=[pb.Instance(name=n, role=i["role"], az=str(i["az"]), promotion_tier=i.get("tier", 1),
+                                   address=i["address"], health=i["health"], vdl=i.get("vdl", 0))
+                       for n, i in sorted(snap["instances"].items())],
+            endpoints=endpoint_list(snap, self.endpoints),
+            failover=pb.FailoverRecord(**f) if f else None, failovers=snap["failovers"])
+
+    async def Failover(self, request, context):
+        if not self.catalog.is_leader():
+            leader = self.catalog.leader_address()
+            target = self.grpc_of_raft.get(leader)
+            if not target:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "no coordinator leader right now; retry")
+            async with grpc.aio.insecure_channel(target) as channel:
+                return await coordinator_pb2_grpc.CoordinatorStub(channel).Failover(request, timeout=120)
+        loop = asyncio.get_running_loop()
+        try:
+            record = await loop.run_in_executor(None, self.controller.planned_failover, request.target)
+        except FailoverError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.FailoverResponse(failover=pb.FailoverRecord(**record) if record else None)
+
+
+@click.command("coordinator")
+@click.option("--listen", envvar="SIXFOLD_LISTEN", required=True, help="HOST:PORT of this replica's gRPC service.")
+@click.option("--raft", "raft_address", envvar="SIXFOLD_RAFT", required=True,
+              help="HOST:PORT of this replica's raft (pysyncobj) port.")
+@click.option("--replicas", envvar="SIXFOLD_REPLICAS", required=True,
+              help="Every replica of the group, this one too: GRPC_HOST:PORT@RAFT_HOST:PORT, comma-separated.")
+@click.option("--instances", envvar="SIXFOLD_INSTANCES", required=True,
+              help="The compute instances: NAME:writer|reader:AZ:TIER=HOST:PORT, comma-separated "
+                   "(loaded into the catalog once, by the first leader).")
+@click.option("--writer-endpoint", envvar="SIXFOLD_WRITER_ENDPOINT", default="",
+              help="HOST:PORT of the writer endpoint (shared by the replicas with SO_REUSEPORT).")
+@click.option("--reader-endpoint", envvar="SIXFOLD_READER_ENDPOINT", default="",
+              help="HOST:PORT of the reader endpoint.")
+def coordinator(listen, raft_address, replicas, instances, writer_endpoint, reader_endpoint) -> None:
+    """Run one region coordinator replica: catalog, health checks, failover, endpoint router."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s.%(msecs)03d %(levelname)s coordinator {listen} %(name)s: %(message)s",
+                        datefmt="%Y-%m-%dT%H:%M:%S")
+    seed, writer = parse_instances(instances)
+    pairs = parse_replicas(replicas)
+    if raft_address not in [r for _, r in pairs]:
+        raise click.BadParameter("--replicas must include this replica's --raft address", param_hint="--replicas")
+    catalog = Catalog(raft_address, [r for _, r in pairs if r != raft_address])
+    controller = Controller(catalog, seed, writer)
+    endpoints = {k: v for k, v in (("writer", writer_endpoint), ("reader", reader_endpoint)) if v}
+    service = CoordinatorService(catalog, controller, raft_address, {r: g for g, r in pairs}, endpoints)
+    router = Router(catalog.snapshot, endpoints, in_contact=lambda: bool(catalog.leader_address()))
+    stop = threading.Event()
+    failure: list[str] = []
+    ready = threading.Event()
+
+    async def serve() -> None:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, server)
+        try:
+            server.add_insecure_port(listen)
+            await router.start()
+        except (RuntimeError, OSError) as exc:
+            failure.append(f"cannot listen: {exc} (is the port taken?)")
+            ready.set()
+            return
+        await server.start()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.1)
+        await server.stop(grace=1)
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="coordinator-loop", daemon=True)
+    thread.start()
+    serving = asyncio.run_coroutine_threadsafe(serve(), loop)
+    ready.wait(30)
+    if failure:
+        catalog.destroy()
+        raise click.ClickException(failure[0])
+    controller.start()
+    log.info("coordinator serving on %s (raft %s; endpoints %s)", listen, raft_address, endpoints or "none")
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        if serving.done():
+            break
+    controller.stop.set()
+    try:
+        serving.result(timeout=5)
+    except Exception:
+        log.exception("server stopped with an error")
+    catalog.destroy()
+    log.info("stopped")

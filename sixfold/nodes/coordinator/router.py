@@ -1,0 +1,147 @@
+"""The endpoint router: a protocol-agnostic asyncio TCP proxy on stable addresses.
+
+Every coordinator replica runs it, each from its own copy of the catalog, and
+all replicas listen on the *same* endpoint addresses with SO_REUSEPORT: the
+kernel spreads new connections over the live replicas, so an endpoint address
+survives the loss of any replica (a leader-only router would have to move its
+address at every leader change). A follower's catalog trails the leader's by
+a raft round trip; routing to a stale writer is safe (it is fenced by the volume
+epoch) and only costs a retry.
+
+- writer endpoint -> the current writer; while a failover is in progress, a new
+  connection waits (up to CONNECT_WAIT_S) for the new writer instead of failing;
+- reader endpoint -> round-robin over healthy readers, the writer when none;
+- when the writer changes, proxied writer connections to the old one are closed
+  (a paused old writer would otherwise hold them open until the client times out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Callable
+
+log = logging.getLogger("sixfold.router")
+
+CONNECT_WAIT_S = 20.0
+CONNECT_TIMEOUT_S = 2.0
+BUFFER_BYTES = 64 * 1024
+CONNECTIONS_MAX = 4096
+
+
+def writer_target(snap: dict) -> str | None:
+    f = snap["failover"]
+    if f and f["state"] == "promoting":
+        return None
+    inst = snap["instances"].get(snap["writer"])
+    if inst is None or inst["health"] not in ("ok", "unknown"):
+        return None
+    return inst["address"]
+
+
+def reader_targets(snap: dict) -> list[str]:
+    return [i["address"] for name, i in sorted(snap["instances"].items())
+            if i["role"] == "reader" and i["health"] == "ok"]
+
+
+class Router:
+    def __init__(self, snapshot: Callable[[], dict], endpoints: dict[str, str],
+                 in_contact: Callable[[], bool] = lambda: True) -> None:
+        self.snapshot = snapshot
+        self.endpoints = endpoints           # name ("writer"|"reader") -> HOST:PORT
+        self.in_contact = in_contact         # this replica knows a raft leader (is not cut off)
+        self._rr = itertools.count()
+        self._conns: set[tuple[str, str, asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+
+    def target(self, endpoint: str) -> str | None:
+        snap = self.snapshot()
+        if endpoint == "reader":
+            readers = reader_targets(snap)
+            if readers:
+                return readers[next(self._rr) % len(readers)]
+        return writer_target(snap)
+
+    async def start(self) -> None:
+        await self._listen()
+        asyncio.get_running_loop().create_task(self._close_stale())
+
+    async def _listen(self) -> None:
+        for name, address in self.endpoints.items():
+            host, port = address.rsplit(":", 1)
+            server = await asyncio.start_server(lambda r, w, n=name: self._serve(n, r, w), host, int(port),
+                                                reuse_port=True, reuse_address=True)
+            self.servers.append(server)
+            log.info("endpoint %s listening on %s", name, address)
+
+    async def _close_stale(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            # a replica cut off from the group stops listening: the kernel then hands new
+            # connections to the replicas that can still see the leader (and the writer)
+            if self.servers and not self.in_contact():
+                log.warning("no raft leader in sight: endpoints stop listening on this replica")
+                for server in self.servers:
+                    server.close()
+                self.servers = []
+            elif not self.servers and self.endpoints and self.in_contact():
+                try:
+                    await self._listen()
+                except OSError as exc:
+                    log.error("cannot listen on the endpoints again: %s", exc)
+            current = writer_target(self.snapshot())
+            for conn in list(self._conns):
+                endpoint, target, down, up = conn
+                if endpoint == "writer" and current is not None and target != current:
+                    log.info("closing a writer-endpoint connection to %s (the writer is now %s)", target, current)
+                    self._conns.discard(conn)
+                    down.close()
+                    up.close()
+
+    async def _serve(self, endpoint: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._conns) >= CONNECTIONS_MAX:
+            writer.close()
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONNECT_WAIT_S
+        upstream = None
+        target = None
+        while upstream is None and loop.time() < deadline and self.in_contact():
+            target = self.target(endpoint)
+            if target is None:
+                await asyncio.sleep(0.05)
+                continue
+            host, port = target.rsplit(":", 1)
+            try:
+                upstream = await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT_S)
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(0.1)
+        if upstream is None:
+            log.warning("endpoint %s: no target within %.0f s; closing the client connection", endpoint,
+                        CONNECT_WAIT_S)
+            writer.close()
+            return
+        up_reader, up_writer = upstream
+        conn = (endpoint, target, writer, up_writer)
+        self._conns.add(conn)
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        finally:
+            self._conns.discard(conn)
+            writer.close()
+            up_writer.close()
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(BUFFER_BYTES):
+                dst.write(data)
+                await dst.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            try:
+                dst.close()
+            except Exception:
+                pass

@@ -1,0 +1,95 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Instance(_message.Message):
+    __slots__ = ("name", "role", "az", "promotion_tier", "address", "health", "vdl")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    AZ_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_TIER_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    VDL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    az: str
+    promotion_tier: int
+    address: str
+    health: str
+    vdl: int
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., az: _Optional[str] = ..., promotion_tier: _Optional[int] = ..., address: _Optional[str] = ..., health: _Optional[str] = ..., vdl: _Optional[int] = ...) -> None: ...
+
+class Endpoint(_message.Message):
+    __slots__ = ("name", "kind", "address", "targets")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    address: str
+    targets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FailoverRecord(_message.Message):
+    __slots__ = ("id", "from_instance", "to_instance", "reason", "state", "started_unix_s", "finished_unix_s", "epoch")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    TO_INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    from_instance: str
+    to_instance: str
+    reason: str
+    state: str
+    started_unix_s: float
+    finished_unix_s: float
+    epoch: int
+    def __init__(self, id: _Optional[str] = ..., from_instance: _Optional[str] = ..., to_instance: _Optional[str] = ..., reason: _Optional[str] = ..., state: _Optional[str] = ..., started_unix_s: _Optional[float] = ..., finished_unix_s: _Optional[float] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class CatalogRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CatalogResponse(_message.Message):
+    __slots__ = ("replica", "is_leader", "leader", "writer", "epoch", "instances", "endpoints", "failover", "failovers")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    IS_LEADER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    WRITER_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    FAILOVER_FIELD_NUMBER: _ClassVar[int]
+    FAILOVERS_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    is_leader: bool
+    leader: str
+    writer: str
+    epoch: int
+    instances: _containers.RepeatedCompositeFieldContainer[Instance]
+    endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
+    failover: FailoverRecord
+    failovers: int
+    def __init__(self, replica: _Optional[str] = ..., is_leader: _Optional[bool] = ..., leader: _Optional[str] = ..., writer: _Optional[str] = ..., epoch: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., failover: _Optional[_Union[FailoverRecord, _Mapping]] = ..., failovers: _Optional[int] = ...) -> None: ...
+
+class FailoverRequest(_message.Message):
+    __slots__ = ("target",)
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    def __init__(self, target: _Optional[str] = ...) -> None: ...
+
+class FailoverResponse(_message.Message):
+    __slots__ = ("failover",)
+    FAILOVER_FIELD_NUMBER: _ClassVar[int]
+    failover: FailoverRecord
+    def __init__(self, failover: _Optional[_Union[FailoverRecord, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,126 @@
+"""Three real coordinator processes (one per AZ) over a ComputeCluster, with the router's
+writer and reader endpoints on one shared address (127.1.0.200, SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from sixfold.rpc import coordinator_pb2 as copb
+from sixfold.rpc import coordinator_pb2_grpc
+from tests.compute_cluster import ComputeCluster
+from tests.storage_cluster import StorageNodeProcess, free_port
+
+ENDPOINT_HOST = "127.1.0.200"
+
+
+@dataclass(eq=False)
+class CoordinatorProcess(StorageNodeProcess):
+    raft_port: int = 0
+    replicas: str = ""
+    instances: str = ""
+    writer_endpoint: str = ""
+    reader_endpoint: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.raft_port = self.raft_port or free_port(self.host)
+
+    @property
+    def raft_address(self) -> str:
+        return f"{self.host}:{self.raft_port}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "sixfold.nodes.coordinator", "--listen", self.address,
+                "--raft", self.raft_address, "--replicas", self.replicas, "--instances", self.instances,
+                "--writer-endpoint", self.writer_endpoint, "--reader-endpoint", self.reader_endpoint]
+
+    def catalog(self, timeout_s: float = 2.0) -> copb.CatalogResponse:
+        with grpc.insecure_channel(self.address) as channel:
+            return coordinator_pb2_grpc.CoordinatorStub(channel).GetCatalog(copb.CatalogRequest(), timeout=timeout_s)
+
+    def failover(self, target: str = "", timeout_s: float = 90.0) -> copb.FailoverResponse:
+        with grpc.insecure_channel(self.address) as channel:
+            return coordinator_pb2_grpc.CoordinatorStub(channel).Failover(copb.FailoverRequest(target=target),
+                                                                         timeout=timeout_s)
+
+    def wait_healthy(self, timeout_s: float = 20.0):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not self.running:
+                raise RuntimeError(f"{self.node_id} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                return self.catalog(0.5)
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.node_id} not up after {timeout_s}s:\n{self.log_tail()}") from None
+                time.sleep(0.05)
+
+
+class CoordinatorGroup:
+    def __init__(self, root, compute: ComputeCluster) -> None:
+        self.compute = compute
+        writer_port, reader_port = free_port(ENDPOINT_HOST), free_port(ENDPOINT_HOST)
+        self.writer_endpoint = f"{ENDPOINT_HOST}:{writer_port}"
+        self.reader_endpoint = f"{ENDPOINT_HOST}:{reader_port}"
+        instances = ",".join(f"{n.node_id}:{n.role}:{n.az}:{i}={n.address}" for i, n in enumerate(compute.nodes))
+        self.replicas = [
+            CoordinatorProcess(node_id=f"coordinator-{az}", region_no=1, az_no=az, index=200,
+                               data_dir=root / f"coordinator-{az}", log_path=root / f"coordinator-{az}" / "stderr.log",
+                               instances=instances, writer_endpoint=self.writer_endpoint,
+                               reader_endpoint=self.reader_endpoint)
+            for az in (1, 2, 3)
+        ]
+        spec = ",".join(f"{c.address}@{c.raft_address}" for c in self.replicas)
+        for c in self.replicas:
+            c.replicas = spec
+
+    def start(self) -> None:
+        for c in self.replicas:
+            c.spawn()
+        for c in self.replicas:
+            c.wait_healthy()
+        self.wait(lambda cat: cat.writer and all(i.health == "ok" for i in cat.instances), 30, "a healthy catalog")
+
+    def any_catalog(self) -> copb.CatalogResponse:
+        for c in self.replicas:
+            if c.running and not c.paused:
+                try:
+                    return c.catalog()
+                except grpc.RpcError:
+                    continue
+        raise RuntimeError("no coordinator answers")
+
+    def leader(self) -> CoordinatorProcess:
+        for c in self.replicas:
+            if c.running and not c.paused:
+                try:
+                    if c.catalog().is_leader:
+                        return c
+                except grpc.RpcError:
+                    pass
+        raise RuntimeError("no leader")
+
+    def wait(self, predicate, timeout_s: float, what: str) -> copb.CatalogResponse:
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.any_catalog()
+                if predicate(last):
+                    return last
+            except RuntimeError:
+                pass
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {c.node_id}\n{c.log_tail(30)}" for c in self.replicas)
+        raise TimeoutError(f"no {what} within {timeout_s}s; last catalog: {last}\n{logs}")
+
+    def close(self) -> None:
+        for c in self.replicas:
+            try:
+                c.kill()
+            except Exception:
+                pass
