@@ -20,6 +20,8 @@ from pathlib import Path
 
 import click
 import pytest
+
+from sixfold.nodes.coordinator.router import LEADERLESS_GRACE_S
 from click.testing import CliRunner
 
 from sixfold.cli.main import cli
@@ -432,8 +434,10 @@ def test_partition_and_heal(cluster):
     assert len(partition.rules(cluster.cdir.cluster_id)) == cut["detail"]["rules"]
     nodes = cluster.status()
     assert len(nodes["storage-1-3-1"]["partitioned_from"]) == 8  # 6 storage and compute + 2 coordinators
-    # the cut-off coordinator loses the raft leader and stops serving the shared endpoints
+    # the cut-off coordinator loses the raft leader and, after the router's documented grace
+    # (an election must not be an outage), stops serving the shared endpoints
     cluster.wait_status(lambda n: n["coordinator-1-3"]["role"] == "no-leader")
+    time.sleep(LEADERLESS_GRACE_S + 0.5)
     assert cluster.sql("INSERT INTO events(phase) VALUES ('az3-cut')")[0]["commit_lsn"] > 0  # 4 of 6
     # one more storage node cut off from the writer: 3 of 6, so the commit cannot be acknowledged
     writer = next(name for name, n in cluster.status().items() if n["role"] == "writer")  # failovers move it

@@ -28,6 +28,7 @@ CONNECT_WAIT_S = 20.0
 CONNECT_TIMEOUT_S = 2.0
 BUFFER_BYTES = 64 * 1024
 CONNECTIONS_MAX = 4096
+LEADERLESS_GRACE_S = 3.0
 
 
 def writer_target(snap: dict) -> str | None:
@@ -50,7 +51,7 @@ class Router:
                  in_contact: Callable[[], bool] = lambda: True) -> None:
         self.snapshot = snapshot
         self.endpoints = endpoints           # name ("writer"|"reader") -> HOST:PORT
-        self.in_contact = in_contact         # this replica knows a raft leader (is not cut off)
+        self.in_contact = in_contact         # this replica knows a raft leader
         self._rr = itertools.count()
         self._conns: set[tuple[str, str, asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self.servers: list[asyncio.AbstractServer] = []
@@ -64,6 +65,7 @@ class Router:
         return writer_target(snap)
 
     async def start(self) -> None:
+        self._last_contact = asyncio.get_running_loop().time()
         await self._listen()
         asyncio.get_running_loop().create_task(self._close_stale())
 
@@ -78,18 +80,25 @@ class Router:
     async def _close_stale(self) -> None:
         while True:
             await asyncio.sleep(0.1)
-            # a replica cut off from the group stops listening: the kernel then hands new
-            # connections to the replicas that can still see the leader (and the writer)
-            if self.servers and not self.in_contact():
-                log.warning("no raft leader in sight: endpoints stop listening on this replica")
+            # A replica cut off from the group stops listening, so that the kernel hands new
+            # connections to replicas that can still reach the writer; but only after
+            # LEADERLESS_GRACE_S without a leader: an election after the leader died takes
+            # about a second, and refusing connections meanwhile was an outage. (Routing to
+            # the last known writer meanwhile is safe: a stale one is fenced by the epoch.)
+            now = asyncio.get_running_loop().time()
+            if self.in_contact():
+                self._last_contact = now
+                if not self.servers and self.endpoints:
+                    try:
+                        await self._listen()
+                    except OSError as exc:
+                        log.error("cannot listen on the endpoints again: %s", exc)
+            elif self.servers and now - self._last_contact > LEADERLESS_GRACE_S:
+                log.warning("no raft leader for %.0f s: endpoints stop listening on this replica",
+                            LEADERLESS_GRACE_S)
                 for server in self.servers:
                     server.close()
                 self.servers = []
-            elif not self.servers and self.endpoints and self.in_contact():
-                try:
-                    await self._listen()
-                except OSError as exc:
-                    log.error("cannot listen on the endpoints again: %s", exc)
             current = writer_target(self.snapshot())
             for conn in list(self._conns):
                 endpoint, target, down, up = conn
@@ -107,7 +116,7 @@ class Router:
         deadline = loop.time() + CONNECT_WAIT_S
         upstream = None
         target = None
-        while upstream is None and loop.time() < deadline and self.in_contact():
+        while upstream is None and loop.time() < deadline:
             target = self.target(endpoint)
             if target is None:
                 await asyncio.sleep(0.05)
