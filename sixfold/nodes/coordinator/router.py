@@ -56,10 +56,12 @@ class Router:
         self._conns: set[tuple[str, str, asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self.servers: list[asyncio.AbstractServer] = []
 
-    def target(self, endpoint: str) -> str | None:
+    def target(self, endpoint: str, unreachable: frozenset[str] = frozenset()) -> str | None:
         snap = self.snapshot()
         if endpoint == "reader":
-            readers = reader_targets(snap)
+            # readers the catalog calls healthy but this connection could not reach (the
+            # health checks lag a crash by a few probes) are skipped: then the writer
+            readers = [r for r in reader_targets(snap) if r not in unreachable]
             if readers:
                 return readers[next(self._rr) % len(readers)]
         return writer_target(snap)
@@ -116,8 +118,9 @@ class Router:
         deadline = loop.time() + CONNECT_WAIT_S
         upstream = None
         target = None
+        unreachable: set[str] = set()
         while upstream is None and loop.time() < deadline:
-            target = self.target(endpoint)
+            target = self.target(endpoint, frozenset(unreachable))
             if target is None:
                 await asyncio.sleep(0.05)
                 continue
@@ -125,6 +128,7 @@ class Router:
             try:
                 upstream = await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT_S)
             except (OSError, asyncio.TimeoutError):
+                unreachable.add(target)
                 await asyncio.sleep(0.1)
         if upstream is None:
             log.warning("endpoint %s: no target within %.0f s; closing the client connection", endpoint,
