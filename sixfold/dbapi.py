@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import grpc
 
-from sixfold.client.channels import CHANNEL_OPTIONS
+from sixfold.client.channels import CLIENT_CHANNEL_OPTIONS
 from sixfold.nodes.compute.values import from_pb, to_pb
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import compute_pb2_grpc
@@ -101,7 +101,7 @@ class Connection:
         self.address = address
         self.autocommit = autocommit
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
         self._stub = compute_pb2_grpc.ComputeStub(self._channel)
         try:
             opened = self._stub.OpenSession(cpb.OpenSessionRequest(client_name="sixfold.dbapi"), timeout=timeout_s)
