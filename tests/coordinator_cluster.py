@@ -3,6 +3,8 @@ writer and reader endpoints on one shared address (127.1.0.200, SO_REUSEPORT).""
 
 from __future__ import annotations
 
+import random
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -15,6 +17,22 @@ from tests.compute_cluster import ComputeCluster
 from tests.storage_cluster import StorageNodeProcess, free_port
 
 ENDPOINT_HOST = "127.1.0.200"
+CUSTOM_ENDPOINT_SLOTS = 16
+
+
+def free_port_range(host: str, count: int) -> int:
+    """The first of `count` consecutive free ports on `host` (custom endpoints' slots)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 60_000 - count)
+        try:
+            for port in range(base, base + count):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports on {host}")
 
 
 @dataclass(eq=False)
@@ -24,6 +42,7 @@ class CoordinatorProcess(StorageNodeProcess):
     instances: str = ""
     writer_endpoint: str = ""
     reader_endpoint: str = ""
+    custom_port_base: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -36,7 +55,12 @@ class CoordinatorProcess(StorageNodeProcess):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "sixfold.nodes.coordinator", "--listen", self.address,
                 "--raft", self.raft_address, "--replicas", self.replicas, "--instances", self.instances,
-                "--writer-endpoint", self.writer_endpoint, "--reader-endpoint", self.reader_endpoint]
+                "--writer-endpoint", self.writer_endpoint, "--reader-endpoint", self.reader_endpoint,
+                "--custom-endpoint-port-base", str(self.custom_port_base)]
+
+    def coordinator_stub(self):
+        channel = grpc.insecure_channel(self.address)
+        return channel, coordinator_pb2_grpc.CoordinatorStub(channel)
 
     def catalog(self, timeout_s: float = 2.0) -> copb.CatalogResponse:
         with grpc.insecure_channel(self.address) as channel:
@@ -66,12 +90,13 @@ class CoordinatorGroup:
         writer_port, reader_port = free_port(ENDPOINT_HOST), free_port(ENDPOINT_HOST)
         self.writer_endpoint = f"{ENDPOINT_HOST}:{writer_port}"
         self.reader_endpoint = f"{ENDPOINT_HOST}:{reader_port}"
+        custom_port_base = free_port_range(ENDPOINT_HOST, CUSTOM_ENDPOINT_SLOTS)
         instances = ",".join(f"{n.node_id}:{n.role}:{n.az}:{i}={n.address}" for i, n in enumerate(compute.nodes))
         self.replicas = [
             CoordinatorProcess(node_id=f"coordinator-{az}", region_no=1, az_no=az, index=200,
                                data_dir=root / f"coordinator-{az}", log_path=root / f"coordinator-{az}" / "stderr.log",
                                instances=instances, writer_endpoint=self.writer_endpoint,
-                               reader_endpoint=self.reader_endpoint)
+                               reader_endpoint=self.reader_endpoint, custom_port_base=custom_port_base)
             for az in (1, 2, 3)
         ]
         spec = ",".join(f"{c.address}@{c.raft_address}" for c in self.replicas)

@@ -145,7 +145,8 @@ def test_command_list_is_complete():
     names = {" ".join(p) for p in ALL_COMMANDS}
     for expected in ("up", "down", "status", "endpoints", "sql", "demo", "settings", "chaos kill", "chaos pause",
                      "chaos resume", "chaos restart", "chaos partition", "chaos heal", "chaos log",
-                     "storage-node", "compute-node", "coordinator", "failover"):
+                     "storage-node", "compute-node", "coordinator", "failover", "endpoint create",
+                     "endpoint delete"):
         assert expected in names
 
 

@@ -1,4 +1,4 @@
-"""`sixfold up | down | status | endpoints | settings`: the local cluster's life cycle."""
+"""`sixfold up | down | status | endpoints | endpoint | failover | settings`: the local cluster's life cycle."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def endpoints_table(endpoints: list[Endpoint]) -> Table:
     for col in ("endpoint", "kind", "address", "instance"):
         table.add_column(col)
     for e in endpoints:
-        table.add_row(e.name, e.kind, e.address, e.target)
+        kind = f"custom {e.type} ({','.join(e.members)})" if e.kind == "custom" else e.kind
+        table.add_row(e.name, kind, e.address, e.target)
     return table
 
 
@@ -167,14 +168,57 @@ def endpoints(data_dir: Path | None, as_json: bool) -> None:
     The writer and reader endpoints are the coordinators' router on the region's
     endpoint address (127.<region>.0.200): the writer endpoint forwards to the current
     writer (a client that reconnects after a failover reaches the new one), the reader
-    endpoint round-robins over healthy readers (the writer when there are none). The
-    instance column shows where they point now.
+    endpoint round-robins over healthy readers (the writer when there are none). Custom
+    endpoints (`sixfold endpoint create`) round-robin over their members. The instance
+    column shows where they point now.
     """
     eps = local.endpoints(cluster_dir(data_dir))
     if as_json:
         print_json([e.to_dict() for e in eps])
     else:
         out.print(endpoints_table(eps))
+
+
+@click.group("endpoint", context_settings=CONTEXT)
+def endpoint() -> None:
+    """Custom endpoints: a named subset of the instances on its own router address."""
+
+
+@endpoint.command("create", context_settings=CONTEXT)
+@data_dir_option
+@click.argument("name")
+@click.option("--type", "kind", type=click.Choice(["reader", "any"]), default="reader", show_default=True,
+              help="reader: route only to members that are readers now; any: readers and the writer.")
+@click.option("--members", required=True, help="Instance names, comma-separated (see `sixfold endpoints`).")
+@json_option
+@reports_errors
+def endpoint_create(data_dir: Path | None, name: str, kind: str, members: str, as_json: bool) -> None:
+    """Create the custom endpoint NAME over --members.
+
+    Every coordinator replica's router listens on it (127.<region>.0.200, a port from
+    compute port + 210); new connections are balanced over the members that are healthy
+    and of the right role. A member promoted to writer leaves a `reader` endpoint.
+    """
+    names = [m.strip() for m in members.split(",") if m.strip()]
+    e = local.create_endpoint(cluster_dir(data_dir), name, kind, names)
+    if as_json:
+        print_json(e.to_dict())
+    else:
+        out.print(f"custom endpoint [bold]{e.name}[/bold] ({e.type}: {', '.join(e.members)}) on {e.address}")
+
+
+@endpoint.command("delete", context_settings=CONTEXT)
+@data_dir_option
+@click.argument("name")
+@json_option
+@reports_errors
+def endpoint_delete(data_dir: Path | None, name: str, as_json: bool) -> None:
+    """Delete the custom endpoint NAME (its open connections are closed)."""
+    local.delete_endpoint(cluster_dir(data_dir), name)
+    if as_json:
+        print_json({"deleted": name})
+    else:
+        out.print(f"deleted the custom endpoint {name}")
 
 
 @click.command("failover", context_settings=CONTEXT)

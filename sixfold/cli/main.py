@@ -18,6 +18,7 @@ COMMANDS = {
     "down": "sixfold.cli.cluster:down",
     "status": "sixfold.cli.cluster:status",
     "endpoints": "sixfold.cli.cluster:endpoints",
+    "endpoint": "sixfold.cli.cluster:endpoint",
     "failover": "sixfold.cli.cluster:failover",
     "sql": "sixfold.cli.sql:sql",
     "chaos": "sixfold.cli.chaos:chaos",

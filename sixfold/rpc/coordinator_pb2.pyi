@@ -25,16 +25,20 @@ class Instance(_message.Message):
     def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., az: _Optional[str] = ..., promotion_tier: _Optional[int] = ..., address: _Optional[str] = ..., health: _Optional[str] = ..., vdl: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("name", "kind", "address", "targets")
+    __slots__ = ("name", "kind", "address", "targets", "type", "members")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     address: str
     targets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ...) -> None: ...
+    type: str
+    members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., type: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FailoverRecord(_message.Message):
     __slots__ = ("id", "from_instance", "to_instance", "reason", "state", "started_unix_s", "finished_unix_s", "epoch")
@@ -93,3 +97,23 @@ class FailoverResponse(_message.Message):
     FAILOVER_FIELD_NUMBER: _ClassVar[int]
     failover: FailoverRecord
     def __init__(self, failover: _Optional[_Union[FailoverRecord, _Mapping]] = ...) -> None: ...
+
+class CreateEndpointRequest(_message.Message):
+    __slots__ = ("name", "type", "members")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteEndpointRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteEndpointResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -465,7 +465,7 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
 
 def endpoints(cdir: ClusterDir) -> list[Endpoint]:
     """The router's writer and reader endpoints (their target is the current writer or the
-    readers, when a coordinator answers), then one endpoint per instance."""
+    readers, when a coordinator answers), the custom endpoints, then one per instance."""
     nodes = node_specs(require(cdir))
     out = endpoints_of(nodes)
     catalog = _catalog(nodes)
@@ -473,7 +473,53 @@ def endpoints(cdir: ClusterDir) -> list[Endpoint]:
         targets = {e["name"]: ",".join(e["targets"]) for e in catalog["endpoints"]}
         out = [dataclasses.replace(e, target=targets.get(e.name) or e.target) if e.name in ("writer", "reader")
                else e for e in out]
+        out[2:2] = [_custom_endpoint(e) for e in catalog["endpoints"] if e["kind"] == "custom"]
     return out
+
+
+def _custom_endpoint(e: dict) -> Endpoint:
+    host, port = e["address"].rsplit(":", 1)
+    return Endpoint(e["name"], "custom", host, int(port), ",".join(e["targets"]), e["type"], tuple(e["members"]))
+
+
+def _coordinator_call(nodes: list[NodeSpec], call, what: str):
+    """`call(stub)` on the first coordinator that answers; usage errors from it become UsageProblem."""
+    import grpc
+
+    from sixfold.rpc import coordinator_pb2_grpc
+
+    last_error = "no coordinator is configured" if not any(n.kind == COORDINATOR for n in nodes) else ""
+    for n in nodes:
+        if n.kind != COORDINATOR:
+            continue
+        with grpc.insecure_channel(n.address) as channel:
+            try:
+                return call(coordinator_pb2_grpc.CoordinatorStub(channel))
+            except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
+                                  grpc.StatusCode.NOT_FOUND):
+                    raise UsageProblem(exc.details()) from None
+                last_error = f"{n.name}: {exc.code().name} {exc.details()}"
+    raise RuntimeFailure(f"{what} did not run: {last_error}; check `sixfold status`")
+
+
+def create_endpoint(cdir: ClusterDir, name: str, kind: str, members: list[str]) -> Endpoint:
+    """A custom endpoint: a named subset of the instances on its own router address."""
+    from sixfold.rpc import coordinator_pb2 as copb
+
+    nodes = node_specs(require_running(cdir))
+    request = copb.CreateEndpointRequest(name=name, type=kind, members=members)
+    e = _coordinator_call(nodes, lambda stub: stub.CreateEndpoint(request, timeout=10), "creating the endpoint")
+    return _custom_endpoint({"name": e.name, "address": e.address, "targets": list(e.targets), "type": e.type,
+                             "members": list(e.members)})
+
+
+def delete_endpoint(cdir: ClusterDir, name: str) -> None:
+    from sixfold.rpc import coordinator_pb2 as copb
+
+    nodes = node_specs(require_running(cdir))
+    _coordinator_call(nodes, lambda stub: stub.DeleteEndpoint(copb.DeleteEndpointRequest(name=name), timeout=10),
+                      "deleting the endpoint")
 
 
 def with_live_roles(nodes: list[NodeSpec]) -> list[NodeSpec]:
@@ -500,32 +546,17 @@ def _catalog(nodes: list[NodeSpec], timeout_s: float = 1.0) -> dict | None:
 
 def failover(cdir: ClusterDir, target: str = "", timeout_s: float = 120.0) -> dict:
     """Planned failover: a coordinator (the leader) promotes `target` (or the best reader)."""
-    import grpc
-
     from sixfold.rpc import coordinator_pb2 as copb
-    from sixfold.rpc import coordinator_pb2_grpc
 
     nodes = node_specs(require_running(cdir))
     compute = {n.name for n in nodes if n.kind == COMPUTE}
     if target and target not in compute:
         raise UsageProblem(f"no instance named {target!r}; the instances are: {', '.join(sorted(compute))}")
-    last_error = "no coordinator answered"
-    for n in nodes:
-        if n.kind != COORDINATOR:
-            continue
-        with grpc.insecure_channel(n.address) as channel:
-            try:
-                reply = coordinator_pb2_grpc.CoordinatorStub(channel).Failover(copb.FailoverRequest(target=target),
-                                                                              timeout=timeout_s)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    raise UsageProblem(exc.details()) from None
-                last_error = f"{n.name}: {exc.code().name} {exc.details()}"
-                continue
-        f = reply.failover
-        return {"id": f.id, "from": f.from_instance, "to": f.to_instance, "state": f.state, "epoch": f.epoch,
-                "duration_s": round(max(0.0, f.finished_unix_s - f.started_unix_s), 3)}
-    raise RuntimeFailure(f"the failover did not run: {last_error}; check `sixfold status`")
+    reply = _coordinator_call(nodes, lambda stub: stub.Failover(copb.FailoverRequest(target=target),
+                                                                 timeout=timeout_s), "the failover")
+    f = reply.failover
+    return {"id": f.id, "from": f.from_instance, "to": f.to_instance, "state": f.state, "epoch": f.epoch,
+            "duration_s": round(max(0.0, f.finished_unix_s - f.started_unix_s), 3)}
 
 
 def resolve_endpoint(cdir: ClusterDir, name: str) -> tuple[str, str]:
@@ -554,7 +585,11 @@ def resolve_endpoint(cdir: ClusterDir, name: str) -> tuple[str, str]:
     for n in compute:
         if n.name == name:
             return n.address, f"instance {n.name}"
-    names = ", ".join(["writer", "reader"] + [n.name for n in compute])
+    catalog = _catalog(nodes)
+    custom = {e["name"]: e for e in catalog["endpoints"] if e["kind"] == "custom"} if catalog else {}
+    if name in custom:
+        return custom[name]["address"], f"custom endpoint {name} (router)"
+    names = ", ".join(["writer", "reader"] + sorted(custom) + [n.name for n in compute])
     if any(n.name == name for n in nodes):
         raise UsageProblem(f"{name} is a storage node; SQL goes to a compute endpoint: {names}")
     raise UsageProblem(f"no endpoint named {name!r}; the endpoints are: {names}")

@@ -44,7 +44,8 @@ from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_RES
                                     STOPPING, ClusterDir, hold_lock, tail)
 from sixfold.runtime.probe import probe
 from sixfold.runtime.topology import (COMPUTE, COORDINATOR, READER, STORAGE, WRITER, ClusterSpec, NodeSpec,
-                                      raft_address, router_addresses, storage_nodes_flag)
+                                      custom_endpoint_port_base, raft_address, router_addresses,
+                                      storage_nodes_flag)
 
 log = logging.getLogger("sixfold.supervisor")
 
@@ -121,6 +122,7 @@ class Supervisor:
                 "--replicas", ",".join(f"{c.address}@{raft_address(c)}" for c in coordinators),
                 "--instances", instances, "--writer-endpoint", endpoints["writer"],
                 "--reader-endpoint", endpoints["reader"],
+                "--custom-endpoint-port-base", str(custom_endpoint_port_base(specs)),
             ]
         cmd = [
             self.python, "-m", "sixfold.nodes.compute", "--node-id", node.name, "--role", node.role,

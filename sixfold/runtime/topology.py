@@ -37,6 +37,9 @@ COORDINATOR_PORT_OFFSET = 100   # from compute_port
 RAFT_PORT_OFFSET = 101
 WRITER_ENDPOINT_PORT_OFFSET = 200
 READER_ENDPOINT_PORT_OFFSET = 201
+CUSTOM_ENDPOINT_PORT_OFFSET = 210   # custom endpoints: + 210 .. + 225 (the catalog assigns a slot)
+CUSTOM_ENDPOINT_SLOTS = 16
+HIGHEST_PORT_OFFSET = CUSTOM_ENDPOINT_PORT_OFFSET + CUSTOM_ENDPOINT_SLOTS - 1
 WRITER = "writer"
 READER = "reader"
 
@@ -83,10 +86,10 @@ class ClusterSpec:
         for name, port in (("--storage-port", self.storage_port), ("--compute-port", self.compute_port)):
             if not 1 <= port <= 65535:
                 found.append(f"{name} {port}: a port is 1..65535")
-        if self.compute_port > 65535 - READER_ENDPOINT_PORT_OFFSET:
-            found.append(f"--compute-port {self.compute_port}: at most {65535 - READER_ENDPOINT_PORT_OFFSET} "
+        if self.compute_port > 65535 - HIGHEST_PORT_OFFSET:
+            found.append(f"--compute-port {self.compute_port}: at most {65535 - HIGHEST_PORT_OFFSET} "
                          f"(the coordinators and endpoints use the ports up to compute port + "
-                         f"{READER_ENDPOINT_PORT_OFFSET})")
+                         f"{HIGHEST_PORT_OFFSET})")
         if self.storage_port - self.compute_port in (COORDINATOR_PORT_OFFSET, RAFT_PORT_OFFSET):
             found.append("--storage-port must not be --compute-port + 100 or + 101 (the coordinators' ports)")
         if self.storage_port == self.compute_port:
@@ -132,7 +135,7 @@ class NodeSpec:
         return f"{self.host}:{self.port}"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "address": self.address}
+        return {**asdict(self), "members": list(self.members), "address": self.address}
 
     @classmethod
     def from_dict(cls, data: dict) -> "NodeSpec":
@@ -189,17 +192,19 @@ def storage_nodes_flag(nodes: list[NodeSpec]) -> str:
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     name: str
-    kind: str  # "writer" | "reader" | "instance"
+    kind: str  # "writer" | "reader" | "custom" | "instance"
     host: str
     port: int
     target: str  # the instance it points at
+    type: str = ""             # custom endpoints: "reader" or "any"
+    members: tuple[str, ...] = ()   # custom endpoints: the instances it may route to
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "address": self.address}
+        return {**asdict(self), "members": list(self.members), "address": self.address}
 
 
 def raft_address(node: NodeSpec) -> str:
@@ -220,6 +225,13 @@ def router_addresses(nodes: list[NodeSpec]) -> dict[str, str]:
     host = endpoint_host(coordinators[0].region)
     return {"writer": f"{host}:{compute_port + WRITER_ENDPOINT_PORT_OFFSET}",
             "reader": f"{host}:{compute_port + READER_ENDPOINT_PORT_OFFSET}"}
+
+
+def custom_endpoint_port_base(nodes: list[NodeSpec]) -> int | None:
+    coordinators = [n for n in nodes if n.kind == COORDINATOR]
+    if not coordinators:
+        return None
+    return coordinators[0].port - COORDINATOR_PORT_OFFSET + CUSTOM_ENDPOINT_PORT_OFFSET
 
 
 def extra_listen_addresses(nodes: list[NodeSpec]) -> list[tuple[str, str]]:

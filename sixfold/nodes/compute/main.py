@@ -90,8 +90,12 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
                    "instance's role (a former writer comes back as a reader).")
 @click.option("--commit-timeout-s", envvar="SIXFOLD_COMMIT_TIMEOUT_S", type=click.FloatRange(0.1),
               default=10.0, show_default=True, help="How long a commit waits for a write quorum.")
+@click.option("--fault-promote-delay-s", envvar="SIXFOLD_FAULT_PROMOTE_DELAY_S", type=click.FloatRange(0),
+              default=0.0, show_default=True,
+              help="Fault injection: a promotion waits this long before its recovery (widens the window "
+                   "in which a coordinator can die in the middle of a failover).")
 def compute_node(node_id, role, region, az, listen, storage_nodes, writer_address, volume_id,
-                 pages_per_segment, cache_pages, coordinators, commit_timeout_s) -> None:
+                 pages_per_segment, cache_pages, coordinators, commit_timeout_s, fault_promote_delay_s) -> None:
     """Run a compute node: SQLite on the shared Sixfold volume."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {node_id} %(name)s: %(message)s")
@@ -121,7 +125,8 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
     else:
         volume = ReaderVolume.open(nodes, node_id, settings, cache_pages)
     service = ComputeService(None, node_id, role, region, az, listen, hub,
-                             VolumeConfig(nodes, settings, cache_pages), writer_address, on_step_down=stop.set)
+                             VolumeConfig(nodes, settings, cache_pages, fault_promote_delay_s), writer_address,
+                             on_step_down=stop.set)
     if role == "reader":
         # follow the writer before opening SQLite: a reader must never read at a point
         # it did not get from the writer's redo stream

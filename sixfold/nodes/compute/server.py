@@ -57,6 +57,11 @@ class VolumeConfig:
     nodes: list[StorageNodeInfo]
     settings: ClientSettings
     cache_pages: int
+    fault_promote_delay_s: float = 0.0   # fault injection: wait before the promotion's recovery
+
+
+class PromotionFailed(Exception):
+    pass
 
 
 class ComputeService(compute_pb2_grpc.ComputeServicer):
@@ -73,7 +78,7 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         self.follow_future = None               # reader: the follow_writer task
         self.on_step_down = on_step_down        # a fenced writer asks its process to exit (restart as reader)
         self.promoting = False
-        self._promote_lock: asyncio.Lock | None = None
+        self._promotion: asyncio.Future | None = None   # the promotion in progress (or the last one)
         self.sessions: dict[str, object] = {}
         self.executor = ThreadPoolExecutor(max_workers=SQL_THREADS, thread_name_prefix="sql")
         self.started = time.monotonic()
@@ -93,52 +98,64 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         return self.engine.fenced or (self.engine.volume.client.fenced if self.role == "writer" else None)
 
     async def Promote(self, request, context):
-        if self._promote_lock is None:
-            self._promote_lock = asyncio.Lock()
-        async with self._promote_lock:
-            if self.role == "writer":
-                reason = self.fenced_reason()
-                if reason:
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                        f"this writer was fenced and cannot be promoted again: {reason}")
-                volume = self.engine.volume
-                return cpb.PromoteResponse(epoch=volume.client.epoch, vdl=volume.read_lsn, node_id=self.node_id)
-            if self.config is None:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node cannot be promoted")
-            log.warning("promotion requested (%s): stopping the redo stream, opening the volume as writer",
-                        request.failover_id or "no failover id")
-            self.promoting = True
-            loop = asyncio.get_running_loop()
-            old_engine, old_volume = self.engine, self.engine.volume
-            try:
-                if self.follow_future is not None:
-                    self.follow_future.cancel()
-                    self.follow_future = None
-                cfg = self.config
-                # recovery: a new volume epoch on a write quorum of every PG fences the old writer
-                volume = await loop.run_in_executor(None, functools.partial(
-                    WriterVolume.open, cfg.nodes, self.node_id, cfg.settings, cfg.cache_pages, loop=old_volume.loop))
-                hub = start_writer_hub(volume, self.node_id)
-                engine = await loop.run_in_executor(None, Engine, volume, True)
-            except Exception as exc:
-                self.promoting = False
-                log.error("promotion failed: %s; following %s again", exc, self.writer_address)
-                if self.writer_address:
-                    self.start_following(self.writer_address)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"promotion failed: {type(exc).__name__}: {exc}")
-            old_sessions = list(self.sessions.values())
-            self.sessions = {}
-            self.engine, self.hub, self.role, self.writer_address = engine, hub, "writer", ""
-            self.promoting = False
-            log.warning("promoted: writer at epoch %d, VDL %d", volume.client.epoch, volume.read_lsn)
-            try:
-                for session in old_sessions:
-                    await self._in_thread(session.close)
-                await old_volume.client.close()
-                await self._in_thread(old_engine.close)
-            except Exception:
-                log.exception("closing the reader's engine after promotion failed")
+        if self.role == "writer":
+            reason = self.fenced_reason()
+            if reason:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"this writer was fenced and cannot be promoted again: {reason}")
+            volume = self.engine.volume
             return cpb.PromoteResponse(epoch=volume.client.epoch, vdl=volume.read_lsn, node_id=self.node_id)
+        if self.config is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node cannot be promoted")
+        # One promotion at a time, and it outlives the caller: if the coordinator that asked
+        # dies, gRPC cancels this handler, but the promotion goes on and a new leader's
+        # Promote joins it (a second recovery would fence this node's own first one).
+        if self._promotion is None or self._promotion.done():
+            self._promotion = asyncio.ensure_future(self._promote(request.failover_id))
+        try:
+            volume = await asyncio.shield(self._promotion)
+        except PromotionFailed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return cpb.PromoteResponse(epoch=volume.client.epoch, vdl=volume.read_lsn, node_id=self.node_id)
+
+    async def _promote(self, failover_id: str) -> WriterVolume:
+        log.warning("promotion requested (%s): stopping the redo stream, opening the volume as writer",
+                    failover_id or "no failover id")
+        self.promoting = True
+        loop = asyncio.get_running_loop()
+        old_engine, old_volume = self.engine, self.engine.volume
+        cfg = self.config
+        try:
+            if cfg.fault_promote_delay_s:
+                log.warning("fault injection: the promotion waits %.1f s", cfg.fault_promote_delay_s)
+                await asyncio.sleep(cfg.fault_promote_delay_s)
+            if self.follow_future is not None:
+                self.follow_future.cancel()
+                self.follow_future = None
+            # recovery: a new volume epoch on a write quorum of every PG fences the old writer
+            volume = await loop.run_in_executor(None, functools.partial(
+                WriterVolume.open, cfg.nodes, self.node_id, cfg.settings, cfg.cache_pages, loop=old_volume.loop))
+            hub = start_writer_hub(volume, self.node_id)
+            engine = await loop.run_in_executor(None, Engine, volume, True)
+        except Exception as exc:
+            self.promoting = False
+            log.error("promotion failed: %s; following %s again", exc, self.writer_address)
+            if self.writer_address:
+                self.start_following(self.writer_address)
+            raise PromotionFailed(f"promotion failed: {type(exc).__name__}: {exc}") from exc
+        old_sessions = list(self.sessions.values())
+        self.sessions = {}
+        self.engine, self.hub, self.role, self.writer_address = engine, hub, "writer", ""
+        self.promoting = False
+        log.warning("promoted: writer at epoch %d, VDL %d", volume.client.epoch, volume.read_lsn)
+        try:
+            for session in old_sessions:
+                await self._in_thread(session.close)
+            await old_volume.client.close()
+            await self._in_thread(old_engine.close)
+        except Exception:
+            log.exception("closing the reader's engine after promotion failed")
+        return volume
 
     async def Follow(self, request, context):
         if self.role == "reader":

@@ -19,6 +19,29 @@ import time
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
 WRITER, READER, FENCED = "writer", "reader", "fenced"
+CUSTOM_TYPES = ("reader", "any")
+CUSTOM_ENDPOINTS_MAX = 16
+RESERVED_ENDPOINT_NAMES = ("writer", "reader")
+
+
+def check_custom_endpoint(instances: dict, custom: dict, name: str, kind: str, members: list[str]) -> str:
+    """Why this custom endpoint cannot be created ("" when it can)."""
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        return f"endpoint name {name!r}: use letters, digits, '-' and '_'"
+    if name in RESERVED_ENDPOINT_NAMES or name in instances:
+        return f"{name!r} is already the name of {'a cluster endpoint' if name in RESERVED_ENDPOINT_NAMES else 'an instance'}"
+    if name in custom:
+        return f"a custom endpoint named {name!r} already exists (delete it first)"
+    if kind not in CUSTOM_TYPES:
+        return f"endpoint type {kind!r}: use one of {', '.join(CUSTOM_TYPES)}"
+    if not members:
+        return "a custom endpoint needs at least one member instance"
+    unknown = sorted(set(members) - set(instances))
+    if unknown:
+        return f"no instance named {', '.join(unknown)}; the instances are: {', '.join(sorted(instances))}"
+    if len(custom) >= CUSTOM_ENDPOINTS_MAX:
+        return f"a region has at most {CUSTOM_ENDPOINTS_MAX} custom endpoints"
+    return ""
 
 
 def raft_conf(bind_address: str) -> SyncObjConf:
@@ -37,6 +60,7 @@ class Catalog(SyncObj):
         self.epoch = 0
         self.failover: dict | None = None
         self.failovers = 0
+        self.custom: dict[str, dict] = {}   # custom endpoints: name -> {type, members, port_slot}
 
     # ------------------------------------------------------------ changes (through the leader)
 
@@ -93,11 +117,27 @@ class Catalog(SyncObj):
         if f and f["id"] == failover_id and f["state"] == "promoting":
             f.update(state="failed", reason=f"{f['reason']}; failed: {reason}", finished_unix_s=time.time())
 
+    @replicated
+    def create_endpoint(self, name: str, kind: str, members: list[str]) -> str:
+        """Checked here, at apply time, so that every replica decides the same. Returns "" or why not."""
+        problem = check_custom_endpoint(self.instances, self.custom, name, kind, members)
+        if problem:
+            return problem
+        used = {e["port_slot"] for e in self.custom.values()}
+        slot = min(set(range(CUSTOM_ENDPOINTS_MAX)) - used)
+        self.custom[name] = {"type": kind, "members": sorted(set(members)), "port_slot": slot}
+        return ""
+
+    @replicated
+    def delete_endpoint(self, name: str) -> bool:
+        return self.custom.pop(name, None) is not None
+
     # ------------------------------------------------------------ reads (this replica's copy)
 
     def snapshot(self) -> dict:
         return {"instances": copy.deepcopy(self.instances), "writer": self.writer, "epoch": self.epoch,
-                "failover": copy.deepcopy(self.failover), "failovers": self.failovers}
+                "failover": copy.deepcopy(self.failover), "failovers": self.failovers,
+                "custom": copy.deepcopy(self.custom)}
 
     def leader_address(self) -> str:
         leader = self._getLeader()

@@ -17,9 +17,12 @@ import threading
 import click
 import grpc
 
-from sixfold.nodes.coordinator.catalog import Catalog
-from sixfold.nodes.coordinator.control import Controller, FailoverError
-from sixfold.nodes.coordinator.router import Router, reader_targets, writer_target
+from pysyncobj import SyncObjException
+
+from sixfold.nodes.coordinator.catalog import CUSTOM_ENDPOINTS_MAX, Catalog
+from sixfold.nodes.coordinator.control import RAFT_WRITE_TIMEOUT_S, Controller, FailoverError
+from sixfold.nodes.coordinator.router import (Router, custom_addresses, custom_targets, reader_targets,
+                                              writer_target)
 from sixfold.rpc import coordinator_pb2 as pb
 from sixfold.rpc import coordinator_pb2_grpc
 
@@ -61,7 +64,7 @@ def parse_replicas(spec: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def endpoint_list(snap: dict, endpoints: dict[str, str]) -> list[pb.Endpoint]:
+def endpoint_list(snap: dict, endpoints: dict[str, str], custom_port_base: int | None = None) -> list[pb.Endpoint]:
     out = []
     writer = writer_target(snap)
     by_address = {i["address"]: n for n, i in snap["instances"].items()}
@@ -71,6 +74,12 @@ def endpoint_list(snap: dict, endpoints: dict[str, str]) -> list[pb.Endpoint]:
     if "reader" in endpoints:
         readers = [by_address[a] for a in reader_targets(snap)] or ([snap["writer"]] if writer else [])
         out.append(pb.Endpoint(name="reader", kind="reader", address=endpoints["reader"], targets=readers))
+    host = next(iter(endpoints.values())).rsplit(":", 1)[0] if endpoints else ""
+    for name, address in sorted(custom_addresses(snap, host, custom_port_base).items()):
+        custom = snap["custom"][name]
+        out.append(pb.Endpoint(name=name, kind="custom", address=address, type=custom["type"],
+                               members=custom["members"],
+                               targets=[by_address[a] for a in custom_targets(snap, name)]))
     for name, inst in sorted(snap["instances"].items()):
         out.append(pb.Endpoint(name=name, kind="instance", address=inst["address"], targets=[name]))
     return out
@@ -78,12 +87,43 @@ def endpoint_list(snap: dict, endpoints: dict[str, str]) -> list[pb.Endpoint]:
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, catalog: Catalog, controller: Controller, raft_address: str,
-                 grpc_of_raft: dict[str, str], endpoints: dict[str, str]) -> None:
+                 grpc_of_raft: dict[str, str], endpoints: dict[str, str],
+                 custom_port_base: int | None = None) -> None:
         self.catalog = catalog
         self.controller = controller
         self.raft_address = raft_address
         self.grpc_of_raft = grpc_of_raft
         self.endpoints = endpoints
+        self.custom_port_base = custom_port_base
+
+    def _endpoints(self, snap: dict) -> list[pb.Endpoint]:
+        return endpoint_list(snap, self.endpoints, self.custom_port_base)
+
+    async def _replicate(self, context, change, *args):
+        """A catalog change through the raft leader (pysyncobj forwards it from a follower)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, lambda: change(*args, sync=True, timeout=RAFT_WRITE_TIMEOUT_S))
+        except SyncObjException as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"the coordinators could not agree on the change ({exc}); retry when they have a leader")
+
+    async def CreateEndpoint(self, request, context):
+        if self.custom_port_base is None or not self.endpoints:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "custom endpoints are off: start the coordinators with --custom-endpoint-port-base")
+        problem = await self._replicate(context, self.catalog.create_endpoint, request.name, request.type,
+                                        list(request.members))
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        return next(e for e in self._endpoints(self.catalog.snapshot()) if e.name == request.name)
+
+    async def DeleteEndpoint(self, request, context):
+        if not await self._replicate(context, self.catalog.delete_endpoint, request.name):
+            known = sorted(self.catalog.snapshot()["custom"])
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no custom endpoint named {request.name!r}; "
+                                f"the custom endpoints are: {', '.join(known) or 'none'}")
+        return pb.DeleteEndpointResponse()
 
     async def GetCatalog(self, request, context):
         snap = self.catalog.snapshot()
@@ -94,7 +134,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             instances=[pb.Instance(name=n, role=i["role"], az=str(i["az"]), promotion_tier=i.get("tier", 1),
                                    address=i["address"], health=i["health"], vdl=i.get("vdl", 0))
                        for n, i in sorted(snap["instances"].items())],
-            endpoints=endpoint_list(snap, self.endpoints),
+            endpoints=self._endpoints(snap),
             failover=pb.FailoverRecord(**f) if f else None, failovers=snap["failovers"])
 
     async def Failover(self, request, context):
@@ -126,7 +166,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
               help="HOST:PORT of the writer endpoint (shared by the replicas with SO_REUSEPORT).")
 @click.option("--reader-endpoint", envvar="SIXFOLD_READER_ENDPOINT", default="",
               help="HOST:PORT of the reader endpoint.")
-def coordinator(listen, raft_address, replicas, instances, writer_endpoint, reader_endpoint) -> None:
+@click.option("--custom-endpoint-port-base", envvar="SIXFOLD_CUSTOM_ENDPOINT_PORT_BASE",
+              type=click.IntRange(1, 65535 - CUSTOM_ENDPOINTS_MAX), default=None,
+              help=f"Custom endpoints listen on the endpoint host at this port and the next "
+                   f"{CUSTOM_ENDPOINTS_MAX - 1} (off when not given).")
+def coordinator(listen, raft_address, replicas, instances, writer_endpoint, reader_endpoint,
+                custom_endpoint_port_base) -> None:
     """Run one region coordinator replica: catalog, health checks, failover, endpoint router."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s.%(msecs)03d %(levelname)s coordinator {listen} %(name)s: %(message)s",
@@ -138,8 +183,10 @@ def coordinator(listen, raft_address, replicas, instances, writer_endpoint, read
     catalog = Catalog(raft_address, [r for _, r in pairs if r != raft_address])
     controller = Controller(catalog, seed, writer)
     endpoints = {k: v for k, v in (("writer", writer_endpoint), ("reader", reader_endpoint)) if v}
-    service = CoordinatorService(catalog, controller, raft_address, {r: g for g, r in pairs}, endpoints)
-    router = Router(catalog.snapshot, endpoints, in_contact=lambda: bool(catalog.leader_address()))
+    service = CoordinatorService(catalog, controller, raft_address, {r: g for g, r in pairs}, endpoints,
+                                 custom_endpoint_port_base)
+    router = Router(catalog.snapshot, endpoints, in_contact=lambda: bool(catalog.leader_address()),
+                    custom_port_base=custom_endpoint_port_base)
     stop = threading.Event()
     failure: list[str] = []
     ready = threading.Event()
