@@ -135,7 +135,7 @@ class NodeSpec:
         return f"{self.host}:{self.port}"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "members": list(self.members), "address": self.address}
+        return {**asdict(self), "address": self.address}
 
     @classmethod
     def from_dict(cls, data: dict) -> "NodeSpec":
@@ -204,7 +204,12 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "members": list(self.members), "address": self.address}
+        out = {**asdict(self), "address": self.address}
+        if self.kind == "custom":
+            out["members"] = list(self.members)
+        else:
+            del out["type"], out["members"]
+        return out
 
 
 def raft_address(node: NodeSpec) -> str:
