@@ -146,7 +146,7 @@ def test_command_list_is_complete():
     for expected in ("up", "down", "status", "endpoints", "sql", "demo", "settings", "chaos kill", "chaos pause",
                      "chaos resume", "chaos restart", "chaos partition", "chaos heal", "chaos log",
                      "storage-node", "compute-node", "coordinator", "failover", "endpoint create",
-                     "endpoint delete"):
+                     "endpoint delete", "replica add", "replica remove"):
         assert expected in names
 
 
@@ -458,6 +458,52 @@ def test_partition_and_heal(cluster):
     assert rows["az3-cut"] == 1 and rows["healed"] >= 1
     assert rows.get("no-quorum", 0) <= 1  # its outcome was unknown: there at most once
     cluster.wait_status(all_healthy)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_replica_add_remove_and_custom_endpoints(cluster):
+    before = set(cluster.status())
+    added = cluster.json("replica", "add", "--az", "3", "--tier", "0")
+    assert added["name"] == "reader-2" and added["az"] == 3 and added["tier"] == 0
+    nodes = cluster.wait_status(lambda n: "reader-2" in n and n["reader-2"]["health"] == "ok"
+                                and n["reader-2"]["role"] == "reader")
+    assert nodes["reader-2"]["address"] == added["address"]
+    # it follows the writer: it sees what the writer committed
+    cluster.sql("CREATE TABLE IF NOT EXISTS replicas(id INTEGER PRIMARY KEY)")
+    cluster.sql("INSERT INTO replicas VALUES (1)")
+    deadline = time.monotonic() + 10
+    while cluster.sql("SELECT count(*) FROM replicas", endpoint="reader-2")[0]["rows"] != [[1]]:
+        assert time.monotonic() < deadline, "the added reader never caught up"
+        time.sleep(0.2)
+    # a custom endpoint over it alone routes only there
+    created = cluster.json("endpoint", "create", "reporting", "--type", "reader", "--members", "reader-2")
+    assert created["kind"] == "custom" and created["members"] == ["reader-2"]
+    eps = {e["name"]: e for e in cluster.json("endpoints")}
+    assert eps["reporting"]["address"] == created["address"]
+    deadline = time.monotonic() + 10
+    while True:   # the catalog marks the new reader healthy after its health checks
+        rows = cluster.sql("SELECT count(*) FROM replicas", endpoint="reporting", timeout_s=15)[0]["rows"]
+        if rows == [[1]]:
+            break
+        assert time.monotonic() < deadline
+    bad = cluster.cli("endpoint", "create", "reporting", "--members", "reader-2")
+    assert bad.returncode == 2 and "already exists" in bad.stderr
+    bad = cluster.cli("endpoint", "create", "x", "--members", "nope")
+    assert bad.returncode == 2 and "no instance named nope" in bad.stderr
+    assert cluster.cli("endpoint", "delete", "nope").returncode == 2
+    # the writer cannot be removed; the reader can, and leaves its custom endpoint
+    writer = next(name for name, n in cluster.status().items() if n["role"] == "writer")
+    refused = cluster.cli("replica", "remove", writer)
+    assert refused.returncode == 2 and "fail over first" in refused.stderr
+    assert cluster.cli("replica", "remove", "storage-1-1-1").returncode == 2
+    pid = cluster.status()["reader-2"]["pid"]
+    assert cluster.json("replica", "remove", "reader-2") == {"name": "reader-2", "removed": True}
+    assert not procs.alive(pid) and set(cluster.status()) == before
+    eps = {e["name"]: e for e in cluster.json("endpoints")}
+    assert "reader-2" not in eps and eps["reporting"]["members"] == []
+    assert cluster.json("endpoint", "delete", "reporting") == {"deleted": "reporting"}
+    assert "reporting" not in {e["name"] for e in cluster.json("endpoints")}
 
 
 @pytest.mark.slow

@@ -221,6 +221,49 @@ def endpoint_delete(data_dir: Path | None, name: str, as_json: bool) -> None:
         out.print(f"deleted the custom endpoint {name}")
 
 
+@click.group("replica", context_settings=CONTEXT)
+def replica() -> None:
+    """Add or remove a reader (a replica) while the cluster runs."""
+
+
+@replica.command("add", context_settings=CONTEXT)
+@data_dir_option
+@click.option("--az", type=click.IntRange(1), default=None, help="AZ of the new reader [default: the next in turn].")
+@click.option("--tier", type=click.IntRange(0, 15), default=None,
+              help="Promotion tier 0-15, lower is promoted first [default: its reader number].")
+@json_option
+@reports_errors
+def replica_add(data_dir: Path | None, az: int | None, tier: int | None, as_json: bool) -> None:
+    """Start a new reader and add it to the coordinators' catalog.
+
+    It follows the current writer at once; the reader endpoint balances over it as
+    soon as its health checks pass. Readers hold no data: it reads the shared volume.
+    """
+    result = local.add_replica(cluster_dir(data_dir), az, tier, progress=progress_printer(not as_json))
+    if as_json:
+        print_json(result)
+    else:
+        out.print(f"added [bold]{result['name']}[/bold] in AZ {result['az']} on {result['address']} "
+                  f"(promotion tier {result['tier']})")
+
+
+@replica.command("remove", context_settings=CONTEXT)
+@data_dir_option
+@click.argument("name")
+@json_option
+@reports_errors
+def replica_remove(data_dir: Path | None, name: str, as_json: bool) -> None:
+    """Remove the reader NAME: out of the catalog and the endpoints first, then stopped.
+
+    The writer cannot be removed: fail over first (`sixfold failover`).
+    """
+    result = local.remove_replica(cluster_dir(data_dir), name, progress=progress_printer(not as_json))
+    if as_json:
+        print_json(result)
+    else:
+        out.print(f"removed {name}")
+
+
 @click.command("failover", context_settings=CONTEXT)
 @data_dir_option
 @click.option("--target", default="", help="Instance to promote [default: by promotion tier, then least lag].")

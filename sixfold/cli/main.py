@@ -20,6 +20,7 @@ COMMANDS = {
     "endpoints": "sixfold.cli.cluster:endpoints",
     "endpoint": "sixfold.cli.cluster:endpoint",
     "failover": "sixfold.cli.cluster:failover",
+    "replica": "sixfold.cli.cluster:replica",
     "sql": "sixfold.cli.sql:sql",
     "chaos": "sixfold.cli.chaos:chaos",
     "demo": "sixfold.cli.demo:demo",

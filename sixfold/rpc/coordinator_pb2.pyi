@@ -117,3 +117,19 @@ class DeleteEndpointRequest(_message.Message):
 class DeleteEndpointResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class AddInstanceRequest(_message.Message):
+    __slots__ = ("instance",)
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    instance: Instance
+    def __init__(self, instance: _Optional[_Union[Instance, _Mapping]] = ...) -> None: ...
+
+class RemoveInstanceRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveInstanceResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -91,6 +91,17 @@ class ClusterDir:
     def node_log(self, name: str) -> Path:
         return self.node_dir(name) / "node.log"
 
+    @property
+    def requests_dir(self) -> Path:
+        """Changes the CLI asks of the running supervisor (add or remove a node), one JSON file each."""
+        return self.root / "requests"
+
+    def post_request(self, request: dict) -> None:
+        self.requests_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.requests_dir / f".{os.getpid()}-{time.monotonic_ns()}.tmp"
+        tmp.write_text(json.dumps(request))
+        tmp.rename(self.requests_dir / f"{time.time_ns()}.json")   # the supervisor sees only whole files
+
     def marker(self, name: str, kind: str) -> Path:
         return self.node_dir(name) / kind
 

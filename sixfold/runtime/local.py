@@ -29,7 +29,8 @@ from sixfold.runtime import partition, procs
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_PAUSED, MARKER_RESTART, MARKERS,
                                     RUNNING, STARTING, STATE_FORMAT, STOPPED, STOPPING, ClusterDir, StateError, tail)
 from sixfold.runtime.probe import probe, probe_many
-from sixfold.runtime.topology import (COMPUTE, COORDINATOR, READER, STORAGE, WRITER, ClusterSpec, Endpoint, NodeSpec,
+from sixfold.runtime.topology import (COMPUTE, COMPUTE_OCTET_BASE, COORDINATOR, READER, READERS_MAX, STORAGE,
+                                      TIER_MAX, WRITER, ClusterSpec, Endpoint, NodeSpec, reader_az,
                                       extra_listen_addresses, raft_address, router_addresses,
                                       TopologyError, endpoints_of, nodes_of)
 
@@ -557,6 +558,90 @@ def failover(cdir: ClusterDir, target: str = "", timeout_s: float = 120.0) -> di
     f = reply.failover
     return {"id": f.id, "from": f.from_instance, "to": f.to_instance, "state": f.state, "epoch": f.epoch,
             "duration_s": round(max(0.0, f.finished_unix_s - f.started_unix_s), 3)}
+
+
+# ------------------------------------------------------------------ replicas
+
+REPLICA_CHANGE_TIMEOUT_S = 60.0
+
+
+def add_replica(cdir: ClusterDir, az: int | None = None, tier: int | None = None,
+                progress: Progress = _quiet) -> dict:
+    """A new reader: the supervisor starts it, then it joins the coordinators' catalog."""
+    from sixfold.rpc import coordinator_pb2 as copb
+
+    with cdir.cli_locked():
+        state = require_running(cdir)
+        spec = ClusterSpec.from_dict(state["spec"])
+        nodes = node_specs(state)
+        _refuse_while_partitioned(cdir)
+        compute = [n for n in nodes if n.kind == COMPUTE]
+        if len(compute) - 1 >= READERS_MAX:
+            raise UsageProblem(f"the cluster already has {READERS_MAX} readers (Aurora's limit); remove one first")
+        if az is not None and not 1 <= az <= spec.azs:
+            raise UsageProblem(f"--az {az}: the AZs are 1..{spec.azs}")
+        if tier is not None and not 0 <= tier <= TIER_MAX:
+            raise UsageProblem(f"--tier {tier}: a promotion tier is 0..{TIER_MAX}")
+        used = {n.name for n in compute}
+        number = next(k for k in range(1, READERS_MAX + 2) if f"reader-{k}" not in used)
+        az = az or reader_az(number, spec.azs)
+        node = NodeSpec(name=f"reader-{number}", kind=COMPUTE, role=READER, region=1, az=az,
+                        host=f"127.1.{az}.{COMPUTE_OCTET_BASE + number}", port=spec.compute_port,
+                        tier=number if tier is None else tier)
+        if procs.port_taken(node.host, node.port):
+            raise UsageProblem(f"{node.address} is taken by another process; free it and retry")
+        progress(f"starting {node.name} in AZ {az} on {node.address}")
+        cdir.post_request({"action": "add-node", "node": node.to_dict()})
+        _wait_for(cdir, lambda: node.name in _current(cdir), f"the supervisor to start {node.name}")
+        if wait_ready(cdir, [node.name], REPLICA_CHANGE_TIMEOUT_S):
+            cdir.post_request({"action": "remove-node", "name": node.name})
+            raise RuntimeFailure(f"{node.name} did not become healthy within {REPLICA_CHANGE_TIMEOUT_S:.0f} s; "
+                                 f"removed it again. Its log: {cdir.node_log(node.name)}")
+        progress(f"{node.name} is up; adding it to the coordinators' catalog")
+        instance = copb.Instance(name=node.name, az=str(az), promotion_tier=node.tier, address=node.address)
+        try:
+            _coordinator_call(nodes, lambda stub: stub.AddInstance(copb.AddInstanceRequest(instance=instance),
+                                                                   timeout=10), "adding the replica")
+        except RuntimeFailure:
+            cdir.post_request({"action": "remove-node", "name": node.name})
+            raise
+    return {"name": node.name, "az": az, "tier": node.tier, "address": node.address}
+
+
+def remove_replica(cdir: ClusterDir, name: str, progress: Progress = _quiet) -> dict:
+    """A reader leaves the catalog (so no endpoint routes to it), then the supervisor stops it."""
+    from sixfold.rpc import coordinator_pb2 as copb
+
+    with cdir.cli_locked():
+        state = require_running(cdir)
+        nodes = node_specs(state)
+        by_name = {n.name: n for n in nodes}
+        if by_name.get(name) is None or by_name[name].kind != COMPUTE:
+            readers = sorted(n.name for n in nodes if n.kind == COMPUTE)
+            raise UsageProblem(f"no compute instance named {name!r}; the instances are: {', '.join(readers)}")
+        _refuse_while_partitioned(cdir)
+        progress(f"removing {name} from the coordinators' catalog")
+        _coordinator_call(nodes, lambda stub: stub.RemoveInstance(copb.RemoveInstanceRequest(name=name),
+                                                                  timeout=10), "removing the replica")
+        progress(f"stopping {name}")
+        cdir.post_request({"action": "remove-node", "name": name})
+        _wait_for(cdir, lambda: name not in _current(cdir), f"the supervisor to stop {name}")
+    return {"name": name, "removed": True}
+
+
+def _refuse_while_partitioned(cdir: ClusterDir) -> None:
+    if partition.unavailable_reason() is None and partition.rules(cdir.cluster_id):
+        raise UsageProblem("a chaos partition is in force (node numbers would move under it); "
+                           "`sixfold chaos heal` first")
+
+
+def _wait_for(cdir: ClusterDir, predicate: Callable[[], bool], what: str,
+              timeout_s: float = REPLICA_CHANGE_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeFailure(f"timed out after {timeout_s:.0f} s waiting for {what}; see {cdir.supervisor_log}")
+        time.sleep(0.1)
 
 
 def resolve_endpoint(cdir: ClusterDir, name: str) -> tuple[str, str]:

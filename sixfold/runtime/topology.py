@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, fields
 from sixfold.volume.placement import AZ_COUNT, COPIES_PER_AZ, StorageNodeInfo
 
 READERS_MAX = 15  # Aurora's limit; promotion tiers are 0..15
+TIER_MAX = 15
 COMPUTE_OCTET_BASE = 100  # compute instances are 127.<r>.<az>.100+k
 STORAGE_PER_AZ_MAX = COMPUTE_OCTET_BASE - 1  # storage octets must stay below the compute ones
 
@@ -129,6 +130,7 @@ class NodeSpec:
     az: int
     host: str
     port: int
+    tier: int = -1   # compute: promotion tier 0-15 (-1: by position, readers first, the writer last)
 
     @property
     def address(self) -> str:

@@ -132,6 +132,31 @@ class Catalog(SyncObj):
     def delete_endpoint(self, name: str) -> bool:
         return self.custom.pop(name, None) is not None
 
+    @replicated
+    def add_instance(self, inst: dict) -> str:
+        """A new reader (already running). Returns "" or why not."""
+        if inst["name"] in self.instances or inst["name"] in self.custom:
+            return f"an instance or endpoint named {inst['name']!r} already exists"
+        if any(i["address"] == inst["address"] for i in self.instances.values()):
+            return f"another instance already has the address {inst['address']}"
+        self.instances[inst["name"]] = dict(inst, role=READER, health="unknown", vdl=0)
+        return ""
+
+    @replicated
+    def remove_instance(self, name: str) -> str:
+        """A reader leaves the catalog (and the custom endpoints it was in). Returns "" or why not."""
+        if name not in self.instances:
+            return f"no instance named {name!r}; the instances are: {', '.join(sorted(self.instances))}"
+        if name == self.writer:
+            return f"{name} is the writer: fail over first (`sixfold failover`), then remove it"
+        if self.failover and self.failover["state"] == "promoting" and self.failover["to_instance"] == name:
+            return f"{name} is being promoted right now; retry when the failover has finished"
+        del self.instances[name]
+        for custom in self.custom.values():
+            if name in custom["members"]:
+                custom["members"].remove(name)
+        return ""
+
     # ------------------------------------------------------------ reads (this replica's copy)
 
     def snapshot(self) -> dict:

@@ -105,8 +105,8 @@ class Controller:
             return
         names = list(snap["instances"])
         results = list(self.pool.map(lambda n: compute_status(snap["instances"][n]["address"]), names))
+        self.statuses = dict(zip(names, results))   # removed instances drop out
         for name, status in zip(names, results):
-            self.statuses[name] = status
             self.failures[name] = 0 if status is not None else self.failures.get(name, 0) + 1
             inst = snap["instances"][name]
             if status is None:

@@ -118,6 +118,25 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         return next(e for e in self._endpoints(self.catalog.snapshot()) if e.name == request.name)
 
+    async def AddInstance(self, request, context):
+        i = request.instance
+        if not i.name or not i.address or not 0 <= i.promotion_tier <= TIER_MAX:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"an instance needs a name, an address and a promotion tier 0-{TIER_MAX}")
+        problem = await self._replicate(context, self.catalog.add_instance,
+                                        {"name": i.name, "az": i.az, "tier": i.promotion_tier, "address": i.address})
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        inst = self.catalog.snapshot()["instances"][i.name]
+        return pb.Instance(name=i.name, role=inst["role"], az=str(inst["az"]), promotion_tier=inst["tier"],
+                           address=inst["address"], health=inst["health"])
+
+    async def RemoveInstance(self, request, context):
+        problem = await self._replicate(context, self.catalog.remove_instance, request.name)
+        if problem:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+        return pb.RemoveInstanceResponse()
+
     async def DeleteEndpoint(self, request, context):
         if not await self._replicate(context, self.catalog.delete_endpoint, request.name):
             known = sorted(self.catalog.snapshot()["custom"])
