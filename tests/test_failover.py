@@ -21,6 +21,7 @@ import pytest
 
 import sixfold
 from sixfold.nodes.coordinator.catalog import check_custom_endpoint
+from sixfold.nodes.coordinator.control import stall_step
 from sixfold.nodes.coordinator.router import custom_addresses, custom_targets, reader_targets, writer_target
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import coordinator_pb2 as copb
@@ -331,3 +332,15 @@ def test_custom_endpoints_route_only_to_their_members(region):
             break
         assert time.monotonic() < deadline, "the deleted endpoint still accepts connections"
         time.sleep(0.2)
+
+
+def test_writer_stall_is_pure():
+    state, stalled = stall_step(None, vdl=10, issued_lsn=10, now_s=0.0)
+    assert state is None and stalled == 0.0                     # nothing waits: not stalled
+    state, stalled = stall_step(state, vdl=10, issued_lsn=12, now_s=1.0)
+    assert state == (10, 1.0) and stalled == 0.0                # commits start waiting
+    state, stalled = stall_step(state, vdl=10, issued_lsn=13, now_s=4.5)
+    assert stalled == 3.5                                       # VDL has not moved since
+    state, stalled = stall_step(state, vdl=11, issued_lsn=13, now_s=5.0)
+    assert state == (11, 5.0) and stalled == 0.0                # VDL moved: a slow quorum, not a lost one
+    assert stall_step(state, vdl=13, issued_lsn=13, now_s=9.0) == (None, 0.0)

@@ -262,6 +262,7 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
             replica_lag_ms_p99=lag.percentile(0.99) if lag else 0.0,
             commits=volume.client.commits, cached_pages=len(volume.cache), health=health,
             sessions=len(self.sessions), writer_address=self.writer_address,
+            issued_lsn=volume.client.tracker.next_lsn - 1 if self.role == "writer" else 0,
         )
 
 
