@@ -12,7 +12,7 @@ GAP_MIN_S = 1.0     # no ok op completed for this long: the service was unavaila
 
 def write(out_dir: Path, ops: list[dict], results: dict) -> str:
     completed = pair(ops)
-    windows = [w for w in nemesis_windows(ops)]
+    windows = nemesis_windows(ops)
     gaps = unavailability(completed, ops)
     text = summary_text(completed, windows, gaps, results)
     (out_dir / "summary.txt").write_text(text)
@@ -46,9 +46,9 @@ def summary_text(completed, windows, gaps, results) -> str:
              "", "faults (times in s from the start):"]
     for w in windows:
         start, end = w["start_ns"] / 1e9, w["end_ns"] / 1e9
-        after = [(a, b) for a, b in gaps if b >= start and a <= end + 15]
+        after = [(a, b) for a, b in gaps if b >= start and a <= end]    # gaps that overlap the fault
         during = [c for c in completed if start <= c.start_ns / 1e9 <= end]
-        unavailable = sum(min(b, end + 15) - max(a, start) for a, b in after)
+        unavailable = sum(b - max(a, start) for a, b in after)
         lines.append(f"  {w['fault']:<16} {start:7.2f} - {end:7.2f}  targets {', '.join(w['targets']) or '-'}")
         lines.append(f"  {'':<16} ops invoked: {sum(1 for c in during if c.type == OK)} ok, "
                      f"{sum(1 for c in during if c.type == FAIL)} fail, "
