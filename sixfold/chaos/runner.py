@@ -17,8 +17,8 @@ from sixfold.chaos.workloads import WORKLOADS, Unknown
 from sixfold.runtime import local
 from sixfold.runtime.layout import ClusterDir
 
-RECOVERY_TIMEOUT_S = 120.0
-FINAL_READ_TIMEOUT_S = 60.0
+RECOVERY_TIMEOUT_S = 90.0
+FINAL_READ_TIMEOUT_S = 30.0
 
 
 def _quiet(_: str) -> None:
