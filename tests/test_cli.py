@@ -144,7 +144,7 @@ ALL_COMMANDS = list(_walk(cli, click.Context(cli, info_name="sixfold"), []))
 def test_command_list_is_complete():
     names = {" ".join(p) for p in ALL_COMMANDS}
     for expected in ("up", "down", "status", "endpoints", "sql", "demo", "settings", "chaos kill", "chaos pause",
-                     "chaos resume", "chaos restart", "chaos partition", "chaos heal", "chaos log",
+                     "chaos resume", "chaos restart", "chaos partition", "chaos heal", "chaos log", "chaos run",
                      "storage-node", "compute-node", "coordinator", "failover", "endpoint create",
                      "endpoint delete", "replica add", "replica remove"):
         assert expected in names

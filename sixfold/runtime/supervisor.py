@@ -149,8 +149,9 @@ class Supervisor:
         return cmd
 
     def child_env(self) -> dict[str, str]:
-        # the nodes read their flags from SIXFOLD_* variables too: none of the user's may leak in
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SIXFOLD_")}
+        # the nodes read their flags from SIXFOLD_* variables too: none of the user's may leak in,
+        # except the chaos tests' fault-injection knobs (sixfold/unsafe.py)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIXFOLD_") or k.startswith("SIXFOLD_UNSAFE_")}
         env[CLUSTER_ENV] = str(self.cdir.root)
         env["PYTHONUNBUFFERED"] = "1"
         return env
