@@ -35,7 +35,7 @@ class ComputeNodeProcess(StorageNodeProcess):
 
     def pg_dsn(self, user: str = "sixfold", dbname: str = "sixfold", **options) -> str:
         extra = "".join(f" {k}={v}" for k, v in options.items())
-        password = f" password={self.pg_password}" if self.pg_password else ""
+        password = f" password='{self.pg_password}'" if self.pg_password else ""
         return f"host={self.host} port={self.pg_port} user={user} dbname={dbname}{password}{extra}"
 
     def command(self) -> list[str]:

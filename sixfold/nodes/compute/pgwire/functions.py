@@ -80,7 +80,32 @@ def _bytea(value):
         raise apsw.SQLError(exc.message) from None
 
 
+def _div(a, b):
+    """a / b with PostgreSQL's rules: an error for a zero divisor, integer division truncates."""
+    if a is None or b is None:
+        return None
+    if isinstance(a, (str, bytes)) or isinstance(b, (str, bytes)):
+        a, b = _number(a), _number(b)
+    if b == 0:
+        raise apsw.SQLError("division by zero")
+    if isinstance(a, int) and isinstance(b, int):
+        q = abs(a) // abs(b)
+        return q if (a >= 0) == (b >= 0) else -q
+    return a / b
+
+
+def _number(v):
+    if isinstance(v, (int, float)):
+        return v
+    try:
+        text = v.decode() if isinstance(v, bytes) else v
+        return int(text) if re.fullmatch(r"\s*[+-]?\d+\s*", text) else float(text)
+    except ValueError:
+        raise apsw.SQLError(f'invalid input syntax for type numeric: "{v}"') from None
+
+
 def register(conn: apsw.Connection) -> None:
+    conn.create_scalar_function("pg_div", _div, 2, deterministic=True)
     conn.create_scalar_function("pg_bytea", _bytea, 1, deterministic=True)
     conn.create_scalar_function("regexp", _regexp, 2, deterministic=True)
     conn.create_scalar_function("pg_bool", _bool, 1, deterministic=True)

@@ -331,7 +331,9 @@ class PgSession:
             for text, plan, lifted in plans:
                 if plan.kind == "copy":
                     self._start_copy(plan, extended=False)
-                    return   # ReadyForQuery comes after the COPY ends
+                    if self.state == "copy_in":
+                        return   # ReadyForQuery comes after the COPY ends
+                    continue
                 portal = Portal(Statement(text, plan, lifted, []), [], ())
                 self._run_portal(portal, rows_max=0, describe=True)
             if implicit:
@@ -484,12 +486,13 @@ class PgSession:
     def _run_portal(self, portal: Portal, rows_max: int, describe: bool) -> None:
         """Runs (or continues) a portal: [RowDescription] DataRow* (CommandComplete | PortalSuspended)."""
         plan = portal.statement.plan
+        if plan.kind == "copy":
+            self._start_copy(plan, extended=True)
+            return
         if portal.rows is None:
             self._check_failed(plan)
             columns, oids, rows, tag = self._execute(portal, plan)
             if columns is None:
-                if describe and not isinstance(tag, tuple):
-                    pass
                 self._out.append(M.command_complete(tag) if tag else M.empty_query_response())
                 portal.rows = []
                 portal.tag = ""
@@ -597,12 +600,9 @@ class PgSession:
                 raise M.PgError("26000", f'prepared statement "{name}" does not exist')
             return None, [], [], plan.tag
         if plan.kind == "catalog":
-            columns, oids, rows = self.catalog.query(plan.info["sql"], portal.params, db, self._context())
+            params = list(portal.params) + list(portal.statement.lifted)
+            columns, oids, rows = self.catalog.query(plan.info["sql"], params, db, self._context())
             return columns, oids, rows, f"SELECT {len(rows)}"
-        if plan.kind == "copy":
-            if portal.statement.plan is plan and portal.result_formats is not None:
-                self._start_copy(plan, extended=True)
-                return None, [], [], ""
         assert plan.kind == "sql", plan.kind
         params = list(portal.params) + list(portal.statement.lifted)
         result = None

@@ -412,6 +412,11 @@ def _fix(tree: exp.Expression) -> exp.Expression:
                 node.set("to", exp.DataType.build(_CAST_TO_SQLITE[tname]))
             else:
                 raise unsupported(f"casting to {to.sql('postgres') if to else '?'}")
+        elif isinstance(node, exp.Div):
+            # SQLite answers NULL for x / 0 where PostgreSQL raises division_by_zero
+            node.replace(exp.Anonymous(this="pg_div", expressions=[node.this, node.expression]))
+        elif isinstance(node, exp.Ordered) and isinstance(tree, exp.Create):
+            node.set("nulls_first", not node.args.get("desc"))   # SQLite's default; an index has no NULLS
         elif isinstance(node, exp.OnConflict):
             keys = node.args.get("conflict_keys") or []
             node.set("conflict_keys", [k.this if isinstance(k, exp.Ordered) else k for k in keys])
