@@ -611,6 +611,8 @@ class PgSession:
                 result = db.execute(sql, params if sql is plan.sql[-1] else None)
         except E.SqlError as exc:
             raise pg_error_of(exc) from None
+        if plan.tag == "ROLLBACK":
+            self.failed = False   # ROLLBACK TO SAVEPOINT ends the failed state, as in PostgreSQL
         if plan.returns_rows:
             fields = self._fields(plan, result.columns, [None] * len(result.columns))
             described = portal.statement.fields
