@@ -19,10 +19,10 @@ UP_SETTINGS = [s.name for s in SETTINGS if s.name != "data_dir"]
 
 def endpoints_table(endpoints: list[Endpoint]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for col in ("endpoint", "kind", "address", "instance"):
+    for col in ("endpoint", "kind", "address", "postgresql", "instance"):
         table.add_column(col)
     for e in endpoints:
-        table.add_row(e.name, e.kind, e.address, e.target)
+        table.add_row(e.name, e.kind, e.address, e.pg_address or "-", e.target)
     return table
 
 
@@ -168,7 +168,9 @@ def endpoints(data_dir: Path | None, as_json: bool) -> None:
     endpoint address (127.<region>.0.200): the writer endpoint forwards to the current
     writer (a client that reconnects after a failover reaches the new one), the reader
     endpoint round-robins over healthy readers (the writer when there are none). The
-    instance column shows where they point now.
+    instance column shows where they point now. The postgresql column is the same
+    endpoint for PostgreSQL clients (psql, psycopg, pgbench, ...); --json adds a
+    ready-to-use `dsn` with the cluster's password (kept in DATA_DIR/pg_password).
     """
     eps = local.endpoints(cluster_dir(data_dir))
     if as_json:

@@ -31,7 +31,7 @@ from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_PAU
 from sixfold.runtime.probe import probe, probe_many
 from sixfold.runtime.topology import (COMPUTE, COORDINATOR, READER, STORAGE, WRITER, ClusterSpec, Endpoint, NodeSpec,
                                       extra_listen_addresses, raft_address, router_addresses,
-                                      TopologyError, endpoints_of, nodes_of)
+                                      TopologyError, endpoints_of, nodes_of, pg_dsn)
 
 Progress = Callable[[str], None]
 
@@ -127,7 +127,8 @@ def check_data_dir(cdir: ClusterDir) -> None:
     if (state_file := cdir.state_file).exists():
         return
     unknown = [p.name for p in root.iterdir() if p.name not in
-               {"nodes", "cli.lock", "supervisor.lock", "supervisor.log", "chaos.log", "partitions.json"}]
+               {"nodes", "cli.lock", "supervisor.lock", "supervisor.log", "chaos.log", "partitions.json",
+                "pg_password"}]
     if unknown:
         raise UsageProblem(f"{root} is not empty and holds no cluster ({state_file.name} missing; found "
                            f"{', '.join(sorted(unknown)[:5])}); pass an empty or new --data-dir")
@@ -191,7 +192,7 @@ def up(cdir: ClusterDir, spec: ClusterSpec, tuning: dict, explicit: set[str], pr
                     state = _wait_started(cdir, None, float(state.get("tuning", {}).get("start_timeout_s", 90)),
                                           progress)
                 nodes = node_specs(state)
-                return UpResult(False, cdir.root, endpoints_of(nodes), nodes,
+                return UpResult(False, cdir.root, with_pg_password(cdir, endpoints_of(nodes)), nodes,
                                 [f"the cluster in {cdir.root} is already up"], time.monotonic() - t0)
             leftovers = live_pids(cdir, state)
             if leftovers:
@@ -242,6 +243,7 @@ def up(cdir: ClusterDir, spec: ClusterSpec, tuning: dict, explicit: set[str], pr
             "nodes": [{**n.to_dict(), "pid": None, "state": "stopped", "restarts": 0} for n in nodes],
         }
         cdir.write_state(new_state)
+        cdir.pg_password()   # made once; the compute nodes get it in their environment
         supervisor = _spawn_supervisor(cdir, python)
         try:
             state = _wait_started(cdir, supervisor, float(tuning.get("start_timeout_s", 90.0)), progress)
@@ -249,7 +251,8 @@ def up(cdir: ClusterDir, spec: ClusterSpec, tuning: dict, explicit: set[str], pr
             _teardown_after_failed_start(cdir, supervisor)
             raise
     nodes = node_specs(state)
-    return UpResult(True, cdir.root, endpoints_of(nodes), nodes, notes, time.monotonic() - t0)
+    return UpResult(True, cdir.root, with_pg_password(cdir, endpoints_of(nodes)), nodes, notes,
+                    time.monotonic() - t0)
 
 
 def _spawn_supervisor(cdir: ClusterDir, python: str) -> subprocess.Popen:
@@ -467,13 +470,21 @@ def endpoints(cdir: ClusterDir) -> list[Endpoint]:
     """The router's writer and reader endpoints (their target is the current writer or the
     readers, when a coordinator answers), then one endpoint per instance."""
     nodes = node_specs(require(cdir))
-    out = endpoints_of(nodes)
+    out = with_pg_password(cdir, endpoints_of(nodes))
     catalog = _catalog(nodes)
     if catalog is not None:
         targets = {e["name"]: ",".join(e["targets"]) for e in catalog["endpoints"]}
         out = [dataclasses.replace(e, target=targets.get(e.name) or e.target) if e.name in ("writer", "reader")
                else e for e in out]
     return out
+
+
+def with_pg_password(cdir: ClusterDir, eps: list[Endpoint]) -> list[Endpoint]:
+    """The endpoints with DSNs that carry the cluster's PostgreSQL password (when it exists)."""
+    if not cdir.pg_password_file.exists():
+        return eps
+    password = cdir.pg_password()
+    return [dataclasses.replace(e, dsn=pg_dsn(e.host, e.pg_port, password)) if e.pg_port else e for e in eps]
 
 
 def with_live_roles(nodes: list[NodeSpec]) -> list[NodeSpec]:

@@ -126,7 +126,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
               help="HOST:PORT of the writer endpoint (shared by the replicas with SO_REUSEPORT).")
 @click.option("--reader-endpoint", envvar="SIXFOLD_READER_ENDPOINT", default="",
               help="HOST:PORT of the reader endpoint.")
-def coordinator(listen, raft_address, replicas, instances, writer_endpoint, reader_endpoint) -> None:
+@click.option("--writer-pg-endpoint", envvar="SIXFOLD_WRITER_PG_ENDPOINT", default="",
+              help="HOST:PORT of the writer endpoint for the PostgreSQL protocol (to the instances' PostgreSQL ports).")
+@click.option("--reader-pg-endpoint", envvar="SIXFOLD_READER_PG_ENDPOINT", default="",
+              help="HOST:PORT of the reader endpoint for the PostgreSQL protocol.")
+def coordinator(listen, raft_address, replicas, instances, writer_endpoint, reader_endpoint, writer_pg_endpoint,
+                reader_pg_endpoint) -> None:
     """Run one region coordinator replica: catalog, health checks, failover, endpoint router."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s.%(msecs)03d %(levelname)s coordinator {listen} %(name)s: %(message)s",
@@ -138,8 +143,9 @@ def coordinator(listen, raft_address, replicas, instances, writer_endpoint, read
     catalog = Catalog(raft_address, [r for _, r in pairs if r != raft_address])
     controller = Controller(catalog, seed, writer)
     endpoints = {k: v for k, v in (("writer", writer_endpoint), ("reader", reader_endpoint)) if v}
+    pg_endpoints = {k: v for k, v in (("writer-pg", writer_pg_endpoint), ("reader-pg", reader_pg_endpoint)) if v}
     service = CoordinatorService(catalog, controller, raft_address, {r: g for g, r in pairs}, endpoints)
-    router = Router(catalog.snapshot, endpoints, in_contact=lambda: bool(catalog.leader_address()))
+    router = Router(catalog.snapshot, {**endpoints, **pg_endpoints}, in_contact=lambda: bool(catalog.leader_address()))
     stop = threading.Event()
     failure: list[str] = []
     ready = threading.Event()

@@ -12,7 +12,9 @@ epoch) and only costs a retry.
   connection waits (up to CONNECT_WAIT_S) for the new writer instead of failing;
 - reader endpoint -> round-robin over healthy readers, the writer when none;
 - when the writer changes, proxied writer connections to the old one are closed
-  (a paused old writer would otherwise hold them open until the client times out).
+  (a paused old writer would otherwise hold them open until the client times out);
+- `writer-pg` / `reader-pg`: the same choice, forwarded to the instance's PostgreSQL port
+  (its gRPC port + PG_PORT_OFFSET) instead of its gRPC port.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ CONNECT_TIMEOUT_S = 2.0
 BUFFER_BYTES = 64 * 1024
 CONNECTIONS_MAX = 4096
 LEADERLESS_GRACE_S = 3.0
+PG_SUFFIX = "-pg"
+PG_PORT_OFFSET = 1000   # sixfold.runtime.topology.PG_PORT_OFFSET (the router stays free of the runtime)
+
+
+def protocol_address(endpoint: str, grpc_address: str | None) -> str | None:
+    """The address an endpoint forwards to: the instance's gRPC address, or its PostgreSQL one."""
+    if grpc_address is None or not endpoint.endswith(PG_SUFFIX):
+        return grpc_address
+    host, port = grpc_address.rsplit(":", 1)
+    return f"{host}:{int(port) + PG_PORT_OFFSET}"
 
 
 def writer_target(snap: dict) -> str | None:
@@ -58,13 +70,14 @@ class Router:
 
     def target(self, endpoint: str, unreachable: frozenset[str] = frozenset()) -> str | None:
         snap = self.snapshot()
-        if endpoint == "reader":
+        if endpoint.removesuffix(PG_SUFFIX) == "reader":
             # readers the catalog calls healthy but this connection could not reach (the
             # health checks lag a crash by a few probes) are skipped: then the writer
-            readers = [r for r in reader_targets(snap) if r not in unreachable]
+            readers = [a for a in (protocol_address(endpoint, r) for r in reader_targets(snap))
+                       if a not in unreachable]
             if readers:
                 return readers[next(self._rr) % len(readers)]
-        return writer_target(snap)
+        return protocol_address(endpoint, writer_target(snap))
 
     async def start(self) -> None:
         self._last_contact = asyncio.get_running_loop().time()
@@ -104,8 +117,9 @@ class Router:
             current = writer_target(self.snapshot())
             for conn in list(self._conns):
                 endpoint, target, down, up = conn
-                if endpoint == "writer" and current is not None and target != current:
-                    log.info("closing a writer-endpoint connection to %s (the writer is now %s)", target, current)
+                now_target = protocol_address(endpoint, current)
+                if endpoint.removesuffix(PG_SUFFIX) == "writer" and current is not None and target != now_target:
+                    log.info("closing a writer-endpoint connection to %s (the writer is now %s)", target, now_target)
                     self._conns.discard(conn)
                     down.close()
                     up.close()
