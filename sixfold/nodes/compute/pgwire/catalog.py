@@ -13,6 +13,7 @@ PostgreSQL features SQLite lacks.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import zlib
@@ -26,7 +27,7 @@ from sqlglot.errors import ParseError, TokenError, UnsupportedError
 from sixfold.nodes.compute.engine import describe_on
 from sixfold.nodes.compute.pgwire import pgtypes as T
 from sixfold.nodes.compute.pgwire.messages import PgError
-from sixfold.nodes.compute.pgwire.translate import pad_parameters
+from sixfold.nodes.compute.pgwire.translate import pad_parameters, static_types
 
 SERVER_VERSION = "15.0"
 VERSION_TEXT = f"PostgreSQL {SERVER_VERSION} (Sixfold: SQLite on a six-way quorum volume)"
@@ -430,7 +431,7 @@ class Catalog:
 
     # ---------------------------------------------------------------- queries
     def describe(self, pg_sql: str) -> tuple[list[str], list[int | None]]:
-        sqlite_sql, names, empty_fallback = translate_catalog(pg_sql)
+        sqlite_sql, names, empty_fallback, static = _translate_catalog(pg_sql)
         if sqlite_sql is None:
             return names, [None] * len(names)
         with self._lock:
@@ -440,7 +441,7 @@ class Catalog:
                 if empty_fallback:
                     return names, [None] * len(names)
                 raise PgError("0A000", f"this catalog query is not supported by Sixfold: {exc}") from None
-        return [d[0] for d in described], [T.oid_of_decltype(d[1]) for d in described]
+        return [d[0] for d in described], _types(described, static)
 
     def query(self, pg_sql: str, params: list, db, context: SessionContext):
         """(column names, OIDs or None, rows) of a catalog query, on a catalog as fresh as `db`'s schema."""
@@ -462,7 +463,7 @@ class Catalog:
 
     def run(self, pg_sql: str, params: list, context: SessionContext) -> tuple[list[str], list[int | None], list]:
         """(column names, column OIDs or None, rows) of a catalog query."""
-        sqlite_sql, names, empty_fallback = translate_catalog(pg_sql)
+        sqlite_sql, names, empty_fallback, static = _translate_catalog(pg_sql)
         with self._lock:
             self.context = context
             try:
@@ -482,9 +483,14 @@ class Catalog:
                     if empty_fallback:
                         return names, [None] * len(names), []
                     raise PgError("0A000", f"this catalog query is not supported by Sixfold: {exc}") from None
-                return [d[0] for d in desc], [T.oid_of_decltype(d[1]) if d[1] else None for d in desc], rows
+                return [d[0] for d in desc], _types(desc, static), rows
             finally:
                 self.context = None
+
+
+def _types(description, static: tuple) -> list[int | None]:
+    """Declared types of the catalog's columns, else what the expression's shape says."""
+    return [T.oid_of_decltype(d[1]) or (static[i] if i < len(static) else None) for i, d in enumerate(description)]
 
 
 _PGBENCH_PARTITION_PROBE = re.compile(
@@ -498,6 +504,12 @@ _CAST_FUNCS = {"REGCLASS": "regclass", "REGTYPE": "regtype", "REGNAMESPACE": "re
 
 def translate_catalog(pg_sql: str) -> tuple[str | None, list[str], bool]:
     """(SQLite SQL or None for 'no rows', output column names, may answer empty on failure)."""
+    return _translate_catalog(pg_sql)[:3]
+
+
+@functools.lru_cache(maxsize=512)
+def _translate_catalog(pg_sql: str) -> tuple[str | None, list[str], bool, tuple]:
+    """translate_catalog, plus the static types of the result columns (cached: psql repeats itself)."""
     text = _PREFIXES.sub(lambda m: f" {m.group(1)} " if m.group(1) else ("" if "COLLATE" not in m.group(0).upper()
                                                                          else ""), pg_sql)
     text = re.sub(r"\binformation_schema\s*\.\s*(\w+)", r"information_schema_\1", text, flags=re.I)
@@ -516,8 +528,16 @@ def translate_catalog(pg_sql: str) -> tuple[str | None, list[str], bool]:
         names = [e.alias_or_name or "?column?" for e in left.expressions]
     tables = {t.name for t in tree.find_all(exp.Table)}
     empty_fallback = bool(tables & ALWAYS_EMPTY)
+    static = static_types(tree)
     for node in list(tree.find_all(exp.Array)):
         node.replace(exp.Null())   # reloptions, role memberships: none exist here
+    # sqlglot renders these for SQLite ('main', sqlite_version()); this catalog answers as PostgreSQL
+    for cls, name in (("CurrentSchema", "current_schema"), ("CurrentUser", "current_user"),
+                      ("SessionUser", "session_user"), ("CurrentVersion", "version"), ("Version", "version")):
+        node_cls = getattr(exp, cls, None)
+        if node_cls is not None:
+            for node in list(tree.find_all(node_cls)):
+                node.replace(exp.Anonymous(this=name, expressions=[]))
     try:
         for node in list(tree.walk()):
             if isinstance(node, exp.Cast):
@@ -539,9 +559,9 @@ def translate_catalog(pg_sql: str) -> tuple[str | None, list[str], bool]:
                 node.replace(exp.Literal.string(node.this))
             elif isinstance(node, (exp.Any, exp.Lateral, exp.Unnest, exp.Bracket)):
                 raise UnsupportedError(type(node).__name__)
-        sql = tree.sql(dialect="sqlite")
+        sql = re.sub(r"\bSQLITE_VERSION\(\)", "VERSION()", tree.sql(dialect="sqlite"))
     except UnsupportedError as exc:
         if empty_fallback:
-            return None, names, True
+            return None, names, True, static
         raise PgError("0A000", f"this catalog query is not supported by Sixfold ({exc})") from None
-    return sql, names, empty_fallback
+    return sql, names, empty_fallback, static

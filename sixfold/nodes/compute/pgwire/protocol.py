@@ -64,6 +64,7 @@ class Statement:
     lifted: tuple
     param_oids: list[int]
     fields: list[M.Field] | None = None   # None until described
+    sent_oids: list[int] | None = None    # the column types a Describe told the client
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Portal:
     result_formats: tuple[int, ...]
     rows: list | None = None          # fetched rows not yet sent (Execute with a row limit)
     oids: list[int] | None = None
+    sent_oids: list[int] | None = None   # the column types a Describe of this portal told the client
     sent: int = 0
     tag: str = ""
 
@@ -402,7 +404,13 @@ class PgSession:
                     raise M.PgError("26000", f'prepared statement "{msg.name}" does not exist')
                 self._out.append(M.parameter_description([o or T.TEXT for o in st.param_oids]))
                 fields = self._describe(st)
-                self._out.append(M.row_description(fields) if fields is not None else M.no_data())
+                if fields is None:
+                    self._out.append(M.no_data())
+                else:
+                    fields = [M.Field(f.name, f.type_oid or T.TEXT, T.type_size(f.type_oid or T.TEXT))
+                              for f in fields]
+                    st.sent_oids = [f.type_oid for f in fields]
+                    self._out.append(M.row_description(fields))
                 return False
             portal = self.portals.get(msg.name)
             if portal is None:
@@ -414,8 +422,12 @@ class PgSession:
                 # portal next: run that Execute (not this Describe) first and describe from its rows
                 self._run_portal(portal, nxt.rows_max, describe=True)
                 return True
-            self._out.append(M.row_description(self._with_formats(fields, portal)) if fields is not None
-                             else M.no_data())
+            if fields is None:
+                self._out.append(M.no_data())
+            else:
+                fields = self._with_formats(fields, portal)
+                portal.sent_oids = [f.type_oid for f in fields]
+                self._out.append(M.row_description(fields))
             return False
         if isinstance(msg, M.Execute):
             portal = self.portals.get(msg.portal)
@@ -450,7 +462,7 @@ class PgSession:
             fields = [M.Field(plan.info["name"] or "setting", T.TEXT)]
         elif plan.kind == "catalog":
             names, oids = self.catalog.describe(plan.info["sql"])
-            fields = [M.Field(n, o or T.TEXT) for n, o in zip(names, oids)]
+            fields = [M.Field(_pg_column_name(n), o or 0) for n, o in zip(names, oids)]
         elif plan.kind == "sql" and plan.returns_rows:
             try:
                 described = self.db.describe(plan.sql[-1], plan.param_count + len(st.lifted))
@@ -459,7 +471,7 @@ class PgSession:
             fields = self._fields(plan, [d[0] for d in described], [d[1] for d in described])
         else:
             fields = []
-        if plan.kind != "sql" or all(f.type_oid for f in fields):
+        if all(f.type_oid for f in fields):
             st.fields = fields
         return fields or None
 
@@ -497,6 +509,9 @@ class PgSession:
                 portal.rows = []
                 portal.tag = ""
                 return
+            told = portal.sent_oids or (portal.statement.sent_oids if not describe else None)
+            if told is not None and len(told) == len(oids):
+                oids = list(told)   # the client decodes by what a Describe told it
             # a column whose type shows only in its values: the first non-null value decides
             for i, oid in enumerate(oids):
                 if not oid:
@@ -602,7 +617,7 @@ class PgSession:
         if plan.kind == "catalog":
             params = list(portal.params) + list(portal.statement.lifted)
             columns, oids, rows = self.catalog.query(plan.info["sql"], params, db, self._context())
-            return columns, oids, rows, f"SELECT {len(rows)}"
+            return [_pg_column_name(c) for c in columns], oids, rows, f"SELECT {len(rows)}"
         assert plan.kind == "sql", plan.kind
         params = list(portal.params) + list(portal.statement.lifted)
         result = None

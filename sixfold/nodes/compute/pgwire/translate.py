@@ -482,7 +482,7 @@ def _plan_sql(text: str, verb: str) -> Plan:
     if isinstance(tree, exp.Insert):
         tag = "INSERT"
     return Plan("sql", tag, sql=out, param_count=max(params, default=0), returns_rows=returns,
-                writes=isinstance(tree, _WRITE_TREES), column_oids=_static_types(tree),
+                writes=isinstance(tree, _WRITE_TREES), column_oids=static_types(tree),
                 tables=tuple(sorted({t.name for t in pg_ast.find_all(exp.Table) if t.name})), pg_ast=pg_ast)
 
 
@@ -510,9 +510,18 @@ _FUNC_TYPES: dict[type, int] = {
 }
 
 
+_NAMED_FUNC_TYPES = {"pg_is_in_recovery": T.BOOL, "pg_backend_pid": T.INT4, "has_table_privilege": T.BOOL,
+                     "has_schema_privilege": T.BOOL, "has_database_privilege": T.BOOL, "pg_has_role": T.BOOL,
+                     "pg_table_is_visible": T.BOOL, "pg_relation_size": T.INT8, "pg_total_relation_size": T.INT8,
+                     "inet_server_port": T.INT4, "current_setting": T.TEXT, "set_config": T.TEXT, "md5": T.TEXT,
+                     "gen_random_uuid": T.UUID, "format_type": T.TEXT, "to_regtype": T.OID}
+
+
 def _expr_type(e: exp.Expression) -> int | None:
     if isinstance(e, exp.Alias):
         return _expr_type(e.this)
+    if isinstance(e, exp.Anonymous):
+        return _NAMED_FUNC_TYPES.get(e.name.lower())
     for cls, oid in _FUNC_TYPES.items():
         if isinstance(e, cls):
             return oid
@@ -543,7 +552,7 @@ def _expr_type(e: exp.Expression) -> int | None:
     return None
 
 
-def _static_types(tree: exp.Expression) -> tuple[int | None, ...]:
+def static_types(tree: exp.Expression) -> tuple[int | None, ...]:
     if isinstance(tree, exp.Select):
         if any(isinstance(e, exp.Star) or isinstance(e, exp.Column) and isinstance(e.this, exp.Star)
                for e in tree.expressions):
