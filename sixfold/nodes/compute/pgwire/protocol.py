@@ -629,16 +629,16 @@ class PgSession:
         if plan.tag == "ROLLBACK":
             self.failed = False   # ROLLBACK TO SAVEPOINT ends the failed state, as in PostgreSQL
         if plan.returns_rows:
-            fields = self._fields(plan, result.columns, [None] * len(result.columns))
             described = portal.statement.fields
-            oids = [f.type_oid for f in (described or fields)]
-            if described is None:
+            if described is not None and len(described) == len(result.columns):
+                oids = [f.type_oid for f in described]
+            else:
                 try:
                     decl = db.describe(plan.sql[-1], len(params)) if result.columns else []
                 except E.SqlError:
                     decl = []
-                if decl:
-                    oids = [f.type_oid for f in self._fields(plan, result.columns, [d[1] for d in decl])]
+                decltypes = [d[1] for d in decl] if len(decl) == len(result.columns) else [None] * len(result.columns)
+                oids = [f.type_oid for f in self._fields(plan, result.columns, decltypes)]
             verb = plan.tag
             count = len(result.rows)
             tag = f"INSERT 0 {count}" if verb == "INSERT" else f"{verb} {count}"
