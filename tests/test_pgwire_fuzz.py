@@ -1,4 +1,5 @@
-"""Random and malformed protocol messages never crash the server or disturb another session.
+"""Random and malformed protocol messages never crash the server or disturb another session;
+a commit whose outcome storage cannot decide ends the connection instead of answering.
 
 A real cluster (writer with the PostgreSQL port, trust auth); a healthy psycopg
 session holds an open transaction while hypothesis throws byte soup and
@@ -124,3 +125,44 @@ def test_a_bystander_transaction_survives_the_fuzzing(pg_writer):
         c.commit()
         assert c.execute("SELECT v FROM fz_bystander WHERE id = 1").fetchone() == ("kept",)
     assert pg_writer.running
+
+
+@pytest.mark.timeout(180)
+def test_a_commit_without_a_write_quorum_is_a_connection_error_the_client_can_retry(tmp_path):
+    """Storage loses its write quorum mid-transaction: COMMIT's outcome is unknown, so the
+    session ends with a FATAL 08007 and a closed connection (never a silent success); once
+    the nodes are back, a new connection works and the table holds the row or not, whole."""
+    storage = StorageCluster(tmp_path / "storage")
+    compute = ComputeCluster(tmp_path / "compute", storage, readers=0, pg=True,
+                             extra_args=["--commit-timeout-s", "2"])
+    try:
+        storage.start()
+        compute.start()
+        writer = compute.writer
+        with psycopg.connect(writer.pg_dsn(), autocommit=True) as c:
+            c.execute("CREATE TABLE lost (id int PRIMARY KEY, v text)")
+        c = psycopg.connect(writer.pg_dsn())
+        c.execute("INSERT INTO lost VALUES (1, 'maybe')")
+        stopped = [n.node_id for n in storage.nodes[:3]]   # 3 of 6 left: no write quorum
+        for node_id in stopped:
+            storage.kill(node_id)
+        with pytest.raises(psycopg.OperationalError) as info:
+            c.commit()
+        assert info.value.sqlstate == "08007", info.value   # transaction_resolution_unknown
+        assert c.closed or c.pgconn.status != psycopg.pq.ConnStatus.OK
+        c.close()
+        for node_id in stopped:
+            storage.start_node(node_id)
+        deadline = time.monotonic() + 60
+        while True:   # the client's retry: reconnect and look
+            try:
+                with psycopg.connect(writer.pg_dsn(), autocommit=True, connect_timeout=5) as again:
+                    rows = again.execute("SELECT id, v FROM lost").fetchall()
+                    break
+            except psycopg.Error:
+                assert time.monotonic() < deadline, f"the writer never came back:\n{writer.log_tail()}"
+                time.sleep(0.5)
+        assert rows in ([], [(1, "maybe")])
+    finally:
+        compute.close()
+        storage.close()
