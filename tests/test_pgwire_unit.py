@@ -60,8 +60,10 @@ def test_parser_rejects_malformed_messages():
     p.expect_typed()
     with pytest.raises(M.ProtocolViolation):
         p.feed(typed(b"Q", b"no terminator"))
+    p = M.FrontendParser()
+    p.expect_typed()
     with pytest.raises(M.ProtocolViolation):
-        M.FrontendParser().feed(b"")  or p.feed(typed(b"Z", b""))   # a backend message type
+        p.feed(typed(b"Z", b""))                                # a backend message type
     p = M.FrontendParser()
     p.expect_typed()
     with pytest.raises(M.ProtocolViolation):

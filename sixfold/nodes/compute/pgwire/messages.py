@@ -121,7 +121,7 @@ class AuthResponse:
     data: bytes
 
 
-class _Reader:
+class Reader:
     """Reads fields from one message body; running past its end is a protocol violation."""
 
     __slots__ = ("buf", "pos")
@@ -174,7 +174,7 @@ class _Reader:
 
 
 def _parse_typed(kind: str, body: bytes):
-    r = _Reader(body)
+    r = Reader(body)
     if kind == "Q":
         msg = Query(r.cstr())
     elif kind == "P":
@@ -219,7 +219,7 @@ def _parse_typed(kind: str, body: bytes):
 
 
 def _parse_startup(body: bytes):
-    r = _Reader(body)
+    r = Reader(body)
     code = r.uint32()
     if code == SSL_REQUEST_CODE:
         msg = SSLRequest()

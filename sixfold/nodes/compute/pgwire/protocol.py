@@ -274,7 +274,7 @@ class PgSession:
         assert self.config.verifier is not None
         try:
             if self.state == "sasl_first":
-                r = M._Reader(msg.data)
+                r = M.Reader(msg.data)
                 mechanism = r.cstr()
                 n = r.int32()
                 data = r.rest()
