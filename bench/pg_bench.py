@@ -39,6 +39,8 @@ from bench.cluster import BenchCluster, _sixfold  # noqa: E402
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_PRIMARY_PORT = 17432
 PG_STANDBY_PORT = 17433
+PG_BENCH_STORAGE_PORT = 23100
+PG_BENCH_COMPUTE_PORT = 23200
 console = Console(stderr=True)
 
 
@@ -153,7 +155,9 @@ def main() -> int:
     with PostgresWithStandby() as pg:
         reference = suite(pg.target, args.seconds)
     console.print("sixfold up: 6 storage nodes over 3 AZs, a writer and a reader ...")
-    with BenchCluster(readers=1) as cluster:
+    # ports of its own: the PostgreSQL ports (compute port + 1000..1201) of the other benches' clusters
+    # would collide with a cluster on 17200 + 1000
+    with BenchCluster(readers=1, storage_port=PG_BENCH_STORAGE_PORT, compute_port=PG_BENCH_COMPUTE_PORT) as cluster:
         writer = next(e for e in json.loads(_sixfold("endpoints", "--data-dir", cluster.data_dir, "--json"))
                       if e["name"] == "writer")
         password = (Path(cluster.data_dir) / "pg_password").read_text().strip()

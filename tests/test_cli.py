@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from sixfold.cli.main import cli
 from sixfold.runtime import partition, procs
 from sixfold.runtime.layout import ClusterDir
-from sixfold.runtime.topology import ClusterSpec, nodes_of
+from sixfold.runtime.topology import ClusterSpec, listen_addresses, nodes_of
 
 CLI = [sys.executable, "-m", "sixfold.cli"]
 STATUS_FIELDS = {"name", "kind", "role", "region", "az", "address", "pid", "health", "epoch", "scl", "vdl",
@@ -55,7 +55,7 @@ def free_ports(readers: int = 1) -> tuple[int, int]:
     for _ in range(100):
         base = rng.randrange(20_000, 40_000, 2)
         spec = ClusterSpec(storage_port=base, compute_port=base + 1, readers=readers)
-        if not any(procs.port_taken(n.host, n.port) for n in nodes_of(spec)):
+        if not any(procs.port_taken(host, port) for host, port in listen_addresses(nodes_of(spec))):
             return base, base + 1
     raise RuntimeError("no free ports")
 

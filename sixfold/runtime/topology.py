@@ -261,6 +261,15 @@ def extra_listen_addresses(nodes: list[NodeSpec]) -> list[tuple[str, str]]:
     return out
 
 
+def listen_addresses(nodes: list[NodeSpec]) -> list[tuple[str, int]]:
+    """(host, port) of every address the cluster binds: the nodes', raft, endpoints, PostgreSQL."""
+    out = [(n.host, n.port) for n in nodes]
+    for address, _what in extra_listen_addresses(nodes):
+        host, port = address.rsplit(":", 1)
+        out.append((host, int(port)))
+    return out
+
+
 def endpoints_of(nodes: list[NodeSpec]) -> list[Endpoint]:
     """Writer and reader (cluster) endpoints, then one per instance.
 
