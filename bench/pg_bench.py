@@ -124,7 +124,7 @@ def sysbench(target: dict, threads: int, seconds: float) -> dict:
     tps = float(re.search(r"transactions:\s+\d+\s+\(([\d.]+) per sec", out).group(1))
     p95 = float(re.search(r"95th percentile:\s+([\d.]+)", out).group(1))
     errors = int(re.search(r"errors:\s+(\d+)", out).group(1))
-    return {"test": f"sysbench oltp_read_write, {threads} thread(s)", "tps": tps, "latency_ms_p95": p95,
+    return {"test": f"sysbench oltp_read_write x{threads}", "tps": tps, "latency_ms_p95": p95,
             "errors": errors}
 
 
@@ -138,7 +138,7 @@ def pgbench(target: dict, seconds: float) -> dict:
         latencies_us = [int(line.split()[2]) for f in Path(logdir).iterdir() for line in f.read_text().splitlines()]
     tps = float(re.search(r"tps = ([\d.]+)", out).group(1))
     p95 = statistics.quantiles(latencies_us, n=20)[18] / 1000 if len(latencies_us) >= 20 else float("nan")
-    return {"test": "pgbench TPC-B (prepared), 1 client", "tps": tps, "latency_ms_p95": p95, "errors": 0}
+    return {"test": "pgbench -M prepared x1", "tps": tps, "latency_ms_p95": p95, "errors": 0}
 
 
 def suite(target: dict, seconds: float) -> list[dict]:
