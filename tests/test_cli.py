@@ -27,12 +27,12 @@ from click.testing import CliRunner
 from sixfold.cli.main import cli
 from sixfold.runtime import partition, procs
 from sixfold.runtime.layout import ClusterDir
-from sixfold.runtime.topology import ClusterSpec, nodes_of
+from sixfold.runtime.topology import ClusterSpec, listen_addresses, nodes_of
 
 CLI = [sys.executable, "-m", "sixfold.cli"]
 STATUS_FIELDS = {"name", "kind", "role", "region", "az", "address", "pid", "health", "epoch", "scl", "vdl",
                  "replica_lag_ms_p50", "replica_lag_ms_p99"}
-ENDPOINT_FIELDS = {"name", "kind", "host", "port", "address", "target"}
+ENDPOINT_FIELDS = {"name", "kind", "host", "port", "address", "target", "pg_port", "pg_address", "dsn"}
 CHAOS_FIELDS = {"ts", "unix_s", "action", "targets", "ok", "detail"}
 
 
@@ -55,7 +55,7 @@ def free_ports(readers: int = 1) -> tuple[int, int]:
     for _ in range(100):
         base = rng.randrange(20_000, 40_000, 2)
         spec = ClusterSpec(storage_port=base, compute_port=base + 1, readers=readers)
-        if not any(procs.port_taken(n.host, n.port) for n in nodes_of(spec)):
+        if not any(procs.port_taken(host, port) for host, port in listen_addresses(nodes_of(spec))):
             return base, base + 1
     raise RuntimeError("no free ports")
 
@@ -286,6 +286,31 @@ def test_status_and_endpoints_json(cluster):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
+def test_postgresql_through_the_endpoints(cluster):
+    import psycopg
+    from psycopg import errors
+
+    eps = {e["name"]: e for e in cluster.json("endpoints")}
+    assert eps["writer"]["pg_address"] == f"127.1.0.200:{cluster.compute_port + 1200}"
+    assert eps["writer-1"]["pg_address"] == f"127.1.1.100:{cluster.compute_port + 1000}"
+    password = (cluster.cdir.root / "pg_password").read_text().strip()
+    assert f":{password}@" in eps["writer"]["dsn"] and eps["writer"]["dsn"].startswith("postgresql://sixfold:")
+    with psycopg.connect(eps["writer"]["dsn"], autocommit=True, connect_timeout=10) as w:
+        w.execute("CREATE TABLE pg_ep (id serial PRIMARY KEY, v text)")
+        w.execute("INSERT INTO pg_ep (v) VALUES (%s)", ("through the router",))
+    with psycopg.connect(eps["reader"]["dsn"], autocommit=True, connect_timeout=10) as r:
+        deadline = time.monotonic() + 10
+        while r.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'pg_ep'").fetchone() != (1,):
+            assert time.monotonic() < deadline, "the reader never saw the table"
+            time.sleep(0.1)
+        with pytest.raises(errors.ReadOnlySqlTransaction):
+            r.execute("INSERT INTO pg_ep (v) VALUES ('no')")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(eps["writer"]["dsn"].replace(password, "wrong"), connect_timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_sql_one_shot_json_and_repl(cluster):
     out = cluster.ok("sql", "-c", "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT, b BLOB)",
                      "-c", "INSERT INTO kv VALUES (1, 'one', x'00ff'), (2, NULL, NULL)", "-c", "SELECT * FROM kv")
@@ -327,6 +352,11 @@ def test_planned_failover_and_back(cluster):
     assert moved["from"] == "writer-1" and moved["to"] == "reader-1" and moved["state"] == "done"
     # the writer endpoint (the router) reaches the new writer; nothing acknowledged is lost
     assert cluster.sql("INSERT INTO planned VALUES (21)")[0]["commit_lsn"] > 0
+    import psycopg
+
+    writer_dsn = next(e["dsn"] for e in cluster.json("endpoints") if e["name"] == "writer")
+    with psycopg.connect(writer_dsn, autocommit=True, connect_timeout=20) as c:   # PostgreSQL: the new writer too
+        assert c.execute("SELECT count(*) FROM planned").fetchone() == (21,)
     assert cluster.sql("SELECT count(*) FROM planned")[0]["rows"] == [[21]]
     # the old writer steps down and the supervisor brings it back as a reader
     nodes = cluster.wait_status(lambda n: n["reader-1"]["role"] == "writer" and n["writer-1"]["role"] == "reader"
@@ -492,6 +522,14 @@ def test_replica_add_remove_and_custom_endpoints(cluster):
         if rows == [[1]]:
             break
         assert time.monotonic() < deadline
+    # and its PostgreSQL twin (reporting-pg) too
+    import psycopg
+
+    assert eps["reporting"]["pg_address"] and eps["reporting"]["dsn"].startswith("postgresql://")
+    with psycopg.connect(eps["reporting"]["dsn"], autocommit=True, connect_timeout=15) as pg:
+        assert pg.execute("SELECT count(*) FROM replicas").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            pg.execute("INSERT INTO replicas VALUES (2)")
     bad = cluster.cli("endpoint", "create", "reporting", "--members", "reader-2")
     assert bad.returncode == 2 and "already exists" in bad.stderr
     bad = cluster.cli("endpoint", "create", "x", "--members", "nope")

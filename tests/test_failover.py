@@ -272,12 +272,12 @@ def test_custom_endpoint_rules_are_pure():
     assert custom_targets(snap, "gone") == []
     snap["failover"] = {"state": "promoting"}
     assert custom_targets(snap, "all") == []              # the writer is changing: wait, like the writer endpoint
-    assert custom_addresses(snap, "h", 9000) == {"ro": "h:9000", "all": "h:9003"}
+    assert custom_addresses(snap, "h", 9000) == {"ro": "h:9000", "ro-pg": "h:9016", "all": "h:9003", "all-pg": "h:9019"}
     assert check_custom_endpoint(instances, snap["custom"], "x", "reader", ["r1"]) == ""
     for args, words in ((("writer", "reader", ["r1"]), "cluster endpoint"), (("r1", "reader", ["r1"]), "instance"),
                         (("ro", "reader", ["r1"]), "already exists"), (("x", "primary", ["r1"]), "type"),
                         (("x", "any", []), "at least one"), (("x", "any", ["nope"]), "no instance named nope"),
-                        (("a b", "any", ["r1"]), "letters")):
+                        (("a b", "any", ["r1"]), "letters"), (("x-pg", "any", ["r1"]), "-pg suffix")):
         assert words in check_custom_endpoint(instances, snap["custom"], *args)
 
 

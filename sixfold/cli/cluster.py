@@ -19,11 +19,11 @@ UP_SETTINGS = [s.name for s in SETTINGS if s.name != "data_dir"]
 
 def endpoints_table(endpoints: list[Endpoint]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for col in ("endpoint", "kind", "address", "instance"):
+    for col in ("endpoint", "kind", "address", "postgresql", "instance"):
         table.add_column(col)
     for e in endpoints:
         kind = f"custom {e.type} ({','.join(e.members)})" if e.kind == "custom" else e.kind
-        table.add_row(e.name, kind, e.address, e.target)
+        table.add_row(e.name, kind, e.address, e.pg_address or "-", e.target)
     return table
 
 
@@ -170,7 +170,9 @@ def endpoints(data_dir: Path | None, as_json: bool) -> None:
     writer (a client that reconnects after a failover reaches the new one), the reader
     endpoint round-robins over healthy readers (the writer when there are none). Custom
     endpoints (`sixfold endpoint create`) round-robin over their members. The instance
-    column shows where they point now.
+    column shows where they point now. The postgresql column is the same endpoint for
+    PostgreSQL clients (psql, psycopg, pgbench, ...); --json adds a ready-to-use `dsn`
+    with the cluster's password (kept in DATA_DIR/pg_password).
     """
     eps = local.endpoints(cluster_dir(data_dir))
     if as_json:
@@ -196,8 +198,9 @@ def endpoint_create(data_dir: Path | None, name: str, kind: str, members: str, a
     """Create the custom endpoint NAME over --members.
 
     Every coordinator replica's router listens on it (127.<region>.0.200, a port from
-    compute port + 210); new connections are balanced over the members that are healthy
-    and of the right role. A member promoted to writer leaves a `reader` endpoint.
+    compute port + 210) and on its PostgreSQL twin NAME-pg (16 ports up); new connections
+    are balanced over the members that are healthy and of the right role. A member
+    promoted to writer leaves a `reader` endpoint.
     """
     names = [m.strip() for m in members.split(",") if m.strip()]
     e = local.create_endpoint(cluster_dir(data_dir), name, kind, names)

@@ -25,20 +25,22 @@ class Instance(_message.Message):
     def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., az: _Optional[str] = ..., promotion_tier: _Optional[int] = ..., address: _Optional[str] = ..., health: _Optional[str] = ..., vdl: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("name", "kind", "address", "targets", "type", "members")
+    __slots__ = ("name", "kind", "address", "targets", "type", "members", "pg_address")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    PG_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     address: str
     targets: _containers.RepeatedScalarFieldContainer[str]
     type: str
     members: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., type: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
+    pg_address: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., type: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., pg_address: _Optional[str] = ...) -> None: ...
 
 class FailoverRecord(_message.Message):
     __slots__ = ("id", "from_instance", "to_instance", "reason", "state", "started_unix_s", "finished_unix_s", "epoch")

@@ -32,7 +32,7 @@ from sixfold.runtime.probe import probe, probe_many
 from sixfold.runtime.topology import (COMPUTE, COMPUTE_OCTET_BASE, COORDINATOR, READER, READERS_MAX, STORAGE,
                                       TIER_MAX, WRITER, ClusterSpec, Endpoint, NodeSpec, reader_az,
                                       extra_listen_addresses, raft_address, router_addresses,
-                                      TopologyError, endpoints_of, nodes_of)
+                                      TopologyError, endpoints_of, nodes_of, pg_dsn)
 
 Progress = Callable[[str], None]
 
@@ -128,7 +128,8 @@ def check_data_dir(cdir: ClusterDir) -> None:
     if (state_file := cdir.state_file).exists():
         return
     unknown = [p.name for p in root.iterdir() if p.name not in
-               {"nodes", "cli.lock", "supervisor.lock", "supervisor.log", "chaos.log", "partitions.json"}]
+               {"nodes", "cli.lock", "supervisor.lock", "supervisor.log", "chaos.log", "partitions.json",
+                "pg_password"}]
     if unknown:
         raise UsageProblem(f"{root} is not empty and holds no cluster ({state_file.name} missing; found "
                            f"{', '.join(sorted(unknown)[:5])}); pass an empty or new --data-dir")
@@ -192,7 +193,7 @@ def up(cdir: ClusterDir, spec: ClusterSpec, tuning: dict, explicit: set[str], pr
                     state = _wait_started(cdir, None, float(state.get("tuning", {}).get("start_timeout_s", 90)),
                                           progress)
                 nodes = node_specs(state)
-                return UpResult(False, cdir.root, endpoints_of(nodes), nodes,
+                return UpResult(False, cdir.root, with_pg_password(cdir, endpoints_of(nodes)), nodes,
                                 [f"the cluster in {cdir.root} is already up"], time.monotonic() - t0)
             leftovers = live_pids(cdir, state)
             if leftovers:
@@ -243,6 +244,7 @@ def up(cdir: ClusterDir, spec: ClusterSpec, tuning: dict, explicit: set[str], pr
             "nodes": [{**n.to_dict(), "pid": None, "state": "stopped", "restarts": 0} for n in nodes],
         }
         cdir.write_state(new_state)
+        cdir.pg_password()   # made once; the compute nodes get it in their environment
         supervisor = _spawn_supervisor(cdir, python)
         try:
             state = _wait_started(cdir, supervisor, float(tuning.get("start_timeout_s", 90.0)), progress)
@@ -250,7 +252,8 @@ def up(cdir: ClusterDir, spec: ClusterSpec, tuning: dict, explicit: set[str], pr
             _teardown_after_failed_start(cdir, supervisor)
             raise
     nodes = node_specs(state)
-    return UpResult(True, cdir.root, endpoints_of(nodes), nodes, notes, time.monotonic() - t0)
+    return UpResult(True, cdir.root, with_pg_password(cdir, endpoints_of(nodes)), nodes, notes,
+                    time.monotonic() - t0)
 
 
 def _spawn_supervisor(cdir: ClusterDir, python: str) -> subprocess.Popen:
@@ -475,12 +478,14 @@ def endpoints(cdir: ClusterDir) -> list[Endpoint]:
         out = [dataclasses.replace(e, target=targets.get(e.name) or e.target) if e.name in ("writer", "reader")
                else e for e in out]
         out[2:2] = [_custom_endpoint(e) for e in catalog["endpoints"] if e["kind"] == "custom"]
-    return out
+    return with_pg_password(cdir, out)
 
 
 def _custom_endpoint(e: dict) -> Endpoint:
     host, port = e["address"].rsplit(":", 1)
-    return Endpoint(e["name"], "custom", host, int(port), ",".join(e["targets"]), e["type"], tuple(e["members"]))
+    pg_port = int(e["pg_address"].rsplit(":", 1)[1]) if e.get("pg_address") else 0
+    return Endpoint(e["name"], "custom", host, int(port), ",".join(e["targets"]), pg_port=pg_port, type=e["type"],
+                    members=tuple(e["members"]))
 
 
 def _coordinator_call(nodes: list[NodeSpec], call, what: str):
@@ -511,8 +516,9 @@ def create_endpoint(cdir: ClusterDir, name: str, kind: str, members: list[str]) 
     nodes = node_specs(require_running(cdir))
     request = copb.CreateEndpointRequest(name=name, type=kind, members=members)
     e = _coordinator_call(nodes, lambda stub: stub.CreateEndpoint(request, timeout=10), "creating the endpoint")
-    return _custom_endpoint({"name": e.name, "address": e.address, "targets": list(e.targets), "type": e.type,
-                             "members": list(e.members)})
+    return with_pg_password(cdir, [_custom_endpoint({
+        "name": e.name, "address": e.address, "targets": list(e.targets), "type": e.type, "members": list(e.members),
+        "pg_address": e.pg_address})])[0]
 
 
 def delete_endpoint(cdir: ClusterDir, name: str) -> None:
@@ -521,6 +527,14 @@ def delete_endpoint(cdir: ClusterDir, name: str) -> None:
     nodes = node_specs(require_running(cdir))
     _coordinator_call(nodes, lambda stub: stub.DeleteEndpoint(copb.DeleteEndpointRequest(name=name), timeout=10),
                       "deleting the endpoint")
+
+
+def with_pg_password(cdir: ClusterDir, eps: list[Endpoint]) -> list[Endpoint]:
+    """The endpoints with DSNs that carry the cluster's PostgreSQL password (when it exists)."""
+    if not cdir.pg_password_file.exists():
+        return eps
+    password = cdir.pg_password()
+    return [dataclasses.replace(e, dsn=pg_dsn(e.host, e.pg_port, password)) if e.pg_port else e for e in eps]
 
 
 def with_live_roles(nodes: list[NodeSpec]) -> list[NodeSpec]:

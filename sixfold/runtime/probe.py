@@ -71,7 +71,8 @@ def probe_coordinator(address: str, timeout_s: float = 1.0) -> dict:
                 "instances": {i.name: {"role": i.role, "health": i.health, "promotion_tier": i.promotion_tier}
                               for i in cat.instances},
                 "endpoints": [{"name": e.name, "kind": e.kind, "address": e.address, "targets": list(e.targets),
-                               "type": e.type, "members": list(e.members)} for e in cat.endpoints],
+                               "type": e.type, "members": list(e.members), "pg_address": e.pg_address}
+                              for e in cat.endpoints],
                 "failover": {"id": cat.failover.id, "from": cat.failover.from_instance,
                              "to": cat.failover.to_instance, "state": cat.failover.state,
                              "reason": cat.failover.reason, "epoch": cat.failover.epoch}

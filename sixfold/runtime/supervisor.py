@@ -44,9 +44,9 @@ from sixfold.runtime import partition
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_RESTART, RUNNING, STARTING, STOPPED,
                                     STOPPING, ClusterDir, hold_lock, tail)
 from sixfold.runtime.probe import probe
-from sixfold.runtime.topology import (COMPUTE, COORDINATOR, READER, STORAGE, TIER_MAX, WRITER, ClusterSpec,
-                                      NodeSpec, custom_endpoint_port_base, raft_address, router_addresses,
-                                      storage_nodes_flag)
+from sixfold.runtime.topology import (COMPUTE, COORDINATOR, PG_USER, READER, STORAGE, TIER_MAX, WRITER,
+                                      ClusterSpec, NodeSpec, custom_endpoint_port_base, raft_address,
+                                      router_addresses, storage_nodes_flag)
 
 log = logging.getLogger("sixfold.supervisor")
 
@@ -130,7 +130,8 @@ class Supervisor:
                 "--raft", raft_address(node),
                 "--replicas", ",".join(f"{c.address}@{raft_address(c)}" for c in coordinators),
                 "--instances", instances, "--writer-endpoint", endpoints["writer"],
-                "--reader-endpoint", endpoints["reader"],
+                "--reader-endpoint", endpoints["reader"], "--writer-pg-endpoint", endpoints["writer-pg"],
+                "--reader-pg-endpoint", endpoints["reader-pg"],
                 "--custom-endpoint-port-base", str(custom_endpoint_port_base(specs)),
             ]
         cmd = [
@@ -139,6 +140,7 @@ class Supervisor:
             "--storage-nodes", storage_nodes_flag(specs), "--volume-id", self.spec.volume_id,
             "--pages-per-segment", str(self.spec.pages_per_segment),
             "--commit-timeout-s", str(self.tuning.get("commit_timeout_s", 10.0)),
+            "--pg-listen", node.pg_address, "--pg-user", PG_USER,
         ]
         if coordinators:
             # a restarted instance asks the catalog for its role (the writer may have moved)
@@ -148,12 +150,14 @@ class Supervisor:
             cmd += ["--writer-address", writer.address]  # reader: then the catalog says who the writer is)
         return cmd
 
-    def child_env(self) -> dict[str, str]:
+    def child_env(self, node: NodeSpec | None = None) -> dict[str, str]:
         # the nodes read their flags from SIXFOLD_* variables too: none of the user's may leak in,
         # except the chaos tests' fault-injection knobs (sixfold/unsafe.py)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIXFOLD_") or k.startswith("SIXFOLD_UNSAFE_")}
         env[CLUSTER_ENV] = str(self.cdir.root)
         env["PYTHONUNBUFFERED"] = "1"
+        if node is not None and node.kind == COMPUTE:
+            env["SIXFOLD_PG_PASSWORD"] = self.cdir.pg_password()   # a secret: not on the command line
         return env
 
     def spawn(self, m: Managed, why: str) -> None:
@@ -170,7 +174,7 @@ class Supervisor:
                       .encode())
             out.flush()
             m.proc = subprocess.Popen([*launcher, "--", *self.node_command(m.spec)], stdin=subprocess.DEVNULL,
-                                      stdout=out, stderr=out, env=self.child_env(), close_fds=True)
+                                      stdout=out, stderr=out, env=self.child_env(m.spec), close_fds=True)
         m.state = "starting" if why == "start" else "running"
         m.started_monotonic = time.monotonic()
         m.started_unix_s = time.time()

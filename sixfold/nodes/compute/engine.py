@@ -47,6 +47,7 @@ FENCED = "fenced"
 COMMIT_UNKNOWN = "commit_unknown"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL = "internal"
+CANCELED = "canceled"
 
 
 def map_error(exc: BaseException) -> SqlError:
@@ -62,6 +63,8 @@ def map_error(exc: BaseException) -> SqlError:
         return SqlError(STORAGE_UNAVAILABLE, str(exc))
     if isinstance(exc, apsw.ReadOnlyError):
         return SqlError(READ_ONLY, "read-only: this connection cannot write (send writes to the writer endpoint)")
+    if isinstance(exc, apsw.InterruptError):
+        return SqlError(CANCELED, "canceling statement due to user request")
     if isinstance(exc, apsw.ConstraintError):
         return SqlError(CONSTRAINT, str(exc))
     if isinstance(exc, (apsw.BusyError, apsw.LockedError)):
@@ -86,10 +89,13 @@ def _is_read(sql: str) -> bool:
     return bool(head) and head[0].lower() in READ_KEYWORDS
 
 
-def _run(conn: apsw.Connection, sql: str, params) -> Result:
+def _run(conn: apsw.Connection, sql: str, params, many: bool = False) -> Result:
     cursor = conn.cursor()
     changes_before = conn.total_changes()
-    cursor.execute(sql, params if params is not None else ())
+    if many:
+        cursor.executemany(sql, params)
+    else:
+        cursor.execute(sql, params if params is not None else ())
     columns: list[str] = []
     rows = []
     try:
@@ -104,10 +110,29 @@ def _run(conn: apsw.Connection, sql: str, params) -> Result:
     return result
 
 
+def describe_on(conn: apsw.Connection, sql: str, bindings_count: int) -> list[tuple[str, str | None]]:
+    """Prepares `sql` on `conn` and stops before its first step: the result columns, nothing run."""
+    described: list = []
+
+    def stop_before_running(cursor, _sql, _bindings):
+        described.append(cursor.getdescription())
+        return False
+
+    cursor = conn.cursor()
+    cursor.exec_trace = stop_before_running
+    try:
+        cursor.execute(sql, [None] * bindings_count)
+    except apsw.ExecTraceAbort:
+        pass
+    return list(described[0]) if described else []
+
+
 class Engine:
     def __init__(self, volume: VolumeState, writer: bool, snapshot_connections: int = 4,
-                 busy_timeout_s: float = 5.0, cache_size_pages: int = 2000) -> None:
+                 busy_timeout_s: float = 5.0, cache_size_pages: int = 2000,
+                 on_connect=lambda conn: None) -> None:
         self.volume = volume
+        self.on_connect = on_connect   # e.g. the PostgreSQL front end's SQL functions
         self.is_writer = writer
         self.busy_timeout_s = busy_timeout_s
         self.fenced: str | None = None
@@ -123,6 +148,7 @@ class Engine:
         for _ in range(snapshot_connections):
             conn = apsw.Connection(DB_NAME, vfs=self.vfs.vfs_name, flags=apsw.SQLITE_OPEN_READONLY)
             conn.execute("PRAGMA query_only=ON")
+            on_connect(conn)
             self._all.append(conn)
             self._pool.put(conn)
         self._stop = threading.Event()
@@ -139,6 +165,7 @@ class Engine:
         conn.execute("PRAGMA synchronous=OFF")           # rule 2: we commit on PHASETWO
         conn.execute("PRAGMA cache_spill=OFF")            # rule 3
         conn.execute(f"PRAGMA cache_size={self._cache_size_pages}")
+        self.on_connect(conn)
         self.writer_conn = conn
         self._all.append(conn)
 
@@ -201,10 +228,42 @@ class Session:
         self.engine = engine
         self._holding_writer = False
         self._snapshot: apsw.Connection | None = None   # bound during a read transaction
+        self.running_conn: apsw.Connection | None = None   # the connection a statement runs on (cancel)
 
     @property
     def in_transaction(self) -> bool:
         return self._holding_writer or self._snapshot is not None
+
+    def with_connection(self, fn):
+        """fn(conn) on the connection this session sees: its transaction's, else a snapshot.
+        For reads that are not statements of the client (schema lookups, describing)."""
+        conn = self.engine.writer_conn if self._holding_writer else self._snapshot
+        borrowed = conn is None
+        if borrowed:
+            conn = self.engine.acquire_snapshot()
+        try:
+            return fn(conn)
+        except SqlError:
+            raise
+        except Exception as exc:
+            raise map_error(exc) from exc
+        finally:
+            if borrowed:
+                self.engine.release_snapshot(conn)
+
+    def describe(self, sql: str, bindings_count: int) -> list[tuple[str, str | None]]:
+        """(name, declared type) of each result column, from preparing `sql` without running it."""
+        return self.with_connection(lambda conn: describe_on(conn, sql, bindings_count))
+
+    def execute_many(self, sql: str, rows: list) -> Result:
+        """One write statement for many parameter rows (COPY FROM)."""
+        try:
+            if not self._holding_writer:
+                self.engine.acquire_writer()
+                self._holding_writer = True
+            return self._on_writer(sql, rows, many=True)
+        except Exception as exc:
+            raise map_error(exc) from exc
 
     def execute(self, sql: str, params=None) -> Result:
         try:
@@ -227,9 +286,11 @@ class Session:
 
     def _on_snapshot(self, sql: str, params) -> Result:
         conn = self._snapshot or self.engine.acquire_snapshot()
+        self.running_conn = conn
         try:
             result = _run(conn, sql, params)
         except BaseException:
+            self.running_conn = None
             if self._snapshot is None and conn.getautocommit():
                 self.engine.release_snapshot(conn)
             elif not conn.getautocommit() and self._snapshot is None:
@@ -240,14 +301,16 @@ class Session:
             self.engine.release_snapshot(conn)
         else:
             self._snapshot = conn   # BEGIN on a reader: the snapshot stays with the session
+        self.running_conn = None
         return result
 
-    def _on_writer(self, sql: str, params) -> Result:
+    def _on_writer(self, sql: str, params, many: bool = False) -> Result:
         engine = self.engine
         conn, file = engine.writer_conn, engine.writer_file
         assert conn is not None and file is not None
+        self.running_conn = conn
         try:
-            result = _run(conn, sql, params)
+            result = _run(conn, sql, params, many)
         except StorageError as exc:
             # the publish failed (apsw re-raises what the VFS raised): SQLite believes the
             # transaction committed, the volume never got it; nothing was acknowledged
@@ -261,6 +324,8 @@ class Session:
                 file.discard()
                 self._release_writer()
             raise
+        finally:
+            self.running_conn = None
         commit_lsn = file.take_commit_lsn()
         if conn.getautocommit():
             file.discard()

@@ -79,6 +79,7 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         self.on_step_down = on_step_down        # a fenced writer asks its process to exit (restart as reader)
         self.promoting = False
         self._promotion: asyncio.Future | None = None   # the promotion in progress (or the last one)
+        self.engine_on_connect = lambda conn: None   # set by the node: SQL functions of its front ends
         self.sessions: dict[str, object] = {}
         self.executor = ThreadPoolExecutor(max_workers=SQL_THREADS, thread_name_prefix="sql")
         self.started = time.monotonic()
@@ -136,7 +137,8 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
             volume = await loop.run_in_executor(None, functools.partial(
                 WriterVolume.open, cfg.nodes, self.node_id, cfg.settings, cfg.cache_pages, loop=old_volume.loop))
             hub = start_writer_hub(volume, self.node_id)
-            engine = await loop.run_in_executor(None, Engine, volume, True)
+            engine = await loop.run_in_executor(None, functools.partial(
+                Engine, volume, True, on_connect=self.engine_on_connect))
         except Exception as exc:
             self.promoting = False
             log.error("promotion failed: %s; following %s again", exc, self.writer_address)

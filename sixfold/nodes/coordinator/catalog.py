@@ -28,6 +28,8 @@ def check_custom_endpoint(instances: dict, custom: dict, name: str, kind: str, m
     """Why this custom endpoint cannot be created ("" when it can)."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         return f"endpoint name {name!r}: use letters, digits, '-' and '_'"
+    if name.endswith("-pg"):
+        return f"endpoint name {name!r}: the -pg suffix is kept for the PostgreSQL twin of each endpoint"
     if name in RESERVED_ENDPOINT_NAMES or name in instances:
         return f"{name!r} is already the name of {'a cluster endpoint' if name in RESERVED_ENDPOINT_NAMES else 'an instance'}"
     if name in custom:

@@ -21,8 +21,8 @@ from pysyncobj import SyncObjException
 
 from sixfold.nodes.coordinator.catalog import CUSTOM_ENDPOINTS_MAX, Catalog
 from sixfold.nodes.coordinator.control import RAFT_WRITE_TIMEOUT_S, Controller, FailoverError
-from sixfold.nodes.coordinator.router import (Router, custom_addresses, custom_targets, reader_targets,
-                                              writer_target)
+from sixfold.nodes.coordinator.router import (PG_SUFFIX, Router, custom_addresses, custom_targets,
+                                              reader_targets, writer_target)
 from sixfold.rpc import coordinator_pb2 as pb
 from sixfold.rpc import coordinator_pb2_grpc
 
@@ -75,10 +75,12 @@ def endpoint_list(snap: dict, endpoints: dict[str, str], custom_port_base: int |
         readers = [by_address[a] for a in reader_targets(snap)] or ([snap["writer"]] if writer else [])
         out.append(pb.Endpoint(name="reader", kind="reader", address=endpoints["reader"], targets=readers))
     host = next(iter(endpoints.values())).rsplit(":", 1)[0] if endpoints else ""
-    for name, address in sorted(custom_addresses(snap, host, custom_port_base).items()):
-        custom = snap["custom"][name]
-        out.append(pb.Endpoint(name=name, kind="custom", address=address, type=custom["type"],
-                               members=custom["members"],
+    addresses = custom_addresses(snap, host, custom_port_base)
+    for name, custom in sorted(snap.get("custom", {}).items()):
+        if name not in addresses:
+            continue
+        out.append(pb.Endpoint(name=name, kind="custom", address=addresses[name], type=custom["type"],
+                               members=custom["members"], pg_address=addresses[name + PG_SUFFIX],
                                targets=[by_address[a] for a in custom_targets(snap, name)]))
     for name, inst in sorted(snap["instances"].items()):
         out.append(pb.Endpoint(name=name, kind="instance", address=inst["address"], targets=[name]))
@@ -186,11 +188,16 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 @click.option("--reader-endpoint", envvar="SIXFOLD_READER_ENDPOINT", default="",
               help="HOST:PORT of the reader endpoint.")
 @click.option("--custom-endpoint-port-base", envvar="SIXFOLD_CUSTOM_ENDPOINT_PORT_BASE",
-              type=click.IntRange(1, 65535 - CUSTOM_ENDPOINTS_MAX), default=None,
+              type=click.IntRange(1, 65535 - 2 * CUSTOM_ENDPOINTS_MAX), default=None,
               help=f"Custom endpoints listen on the endpoint host at this port and the next "
-                   f"{CUSTOM_ENDPOINTS_MAX - 1} (off when not given).")
+                   f"{CUSTOM_ENDPOINTS_MAX - 1}, their PostgreSQL twins (NAME-pg) on the {CUSTOM_ENDPOINTS_MAX} "
+                   f"after those (off when not given).")
+@click.option("--writer-pg-endpoint", envvar="SIXFOLD_WRITER_PG_ENDPOINT", default="",
+              help="HOST:PORT of the writer endpoint for the PostgreSQL protocol (to the instances' PostgreSQL ports).")
+@click.option("--reader-pg-endpoint", envvar="SIXFOLD_READER_PG_ENDPOINT", default="",
+              help="HOST:PORT of the reader endpoint for the PostgreSQL protocol.")
 def coordinator(listen, raft_address, replicas, instances, writer_endpoint, reader_endpoint,
-                custom_endpoint_port_base) -> None:
+                custom_endpoint_port_base, writer_pg_endpoint, reader_pg_endpoint) -> None:
     """Run one region coordinator replica: catalog, health checks, failover, endpoint router."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s.%(msecs)03d %(levelname)s coordinator {listen} %(name)s: %(message)s",
@@ -202,9 +209,10 @@ def coordinator(listen, raft_address, replicas, instances, writer_endpoint, read
     catalog = Catalog(raft_address, [r for _, r in pairs if r != raft_address])
     controller = Controller(catalog, seed, writer)
     endpoints = {k: v for k, v in (("writer", writer_endpoint), ("reader", reader_endpoint)) if v}
+    pg_endpoints = {k: v for k, v in (("writer-pg", writer_pg_endpoint), ("reader-pg", reader_pg_endpoint)) if v}
     service = CoordinatorService(catalog, controller, raft_address, {r: g for g, r in pairs}, endpoints,
                                  custom_endpoint_port_base)
-    router = Router(catalog.snapshot, endpoints, in_contact=lambda: bool(catalog.leader_address()),
+    router = Router(catalog.snapshot, {**endpoints, **pg_endpoints}, in_contact=lambda: bool(catalog.leader_address()),
                     custom_port_base=custom_endpoint_port_base)
     stop = threading.Event()
     failure: list[str] = []

@@ -15,7 +15,9 @@ epoch) and only costs a retry.
   `custom_port_base`) -> round-robin over their healthy members: of type "reader",
   only members that are readers now; of type "any", readers and the writer;
 - when the writer changes, proxied writer connections to the old one are closed
-  (a paused old writer would otherwise hold them open until the client times out).
+  (a paused old writer would otherwise hold them open until the client times out);
+- `writer-pg` / `reader-pg` / `NAME-pg` (a custom endpoint's twin): the same choice,
+  forwarded to the instance's PostgreSQL port (its gRPC port + PG_PORT_OFFSET).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import itertools
 import logging
 from typing import Callable
 
+from sixfold.nodes.coordinator.catalog import CUSTOM_ENDPOINTS_MAX
+
 log = logging.getLogger("sixfold.router")
 
 CONNECT_WAIT_S = 20.0
@@ -32,6 +36,16 @@ CONNECT_TIMEOUT_S = 2.0
 BUFFER_BYTES = 64 * 1024
 CONNECTIONS_MAX = 4096
 LEADERLESS_GRACE_S = 3.0
+PG_SUFFIX = "-pg"
+PG_PORT_OFFSET = 1000   # sixfold.runtime.topology.PG_PORT_OFFSET (the router stays free of the runtime)
+
+
+def protocol_address(endpoint: str, grpc_address: str | None) -> str | None:
+    """The address an endpoint forwards to: the instance's gRPC address, or its PostgreSQL one."""
+    if grpc_address is None or not endpoint.endswith(PG_SUFFIX):
+        return grpc_address
+    host, port = grpc_address.rsplit(":", 1)
+    return f"{host}:{int(port) + PG_PORT_OFFSET}"
 
 
 def writer_target(snap: dict) -> str | None:
@@ -68,9 +82,14 @@ def custom_targets(snap: dict, endpoint: str) -> list[str]:
 
 
 def custom_addresses(snap: dict, host: str, port_base: int | None) -> dict[str, str]:
+    """Each custom endpoint's address, and its PostgreSQL twin's (NAME-pg, CUSTOM_ENDPOINTS_MAX ports up)."""
     if port_base is None:
         return {}
-    return {name: f"{host}:{port_base + e['port_slot']}" for name, e in snap.get("custom", {}).items()}
+    out = {}
+    for name, e in snap.get("custom", {}).items():
+        out[name] = f"{host}:{port_base + e['port_slot']}"
+        out[name + PG_SUFFIX] = f"{host}:{port_base + CUSTOM_ENDPOINTS_MAX + e['port_slot']}"
+    return out
 
 
 class Router:
@@ -93,16 +112,19 @@ class Router:
 
     def target(self, endpoint: str, unreachable: frozenset[str] = frozenset()) -> str | None:
         snap = self.snapshot()
-        if endpoint not in ("writer", "reader"):
-            members = [t for t in custom_targets(snap, endpoint) if t not in unreachable]
+        base = endpoint.removesuffix(PG_SUFFIX)
+        if base not in ("writer", "reader"):
+            members = [a for a in (protocol_address(endpoint, t) for t in custom_targets(snap, base))
+                       if a not in unreachable]
             return members[next(self._rr) % len(members)] if members else None
-        if endpoint == "reader":
+        if base == "reader":
             # readers the catalog calls healthy but this connection could not reach (the
             # health checks lag a crash by a few probes) are skipped: then the writer
-            readers = [r for r in reader_targets(snap) if r not in unreachable]
+            readers = [a for a in (protocol_address(endpoint, r) for r in reader_targets(snap))
+                       if a not in unreachable]
             if readers:
                 return readers[next(self._rr) % len(readers)]
-        return writer_target(snap)
+        return protocol_address(endpoint, writer_target(snap))
 
     async def start(self) -> None:
         self._last_contact = asyncio.get_running_loop().time()
@@ -159,11 +181,13 @@ class Router:
             current = writer_target(snap)
             for conn in list(self._conns):
                 endpoint, target, down, up = conn
-                moved = endpoint == "writer" and current is not None and target != current
-                deleted = endpoint not in self.endpoints and endpoint not in snap.get("custom", {})
+                now_target = protocol_address(endpoint, current)
+                base = endpoint.removesuffix(PG_SUFFIX)
+                moved = base == "writer" and current is not None and target != now_target
+                deleted = endpoint not in self.endpoints and base not in snap.get("custom", {})
                 if moved or deleted:
                     log.info("closing a %s-endpoint connection to %s (%s)", endpoint, target,
-                             f"the writer is now {current}" if moved else "the endpoint was deleted")
+                             f"the writer is now {now_target}" if moved else "the endpoint was deleted")
                     self._conns.discard(conn)
                     down.close()
                     up.close()
