@@ -121,6 +121,8 @@ class Supervisor:
                 "--replicas", ",".join(f"{c.address}@{raft_address(c)}" for c in coordinators),
                 "--instances", instances, "--writer-endpoint", endpoints["writer"],
                 "--reader-endpoint", endpoints["reader"],
+                "--storage-nodes", storage_nodes_flag(specs),
+                "--storage-replace-after-s", str(self.tuning.get("storage_replace_after_s", 30.0)),
             ]
         cmd = [
             self.python, "-m", "sixfold.nodes.compute", "--node-id", node.name, "--role", node.role,

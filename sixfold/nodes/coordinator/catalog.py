@@ -37,6 +37,7 @@ class Catalog(SyncObj):
         self.epoch = 0
         self.failover: dict | None = None
         self.failovers = 0
+        self.storage: dict[str, dict] = {}   # storage node name -> health, down since, replaced (healing.py)
 
     # ------------------------------------------------------------ changes (through the leader)
 
@@ -93,11 +94,24 @@ class Catalog(SyncObj):
         if f and f["id"] == failover_id and f["state"] == "promoting":
             f.update(state="failed", reason=f"{f['reason']}; failed: {reason}", finished_unix_s=time.time())
 
+    @replicated
+    def seed_storage(self, nodes: list[dict]) -> bool:
+        if self.storage:
+            return False
+        self.storage = {n["name"]: dict(n) for n in nodes}
+        return True
+
+    @replicated
+    def set_storage(self, name: str, fields: dict) -> None:
+        if name in self.storage:
+            self.storage[name].update(fields)
+
     # ------------------------------------------------------------ reads (this replica's copy)
 
     def snapshot(self) -> dict:
         return {"instances": copy.deepcopy(self.instances), "writer": self.writer, "epoch": self.epoch,
-                "failover": copy.deepcopy(self.failover), "failovers": self.failovers}
+                "failover": copy.deepcopy(self.failover), "failovers": self.failovers,
+                "storage": copy.deepcopy(self.storage)}
 
     def leader_address(self) -> str:
         leader = self._getLeader()
