@@ -50,6 +50,7 @@ def test_replace_goes_through_a_transitional_membership_then_the_new_set():
         M0.begin_replace("F", "A")  # already a member
     with pytest.raises(ValueError):
         M0.finalise()
+    assert t.abort() == Membership(2, SIX)
 
 
 def test_a_transitional_write_needs_four_of_both_sets():
@@ -157,7 +158,7 @@ class PGModel:
         self.tracker.on_ack(node, self.scl(node))   # storage pushes SCL moves to the writer
 
     def step(self, choose) -> None:
-        action = choose(["issue", "deliver", "deliver", "gossip", "replace", "finalise", "lose"])
+        action = choose(["issue", "deliver", "deliver", "gossip", "replace", "finalise", "abort", "lose"])
         m = self.membership
         if action == "issue":
             self.in_flight += [(self.next_lsn, n) for n in self.tracker.members]
@@ -189,6 +190,11 @@ class PGModel:
                 self.tracker.scl_by_member = {k: v for k, v in self.tracker.scl_by_member.items()
                                               if k in final.members}
                 self.finalised += 1
+        elif action == "abort" and m.transitional and set(m.joining()) & self.lost:
+            back = m.abort()   # a joiner was lost: back to the current set
+            self.tracker.membership = back
+            self.tracker.members = back.all_members()
+            self.tracker.scl_by_member = {k: v for k, v in self.tracker.scl_by_member.items() if k in back.members}
         elif action == "lose":
             candidates = [n for n in m.all_members() if n not in self.lost]
             if len(self.lost) < 2:  # more would stop writes, not break anything

@@ -13,6 +13,10 @@ Replacing a storage node F by G in one PG, while writes go on:
 3. Record the final membership (the new set) with the next epoch on a write quorum of
    both sets, then switch the tracker to it: F gets nothing more.
 
+If the joining node is itself reported lost, the change is aborted instead: the next
+epoch goes back to the old set (safe: what both sets made durable is on the old one),
+and the next request starts a fresh change with another node.
+
 A writer that dies in between leaves the transitional membership on the nodes; the
 next writer's recovery finds it (highest epoch wins), works under both quorum sets,
 and finishes the change when the coordinator asks again.
@@ -77,9 +81,16 @@ class MembershipChanger:
         without_candidate = 0
         for segment, pg in sorted(client.tracker.pgs.items()):
             task = self.tasks.get(segment)
+            membership = self.membership(segment)
+            if membership.transitional and old in membership.joining():
+                if task is not None and not task.done():
+                    task.cancel()   # the joiner was lost: it can never catch up
+                self.tasks[segment] = asyncio.get_running_loop().create_task(
+                    self._guarded(segment, "abort", self._abort(segment, membership)),
+                    name=f"membership-abort-{segment}")
+                continue
             if task is not None and not task.done():
                 continue
-            membership = self.membership(segment)
             if membership.transitional:
                 self._start(segment, membership, None, None)
             elif old in membership.members:
@@ -123,41 +134,54 @@ class MembershipChanger:
         return pg.membership or Membership(0, pg.members)
 
     def _start(self, segment: int, membership: Membership, old: str | None, new: str | None) -> None:
-        task = asyncio.get_running_loop().create_task(self._change(segment, membership, old, new),
-                                                      name=f"membership-{segment}")
+        task = asyncio.get_running_loop().create_task(
+            self._guarded(segment, "change", self._change(segment, membership, old, new)),
+            name=f"membership-{segment}")
         self.tasks[segment] = task
 
     async def _change(self, segment: int, membership: Membership, old: str | None, new: str | None) -> None:
-        client = self.client
+        started = time.monotonic()
+        if not membership.transitional:
+            transitional = membership.begin_replace(old, new)
+            log.warning("segment %d: replacing %s by %s (membership %d -> %d)", segment, old, new,
+                        membership.epoch, transitional.epoch)
+            await self._switch(segment, membership, transitional)
+            membership = transitional
+        catch_up_lsn = self.catch_up_lsn.setdefault(segment, self.client.tracker.segment_tail(segment))
+        await self._wait_caught_up(segment, membership, catch_up_lsn)
+        final = membership.finalise()
+        await self._switch(segment, membership, final)
+        self.changes_done += 1
+        log.warning("segment %d: membership %d is %s; %s left (%.1f s)", segment, final.epoch,
+                    list(final.members), list(membership.leaving()), time.monotonic() - started)
+
+    async def _abort(self, segment: int, membership: Membership) -> None:
+        back = membership.abort()
+        log.warning("segment %d: %s was lost while joining: back to membership %d %s", segment,
+                    list(membership.joining()), back.epoch, list(back.members))
+        await self._switch(segment, membership, back)
+
+    async def _switch(self, segment: int, old: Membership, new: Membership) -> None:
+        """Records `new` durably, then puts it in effect in the tracker."""
+        await self._record(segment, old, new)
+        with self.client._cond:
+            self.client.tracker.set_membership(segment, new)
+            if new.transitional:
+                # records issued from now on go to the new member too and need both quorums;
+                # what was issued before is at or below this tail and must reach the new set
+                self.catch_up_lsn[segment] = self.client.tracker.segment_tail(segment)
+            else:
+                self.catch_up_lsn.pop(segment, None)
+
+    async def _guarded(self, segment: int, what: str, change) -> None:
         try:
-            started = time.monotonic()
-            if not membership.transitional:
-                transitional = membership.begin_replace(old, new)
-                log.warning("segment %d: replacing %s by %s (membership %d -> %d)", segment, old, new,
-                            membership.epoch, transitional.epoch)
-                await self._record(segment, membership, transitional)
-                with client._cond:
-                    # records issued from now on go to the new member too and need both quorums;
-                    # what was issued before is at or below this tail and must reach the new set
-                    client.tracker.set_membership(segment, transitional)
-                    self.catch_up_lsn[segment] = client.tracker.segment_tail(segment)
-                membership = transitional
-            catch_up_lsn = self.catch_up_lsn.setdefault(segment, client.tracker.segment_tail(segment))
-            await self._wait_caught_up(segment, membership, catch_up_lsn)
-            final = membership.finalise()
-            await self._record(segment, membership, final)
-            with client._cond:
-                client.tracker.set_membership(segment, final)
-            self.catch_up_lsn.pop(segment, None)
-            self.changes_done += 1
-            log.warning("segment %d: membership %d is %s; %s left (%.1f s)", segment, final.epoch,
-                        list(final.members), list(membership.leaving()), time.monotonic() - started)
+            await change
         except MembershipFenced as exc:
-            log.error("segment %d: membership change stopped: %s", segment, exc)
+            log.error("segment %d: membership %s stopped: %s", segment, what, exc)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("segment %d: membership change failed (the coordinator asks again)", segment)
+            log.exception("segment %d: membership %s failed (the coordinator asks again)", segment, what)
 
     async def _record(self, segment: int, old: Membership, new: Membership) -> None:
         """ChangeMembership on every node of both memberships until a write quorum of every

@@ -81,6 +81,13 @@ class Membership:
             raise ValueError(f"{new} already is a member")
         return Membership(self.epoch + 1, self.members, tuple(new if m == old else m for m in self.members))
 
+    def abort(self) -> "Membership":
+        """Epoch + 1: back to the current set (when a joining member was lost). Always safe:
+        what both sets made durable is on a write quorum of the current set."""
+        if not self.transitional:
+            raise ValueError(f"membership {self.epoch} is not changing")
+        return Membership(self.epoch + 1, self.members)
+
     def finalise(self) -> "Membership":
         """Epoch + 1: the new set alone."""
         if not self.transitional:
