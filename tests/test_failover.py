@@ -13,7 +13,6 @@ acknowledged write is checked.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
@@ -26,77 +25,11 @@ from sixfold.nodes.coordinator.router import custom_addresses, custom_targets, r
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import coordinator_pb2 as copb
 from tests.compute_cluster import ComputeCluster
-from tests.coordinator_cluster import CoordinatorGroup
+from tests.coordinator_cluster import CoordinatorGroup, Workload, check_acked
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 FAILOVER_S_MAX = 15.0
-
-
-class Workload:
-    """Inserts unique ids through the writer endpoint; reconnects on any error; records acks."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self.acked: list[int] = []
-        self.ack_times: list[float] = []
-        self.errors = 0
-        self.next_id = 1
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        conn = None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = sixfold.connect(self.endpoint, autocommit=True, timeout_s=10)
-                row_id = self.next_id
-                self.next_id += 1
-                conn.execute("INSERT INTO acked (id, at) VALUES (?, ?)", (row_id, time.time()))
-                self.acked.append(row_id)
-                self.ack_times.append(time.monotonic())
-            except sixfold.dbapi.Error:
-                self.errors += 1
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:
-                        pass
-                conn = None
-                time.sleep(0.05)
-
-    def start(self) -> "Workload":
-        self.thread.start()
-        return self
-
-    def first_ack_after(self, t: float, timeout_s: float) -> float:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            later = [a for a in list(self.ack_times) if a > t]
-            if later:
-                return later[0] - t
-            time.sleep(0.05)
-        raise AssertionError(f"no write committed within {timeout_s}s (errors so far: {self.errors})")
-
-    def wait_acks(self, n: int, timeout_s: float = 20.0) -> None:
-        target = len(self.acked) + n
-        deadline = time.monotonic() + timeout_s
-        while len(self.acked) < target:
-            assert time.monotonic() < deadline, f"only {len(self.acked)} acks, wanted {target}"
-            time.sleep(0.05)
-
-    def finish(self) -> list[int]:
-        self.stop.set()
-        self.thread.join(20)
-        return list(self.acked)
-
-
-def check_acked(endpoint: str, acked: list[int]) -> None:
-    with sixfold.connect(endpoint, autocommit=True) as conn:
-        present = {row[0] for row in conn.execute("SELECT id FROM acked").fetchall()}
-    missing = sorted(set(acked) - present)
-    assert not missing, f"{len(missing)} acknowledged writes lost: {missing[:20]}"
 
 
 def node_by_name(compute: ComputeCluster, name: str):

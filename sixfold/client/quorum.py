@@ -23,6 +23,7 @@ import grpc
 from sixfold import unsafe
 from sixfold.client.channels import ChannelPool
 from sixfold.client.convert import truncations_to_pb
+from sixfold.client.membership import MembershipChanger
 from sixfold.client.errors import CommitTimeoutError, FencedError, ReadUnavailableError, StorageError
 from sixfold.client.recovery import RecoveredVolume, recover_volume
 from sixfold.rpc import storage_pb2 as pb
@@ -249,6 +250,7 @@ class QuorumClient:
         self.read_floor_provider = None   # callable -> the compute node's oldest pinned read LSN
         self._vdl_listeners: list = []
         self.records_sent = 0
+        self.membership = MembershipChanger(self)   # replaces storage nodes when the coordinator asks
 
     # --- life cycle ---------------------------------------------------------------
     async def open_writer(self) -> RecoveredVolume:
@@ -261,8 +263,9 @@ class QuorumClient:
         self.epoch = recovered.epoch
         self.history = recovered.history
         self.tracker = VolumeTracker(recovered.vdl, recovered.segment_tails, self.settings.lal_records)
-        for segment, members in recovered.segment_members.items():
-            self.tracker.add_pg(segment, members)
+        for segment, membership in recovered.segment_memberships.items():
+            self.tracker.add_pg(segment, membership.members)
+            self.tracker.set_membership(segment, membership)  # the placement was only the start
         for node in self.nodes:
             stream = self._streams[node.address] = _MemberStream(self, node)
             stream.start()
@@ -274,6 +277,7 @@ class QuorumClient:
         self.closed = True
         with self._cond:
             self._cond.notify_all()
+        await self.membership.close()
         for stream in self._streams.values():
             await stream.stop()
         self._fail_waiters(StorageError("the quorum client was closed"))
@@ -287,7 +291,8 @@ class QuorumClient:
     def _segment_members(self, segment: int) -> tuple[str, ...]:
         with self._cond:   # re-entrant use from issue_from_thread is fine: Condition wraps an RLock
             if not self.tracker.has_pg(segment):
-                self.tracker.add_pg(segment, tuple(n.address for n in place_segment(segment, self.nodes)))
+                placed = tuple(n.address for n in place_segment(segment, self.nodes))
+                self.tracker.add_pg(segment, self.membership.initial_members(placed))
             return self.tracker.pg(segment).members
 
     async def commit(self, writes: list[PageWrite]) -> int:

@@ -184,3 +184,23 @@ class FollowResponse(_message.Message):
     outcome: str
     detail: str
     def __init__(self, outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ReplaceStorageNodeRequest(_message.Message):
+    __slots__ = ("old_address", "healthy_addresses")
+    OLD_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    old_address: str
+    healthy_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, old_address: _Optional[str] = ..., healthy_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReplaceStorageNodeResponse(_message.Message):
+    __slots__ = ("pgs_holding", "pgs_changing", "pgs_without_candidate", "detail")
+    PGS_HOLDING_FIELD_NUMBER: _ClassVar[int]
+    PGS_CHANGING_FIELD_NUMBER: _ClassVar[int]
+    PGS_WITHOUT_CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    pgs_holding: int
+    pgs_changing: int
+    pgs_without_candidate: int
+    detail: str
+    def __init__(self, pgs_holding: _Optional[int] = ..., pgs_changing: _Optional[int] = ..., pgs_without_candidate: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...

@@ -442,12 +442,18 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
             continue
         if kind == COORDINATOR:
             role = "leader" if result["is_leader"] else ("follower" if result["leader"] else "no-leader")
+            healing = ", ".join(f"{name} {s['health']}" for name, s in sorted(result.get("storage", {}).items())
+                                if s["health"] not in ("ok", "unknown"))
             row.update(health="ok", role=role, epoch=result["epoch"],
-                       detail=f"catalog: writer {result['writer'] or '?'}, {result['failovers']} failover(s)")
+                       detail=f"catalog: writer {result['writer'] or '?'}, {result['failovers']} failover(s)"
+                              + (f"; storage: {healing}" if healing else ""))
         elif kind == STORAGE:
+            pgs = result.get("pgs") or {}
             row.update(health="ok" if result.get("serving") else "not-serving", epoch=result.get("epoch"),
                        scl=result.get("scl"), segments=result.get("segments"), scl_min=result.get("scl_min"),
-                       uptime_s=result.get("uptime_s"))
+                       uptime_s=result.get("uptime_s"), pgs=pgs,
+                       detail=", ".join(f"{n} PG(s) {role}" if role != "member" else f"member of {n} PG(s)"
+                                        for role, n in pgs.items() if n))
         else:
             row["role"] = result["role"] or row["role"]   # the live role: failovers move the writer
             row.update(health=result["health"], epoch=result["epoch"], vdl=result["vdl"],

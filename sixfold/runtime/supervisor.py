@@ -133,6 +133,8 @@ class Supervisor:
                 "--reader-endpoint", endpoints["reader"], "--writer-pg-endpoint", endpoints["writer-pg"],
                 "--reader-pg-endpoint", endpoints["reader-pg"],
                 "--custom-endpoint-port-base", str(custom_endpoint_port_base(specs)),
+                "--storage-nodes", storage_nodes_flag(specs),
+                "--storage-replace-after-s", str(self.tuning.get("storage_replace_after_s", 30.0)),
             ]
         cmd = [
             self.python, "-m", "sixfold.nodes.compute", "--node-id", node.name, "--role", node.role,

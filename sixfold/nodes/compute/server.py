@@ -21,6 +21,7 @@ from sixfold.nodes.compute.engine import Engine, SqlError, INTERNAL
 from sixfold.nodes.compute.redo import RedoHub
 from sixfold.nodes.compute.values import from_pb, to_pb
 from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume
+from sixfold.client.membership import MembershipFenced
 from sixfold.client.quorum import ClientSettings
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import compute_pb2_grpc
@@ -182,6 +183,18 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
             return cpb.FollowResponse(outcome="stepping-down", detail=self.engine.fenced)
         return cpb.FollowResponse(outcome="refused",
                                   detail=f"this writer's epoch {own_epoch} is not older than {request.epoch}")
+
+    async def ReplaceStorageNode(self, request, context):
+        """Coordinator -> writer: replace a lost storage node in every PG that holds it."""
+        if self.role != "writer" or self.fenced_reason():
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"only the writer changes PG membership; this node is a {self.role}")
+        try:
+            progress = self.engine.volume.client.membership.replace_node(
+                request.old_address, set(request.healthy_addresses))
+        except MembershipFenced as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return cpb.ReplaceStorageNodeResponse(**progress)
 
     async def _in_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

@@ -63,6 +63,7 @@ class Catalog(SyncObj):
         self.failover: dict | None = None
         self.failovers = 0
         self.custom: dict[str, dict] = {}   # custom endpoints: name -> {type, members, port_slot}
+        self.storage: dict[str, dict] = {}   # storage node name -> health, down since, replaced (healing.py)
 
     # ------------------------------------------------------------ changes (through the leader)
 
@@ -159,12 +160,25 @@ class Catalog(SyncObj):
                 custom["members"].remove(name)
         return ""
 
+    @replicated
+    def seed_storage(self, nodes: list[dict]) -> bool:
+        if self.storage:
+            return False
+        self.storage = {n["name"]: dict(n) for n in nodes}
+        return True
+
+    @replicated
+    def set_storage(self, name: str, fields: dict) -> None:
+        if name in self.storage:
+            self.storage[name].update(fields)
+
     # ------------------------------------------------------------ reads (this replica's copy)
 
     def snapshot(self) -> dict:
         return {"instances": copy.deepcopy(self.instances), "writer": self.writer, "epoch": self.epoch,
                 "failover": copy.deepcopy(self.failover), "failovers": self.failovers,
-                "custom": copy.deepcopy(self.custom)}
+                "custom": copy.deepcopy(self.custom),
+                "storage": copy.deepcopy(self.storage)}
 
     def leader_address(self) -> str:
         leader = self._getLeader()

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 import click
 import grpc
@@ -23,6 +24,7 @@ from sixfold.nodes.coordinator.catalog import CUSTOM_ENDPOINTS_MAX, Catalog
 from sixfold.nodes.coordinator.control import RAFT_WRITE_TIMEOUT_S, Controller, FailoverError
 from sixfold.nodes.coordinator.router import (PG_SUFFIX, Router, custom_addresses, custom_targets,
                                               reader_targets, writer_target)
+from sixfold.nodes.coordinator.healing import REPLACE_AFTER_S_DEFAULT, StorageHealer, parse_storage_nodes
 from sixfold.rpc import coordinator_pb2 as pb
 from sixfold.rpc import coordinator_pb2_grpc
 
@@ -156,7 +158,11 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                                    address=i["address"], health=i["health"], vdl=i.get("vdl", 0))
                        for n, i in sorted(snap["instances"].items())],
             endpoints=self._endpoints(snap),
-            failover=pb.FailoverRecord(**f) if f else None, failovers=snap["failovers"])
+            failover=pb.FailoverRecord(**f) if f else None, failovers=snap["failovers"],
+            storage=[pb.StorageNode(name=n, az=str(s["az"]), address=s["address"], health=s["health"],
+                                    down_s=max(0.0, time.time() - s["down_since_unix"]) if s.get("down_since_unix")
+                                    else 0.0, detail=s.get("detail", ""))
+                     for n, s in sorted(snap["storage"].items())])
 
     async def Failover(self, request, context):
         if not self.catalog.is_leader():
@@ -196,13 +202,24 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
               help="HOST:PORT of the writer endpoint for the PostgreSQL protocol (to the instances' PostgreSQL ports).")
 @click.option("--reader-pg-endpoint", envvar="SIXFOLD_READER_PG_ENDPOINT", default="",
               help="HOST:PORT of the reader endpoint for the PostgreSQL protocol.")
+@click.option("--storage-nodes", envvar="SIXFOLD_STORAGE_NODES", default="",
+              help="The volume's storage nodes, ID@AZ=HOST:PORT, comma-separated: the leader health-checks "
+                   "them and has a lost one replaced in every PG (none: no storage self-healing).")
+@click.option("--storage-replace-after-s", envvar="SIXFOLD_STORAGE_REPLACE_AFTER_S", type=click.FloatRange(0.5),
+              default=REPLACE_AFTER_S_DEFAULT, show_default=True,
+              help="How long a storage node may stay unreachable before its PGs get a replacement member.")
 def coordinator(listen, raft_address, replicas, instances, writer_endpoint, reader_endpoint,
-                custom_endpoint_port_base, writer_pg_endpoint, reader_pg_endpoint) -> None:
+                custom_endpoint_port_base, writer_pg_endpoint, reader_pg_endpoint, storage_nodes,
+                storage_replace_after_s) -> None:
     """Run one region coordinator replica: catalog, health checks, failover, endpoint router."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s.%(msecs)03d %(levelname)s coordinator {listen} %(name)s: %(message)s",
                         datefmt="%Y-%m-%dT%H:%M:%S")
     seed, writer = parse_instances(instances)
+    try:
+        storage = parse_storage_nodes(storage_nodes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--storage-nodes") from None
     pairs = parse_replicas(replicas)
     if raft_address not in [r for _, r in pairs]:
         raise click.BadParameter("--replicas must include this replica's --raft address", param_hint="--replicas")
@@ -243,6 +260,7 @@ def coordinator(listen, raft_address, replicas, instances, writer_endpoint, read
         catalog.destroy()
         raise click.ClickException(failure[0])
     controller.start()
+    StorageHealer(catalog, storage, storage_replace_after_s, controller.pool).start(controller.stop)
     log.info("coordinator serving on %s (raft %s; endpoints %s)", listen, raft_address, endpoints or "none")
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

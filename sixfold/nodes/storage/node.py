@@ -45,7 +45,8 @@ from sixfold.nodes.storage.replica import (
     split_records,
 )
 from sixfold.volume.epochs import Truncation, record_is_current
-from sixfold.volume.records import RecordError, RecordKind, apply_record
+from sixfold.volume.membership import Membership
+from sixfold.volume.records import PAGE_SIZE_BYTES, RecordError, RecordKind, apply_record
 
 log = logging.getLogger("sixfold.storage.node")
 
@@ -140,6 +141,8 @@ class StorageNode:
         self._reader_pool = ThreadPoolExecutor(2, thread_name_prefix="store-reader")
         self._background: asyncio.Task | None = None
         self._closing = asyncio.Event()
+        # held by materialise/GC rounds and by installing a snapshot: each writes the segment row
+        self._store_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -547,10 +550,11 @@ class StorageNode:
             except TimeoutError:
                 pass
             try:
-                await self._materialise_once()
-                if loop.time() >= next_gc_s:
-                    next_gc_s = loop.time() + self.config.gc_interval_ms / 1000
-                    await self._gc_once()
+                async with self._store_lock:
+                    await self._materialise_once()
+                    if loop.time() >= next_gc_s:
+                        next_gc_s = loop.time() + self.config.gc_interval_ms / 1000
+                        await self._gc_once()
             except Exception:
                 # the log still holds everything; keep serving and retry later
                 log.exception("materialise/GC round failed")
@@ -626,6 +630,68 @@ class StorageNode:
             replica.on_records_gc(floor)
             log.debug("GC %s/%d: horizon %d floor %d: %d version(s), %d record(s) dropped",
                       replica.volume_id, replica.segment, horizon, floor, versions, records)
+
+    # ----------------------------------------------------------- membership
+
+    async def change_membership(self, volume_id: str, segment: int, epoch: int, owner: str,
+                                history: tuple[Truncation, ...], proposed: Membership
+                                ) -> tuple[Rejection | None, SegmentReplica | None]:
+        problem = bad_volume_id(volume_id) or bad_segment(segment)
+        if problem is not None:
+            return Rejection(Code.INVALID, problem), None
+        await self.log.wait_for_room()
+        replica = self.replicas.get((volume_id, segment)) or SegmentReplica(volume_id, segment)
+        result = replica.change_membership(epoch, owner, history, proposed)
+        if isinstance(result, Rejection):
+            return result, replica if replica.key in self.replicas else None
+        if replica.key not in self.replicas:
+            self.replicas[replica.key] = replica
+            log.info("created replica %s/%d by a membership change (joining)", volume_id, segment)
+        log.info("segment %s/%d: membership %d: %s%s", volume_id, segment, proposed.epoch, list(proposed.members),
+                 f" -> {list(proposed.next_members)}" if proposed.transitional else "")
+        await self._persist([(replica, result, None)], None)
+        return None, replica
+
+    async def fetch_pages(self, volume_id: str, segment: int, at_lsn: int, from_page: int,
+                          max_bytes: int) -> tuple[Code, str, int, list[tuple[int, int, int, bytes]], bool]:
+        """(code, detail, at_lsn, pages, has_more): the newest version <= at_lsn of each page,
+        at_lsn 0 meaning this replica's materialised point (never truncated)."""
+        replica = self.replicas.get((volume_id, segment))
+        if replica is None:
+            return Code.UNKNOWN_SEGMENT, f"no replica of {volume_id}/{segment}", 0, [], False
+        at_lsn = at_lsn or replica.materialised_lsn
+        if at_lsn > replica.materialised_lsn:
+            return Code.NOT_AVAILABLE, f"materialised only up to {replica.materialised_lsn}", at_lsn, [], False
+        max_pages = max(1, min(max_bytes or 4 << 20, self.config.fetch_max_bytes_cap) // PAGE_SIZE_BYTES)
+        for _ in range(2):
+            if at_lsn < replica.oldest_version_lsn:
+                break
+            rows = await self._in_reader(self.store.read_pages_at, volume_id, segment, at_lsn, from_page,
+                                         max_pages + 1)
+            if at_lsn >= replica.oldest_version_lsn:  # GC may have raised it while we read
+                return Code.OK, "", at_lsn, rows[:max_pages], len(rows) > max_pages
+        return Code.TOO_OLD, f"versions below {replica.oldest_version_lsn} were collected", at_lsn, [], False
+
+    async def install_snapshot(self, replica: SegmentReplica, at_lsn: int,
+                               pages: list[tuple[int, int, int, bytes]]) -> bool:
+        """Seeds a replica that joined late (its peers collected the records it lacks) with a
+        peer's page images as of at_lsn, a point that peer materialised; gossip then fetches
+        the records above it. False when there is nothing to do (the replica is past it)."""
+        async with self._store_lock:
+            if at_lsn <= replica.materialised_lsn or self.replicas.get(replica.key) is not replica:
+                return False
+            row = SegmentRow(replica.volume_id, replica.segment, replica.meta, replica.vdl_hint,
+                             replica.min_read_lsn, at_lsn, at_lsn + 1, max(at_lsn, replica.oldest_version_lsn))
+            await self._in_writer(self.store.install_snapshot, row, pages)
+            replica.install_snapshot(at_lsn, row.oldest_version_lsn)
+            self._stored_history[replica.key] = row.meta.history
+            self._dirty.add(replica.key)
+        log.info("segment %s/%d: seeded with %d page image(s) as of LSN %d from a peer; SCL %d",
+                 replica.volume_id, replica.segment, len(pages), at_lsn, replica.chain.scl)
+        # a meta frame after everything accepted so far: once durable, durable_scl covers the chain
+        changes = Changes(meta=replica.meta, scl_after=replica.chain.scl)
+        await self._persist([(replica, changes, None)], None)
+        return True
 
     # -------------------------------------------------------------- helpers
 

@@ -295,7 +295,41 @@ class PageStore:
             raise
         return versions, records
 
+    def install_snapshot(self, row: SegmentRow, pages: list[tuple[int, int, int, bytes]]) -> None:
+        """Seeds a joining replica: its page versions become `pages` (page, lsn, epoch, image)
+        as of row.materialised_lsn; records at or below it go (the images hold them)."""
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM versions WHERE volume = ? AND segment = ?", (row.volume_id, row.segment))
+            db.execute("DELETE FROM records WHERE volume = ? AND segment = ? AND lsn <= ?",
+                       (row.volume_id, row.segment, row.materialised_lsn))
+            db.executemany(
+                "INSERT INTO versions (volume, segment, page, lsn, epoch, image) VALUES (?, ?, ?, ?, ?, ?)",
+                [(row.volume_id, row.segment, page, lsn, epoch, image) for page, lsn, epoch, image in pages],
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO segments (volume, segment, meta, vdl_hint, min_read_lsn, materialised_lsn,"
+                " records_gc_lsn, oldest_version_lsn) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (row.volume_id, row.segment, json.dumps(meta_to_json(row.meta, row.vdl_hint, row.min_read_lsn)),
+                 row.vdl_hint, row.min_read_lsn, row.materialised_lsn, row.records_gc_lsn, row.oldest_version_lsn),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
     # ---------------------------------------------------------------- reads
+
+    def read_pages_at(self, volume_id: str, segment: int, at_lsn: int, from_page: int,
+                      max_pages: int) -> list[tuple[int, int, int, bytes]]:
+        """(page, lsn, epoch, image) of the newest version <= at_lsn of each page >= from_page."""
+        return self._reader().execute(
+            "SELECT page, lsn, epoch, image FROM versions AS v WHERE volume = ?1 AND segment = ?2 AND page >= ?3"
+            " AND lsn = (SELECT MAX(w.lsn) FROM versions AS w WHERE w.volume = ?1 AND w.segment = ?2"
+            " AND w.page = v.page AND w.lsn <= ?4) ORDER BY page LIMIT ?5",
+            (volume_id, segment, from_page, min(at_lsn, LSN_MAX), max_pages),
+        ).fetchall()
 
     def read_version(self, volume_id: str, segment: int, page: int, max_lsn: int) -> tuple[int, bytes] | None:
         """The newest version of a page with lsn <= max_lsn."""

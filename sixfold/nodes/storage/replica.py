@@ -50,6 +50,7 @@ from sixfold.volume.records import (
     decode_one,
     encode_record,
 )
+from sixfold.volume.membership import COPIES, Membership, check_change
 from sixfold.volume.recovery import same_record
 
 MEMBERS_MAX = 16
@@ -83,6 +84,14 @@ class Meta:
     owner: str = ""
     history: tuple[Truncation, ...] = ()
     members: tuple[str, ...] = ()
+    # the PG membership (sixfold/volume/membership.py): epoch 0 is the set the replica was
+    # created with; only a ChangeMembership (or a peer/log with a higher epoch) changes it
+    membership_epoch: int = 0
+    next_members: tuple[str, ...] = ()
+
+    def all_members(self) -> tuple[str, ...]:
+        """Every member that gets writes: the current set and, while it changes, the joining ones."""
+        return self.members + tuple(m for m in self.next_members if m not in self.members)
 
 
 @dataclass(slots=True)
@@ -309,7 +318,8 @@ class SegmentReplica:
                     duplicates += 1
                 continue
             fresh.append((record, encoded))
-        meta = Meta(epoch, writer_id, merged, tuple(members) or self.meta.members)
+        m = self.meta  # a request's member list only creates the replica: membership changes have epochs
+        meta = Meta(epoch, writer_id, merged, m.members or tuple(members), m.membership_epoch, m.next_members)
         return AppendPlan(None if meta == self.meta else meta, fresh, duplicates, upgrades, stale)
 
     def apply_append(self, plan: AppendPlan) -> Changes:
@@ -346,7 +356,9 @@ class SegmentReplica:
         changes = Changes()
         # persisted even when unchanged: a retry must not be answered before the
         # first attempt's frame is durable
-        self._set_meta(Meta(new_epoch, owner, merged, tuple(members) or self.meta.members), changes)
+        m = self.meta
+        self._set_meta(Meta(new_epoch, owner, merged, m.members or tuple(members), m.membership_epoch,
+                            m.next_members), changes)
         changes.scl_after = self.chain.scl
         return changes
 
@@ -364,9 +376,55 @@ class SegmentReplica:
         if isinstance(merged, Rejection):
             return merged
         changes = Changes()
-        self._set_meta(Meta(self.meta.epoch, self.meta.owner, merged, self.meta.members), changes)
+        self._set_meta(replace(self.meta, history=merged), changes)
         changes.scl_after = self.chain.scl
         return changes
+
+    def change_membership(self, epoch: int, owner: str, history: tuple[Truncation, ...],
+                          proposed: Membership) -> Changes | Rejection:
+        """The writer (owner of the current volume epoch, or of a newer one) records a new
+        PG membership. Persisted even when unchanged: a retry must not be answered before
+        the first attempt's frame is durable."""
+        if epoch <= 0 or not owner or len(owner) > NAME_MAX_CHARS:
+            return Rejection(Code.INVALID, "volume_epoch must be positive and owner 1..256 characters")
+        if epoch < self.meta.epoch:
+            return Rejection(Code.STALE_EPOCH, f"request epoch {epoch} < segment epoch {self.meta.epoch}")
+        if epoch == self.meta.epoch and owner != self.meta.owner:
+            return Rejection(Code.NOT_EPOCH_OWNER, f"epoch {epoch} is owned by {self.meta.owner!r}")
+        merged = self._merge(history, epoch)
+        if isinstance(merged, Rejection):
+            return merged
+        if (problem := check_members(proposed.all_members())) is not None:
+            return Rejection(Code.INVALID, problem)
+        current = None
+        if len(self.meta.members) == len(set(self.meta.members)) == COPIES:
+            current = Membership(self.meta.membership_epoch, self.meta.members, self.meta.next_members)
+        if (problem := check_change(current, proposed)) is not None:
+            return Rejection(Code.INVALID, problem)
+        changes = Changes()
+        self._set_meta(Meta(epoch, owner, merged, proposed.members, proposed.epoch, proposed.next_members), changes)
+        changes.scl_after = self.chain.scl
+        return changes
+
+    def install_snapshot(self, base_lsn: int, oldest_version_lsn: int) -> None:
+        """The page store now holds a peer's page images as of base_lsn, a point that peer
+        had materialised (so nothing at or below it can ever be truncated): that is this
+        replica's new base. Held records at or below it are in the images; records at or
+        below it that arrive later are taken as duplicates (as if collected)."""
+        assert base_lsn > self.materialised_lsn, (base_lsn, self.materialised_lsn)
+        for lsn in [lsn for lsn in self.held if lsn <= base_lsn]:
+            self.restamp.pop(lsn, None)
+            self._unindex_page(self.held.pop(lsn).record)
+        self.chain = SegmentChain(base_lsn)
+        for lsn in sorted(self.held):
+            self.chain.add(lsn, self.held[lsn].record.prev_lsn)
+        self.unstored = [lsn for lsn in self.unstored if lsn > base_lsn]
+        self._mat_lsns, self._mat_crcs, self._mat_epochs = array("Q"), array("I"), array("Q")
+        self.records_gc_lsn = base_lsn + 1
+        self.oldest_version_lsn = max(oldest_version_lsn, self.oldest_version_lsn)
+        # only what is in the store is known durable; the log's next callback raises it
+        self.durable_scl = base_lsn
+        self.scl_cap = None
 
     def on_durable(self, scl_after: int, drop_seq: int) -> bool:
         """A logged change is durable: it left the SCL at scl_after, after `drop_seq` drops.
@@ -377,6 +435,7 @@ class SegmentReplica:
                 self.scl_cap = None  # the latest drop is durable with this change
             else:
                 scl = min(scl, self.scl_cap)
+        scl = max(scl, self.materialised_lsn)  # in the store: durable (a snapshot may have moved the base)
         moved = scl != self.durable_scl
         self.durable_scl = scl
         return moved
@@ -396,16 +455,18 @@ class SegmentReplica:
         Epochs are only ever created by a writer or a recoverer, so a higher one
         seen anywhere is legitimate and fences the older owner here too."""
         changes = Changes()
-        epoch, owner, members = self.meta.epoch, self.meta.owner, self.meta.members
+        epoch, owner = self.meta.epoch, self.meta.owner
         if meta.epoch > epoch or (from_log and meta.epoch == epoch):
             epoch, owner = meta.epoch, meta.owner
-            members = meta.members or members
+        membership = (self.meta.membership_epoch, self.meta.members, self.meta.next_members)
+        if meta.members and (meta.membership_epoch > membership[0] or from_log or not membership[1]):
+            membership = (meta.membership_epoch, meta.members, meta.next_members)  # the highest epoch wins
         try:
             history = merge_histories(self.meta.history, meta.history)
         except HistoryConflict as e:
             changes.warnings.append(f"segment {self.segment}: ignoring a conflicting history: {e}")
             history = self.meta.history
-        new = Meta(epoch, owner, history, members)
+        new = Meta(epoch, owner, history, membership[1], membership[0], membership[2])
         if new != self.meta:
             self._set_meta(new, changes)
         changes.scl_after = self.chain.scl
@@ -542,7 +603,7 @@ class SegmentReplica:
     def records_gc_floor(self, self_address: str, now_s: float, fresh_s: float) -> int:
         """Records below every peer's SCL and the oldest read point are needed by nobody."""
         lowest = self.min_read_lsn
-        for member in self.meta.members:
+        for member in self.meta.all_members():  # a joining member needs records too
             if member == self_address:
                 continue
             known = self.peer_scl.get(member)

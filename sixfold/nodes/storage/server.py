@@ -20,6 +20,7 @@ from sixfold.nodes.storage.node import Key, Rejected, StorageNode, history_of
 from sixfold.nodes.storage.replica import Code, Rejection, SegmentReplica
 from sixfold.rpc import storage_pb2 as pb
 from sixfold.rpc import storage_pb2_grpc as pb_grpc
+from sixfold.volume.membership import Membership
 
 log = logging.getLogger("sixfold.storage.server")
 
@@ -40,6 +41,10 @@ def segment_state(replica: SegmentReplica) -> pb.SegmentState:
         members=list(replica.meta.members),
         record_count=replica.record_count,
         oldest_version_lsn=replica.oldest_version_lsn,
+        membership_epoch=replica.meta.membership_epoch,
+        next_members=list(replica.meta.next_members),
+        materialised_lsn=replica.materialised_lsn,
+        records_gc_lsn=replica.records_gc_lsn,
     )
 
 
@@ -241,6 +246,32 @@ class StorageServicer(pb_grpc.StorageServicer):
         except LogFailed as e:
             rejection, replica = Rejection(Code.UNAVAILABLE, str(e)), None
         return self._state_reply(rejection, replica)
+
+    # ---------------------------------------------------------- membership
+
+    async def ChangeMembership(self, request, context):
+        try:
+            history = history_of(request.truncations)
+            proposed = Membership(request.membership_epoch, tuple(request.members), tuple(request.next_members))
+        except ValueError as e:
+            return self._state_reply(Rejection(Code.INVALID, str(e)), None)
+        try:
+            rejection, replica = await self.node.change_membership(
+                request.volume_id, request.segment, request.volume_epoch, request.owner, history, proposed)
+        except LogFailed as e:
+            rejection, replica = Rejection(Code.UNAVAILABLE, str(e)), None
+        return self._state_reply(rejection, replica)
+
+    async def FetchPages(self, request, context):
+        code, detail, at_lsn, rows, has_more = await self.node.fetch_pages(
+            request.volume_id, request.segment, request.at_lsn, request.from_page, request.max_bytes)
+        replica = self.node.replicas.get((request.volume_id, request.segment))
+        return pb.FetchPagesResponse(
+            error=int(code), detail=detail, at_lsn=at_lsn, has_more=has_more,
+            pages=[pb.PageImage(page=page, lsn=lsn, epoch=epoch, data=image) for page, lsn, epoch, image in rows],
+            next_page=rows[-1][0] + 1 if rows else request.from_page,
+            state=segment_state(replica) if replica is not None else None,
+        )
 
     @staticmethod
     def _state_reply(rejection: Rejection | None, replica: SegmentReplica | None) -> pb.SegmentStateReply:
