@@ -270,3 +270,34 @@ def test_reader_refuses_writes_and_sessions_behave(compute_cluster):
     while rcur.execute("SELECT count(*) FROM kv").fetchall() != [(3,)]:
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_storage_garbage_collects_behind_a_compute_writer_and_reader(compute_cluster):
+    """The read points compute nodes report must move, or storage keeps every version forever
+    (a connection that read the header before locking once pinned LSN 0 for good)."""
+    import grpc
+
+    from sixfold.rpc import storage_pb2 as pb
+
+    cluster = compute_cluster
+    conn = cluster.writer.connect()
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE gc (id INTEGER PRIMARY KEY, v TEXT)")
+    for reader in cluster.readers:   # readers open sessions too: their snapshot connections count
+        reader.connect().cursor().execute("SELECT 1").fetchall()
+    first_lsn = None
+    deadline = time.monotonic() + 60
+    while True:
+        cur.execute("INSERT INTO gc (v) VALUES (?)", ("x" * 100,))
+        first_lsn = first_lsn or conn.last_commit_lsn
+        floors = []
+        for node in cluster.storage.nodes:
+            try:
+                reply = node.stub().GetSegmentState(pb.SegmentStateRequest(volume_id="vol-1"), timeout=2)
+            except grpc.RpcError:
+                continue
+            floors += [s.oldest_version_lsn for s in reply.segments if s.segment == 0]
+        if floors and min(floors) > first_lsn:
+            break
+        assert time.monotonic() < deadline, f"storage never collected old versions: oldest_version_lsn {floors}"
+        time.sleep(0.05)
