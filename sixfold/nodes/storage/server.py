@@ -60,6 +60,7 @@ class AppendStream:
 
     node: StorageNode
     volume_id: str = ""
+    epoch: int = 0  # the volume epoch of the writer on this stream (its last accepted request)
     touched: set[Key] = field(default_factory=set)
     pending: collections.deque = field(default_factory=collections.deque)
     pushed: set[Key] = field(default_factory=set)
@@ -69,13 +70,21 @@ class AppendStream:
     reader_done: bool = False
 
     def push_scl(self, key: Key) -> None:
+        if self._newer_epoch(key):
+            return  # a newer writer's SCL: an older writer must never count it
         self.pushed.add(key)
+        self.wakeup.set()
+
+    def _newer_epoch(self, key: Key) -> bool:
+        return self.node.replicas[key].epoch > self.epoch
+
+    def _wake(self, _future: asyncio.Future) -> None:
         self.wakeup.set()
 
     def add(self, item: _Pending) -> None:
         self.pending.append(item)
         if item.future is not None:
-            item.future.add_done_callback(lambda _: self.wakeup.set())
+            item.future.add_done_callback(self._wake)
         self.wakeup.set()
 
     def next_ack(self) -> pb.AppendAck | None:
@@ -96,10 +105,12 @@ class AppendStream:
             acked = True
         if acked:
             self.room.set()
-        if not acked and not self.pushed:
+        if self.pushed:
+            # the epoch may have moved since the push: check again
+            keys.update(key for key in self.pushed if not self._newer_epoch(key))
+            self.pushed.clear()
+        if not acked and not keys:
             return None
-        keys |= self.pushed
-        self.pushed.clear()
         segments = []
         epoch = 0
         for key in sorted(keys):
@@ -172,6 +183,7 @@ class StorageServicer(pb_grpc.StorageServicer):
                     stream.add(_Pending(request.batch_seq, None, [], result))
                     continue
                 stream.volume_id = request.volume_id
+                stream.epoch = request.volume_epoch
                 for key in stream.touched - before:
                     self.node.register_stream(stream, key)
                 keys = [(request.volume_id, sa.segment) for sa in request.segments]
