@@ -83,9 +83,10 @@ class AppendStream:
 
     def add(self, item: _Pending) -> None:
         self.pending.append(item)
-        if item.future is not None:
-            item.future.add_done_callback(self._wake)
-        self.wakeup.set()
+        if item.future is None:
+            self.wakeup.set()  # a refusal: ready at once
+        else:
+            item.future.add_done_callback(self._wake)  # the ack side has nothing to do before
 
     def next_ack(self) -> pb.AppendAck | None:
         """The next ack to send, folding consecutive durable batches, or None."""
@@ -174,7 +175,8 @@ class StorageServicer(pb_grpc.StorageServicer):
                     rejection = Rejection(Code.INVALID, detail)
                     stream.add(_Pending(request.batch_seq, None, [], Rejected(rejection)))
                     continue
-                before = set(stream.touched)
+                keys = [(request.volume_id, sa.segment) for sa in request.segments]
+                new_keys = [key for key in keys if key not in stream.touched]
                 try:
                     result = self.node.submit_append(request, stream, stream.touched)
                 except LogFailed as e:
@@ -184,9 +186,9 @@ class StorageServicer(pb_grpc.StorageServicer):
                     continue
                 stream.volume_id = request.volume_id
                 stream.epoch = request.volume_epoch
-                for key in stream.touched - before:
-                    self.node.register_stream(stream, key)
-                keys = [(request.volume_id, sa.segment) for sa in request.segments]
+                for key in new_keys:
+                    if key in stream.touched:
+                        self.node.register_stream(stream, key)
                 stream.add(_Pending(request.batch_seq, result, keys))
         except asyncio.CancelledError:
             raise
