@@ -160,6 +160,11 @@ def make_delta(old: bytes, new: bytes) -> bytes | None:
 
 def apply_delta(old: bytes, delta: bytes) -> bytes:
     page = bytearray(old)
+    _patch(page, delta)
+    return bytes(page)
+
+
+def _patch(page: bytearray, delta: bytes) -> None:
     offset = 0
     while offset < len(delta):
         if len(delta) - offset < _PATCH.size:
@@ -170,7 +175,6 @@ def apply_delta(old: bytes, delta: bytes) -> bytes:
             raise RecordError("delta patch out of bounds")
         page[start:start + length] = delta[offset:offset + length]
         offset += length
-    return bytes(page)
 
 
 EMPTY_PAGE = bytes(PAGE_SIZE_BYTES)
@@ -183,3 +187,12 @@ def apply_record(image: bytes | None, record: LogRecord) -> bytes | None:
     if record.kind is RecordKind.PAGE_DELTA:
         return apply_delta(image if image is not None else EMPTY_PAGE, record.payload)
     return image  # VOLUME_SIZE carries no page content
+
+
+def apply_record_in_place(page: bytearray, record: LogRecord) -> None:
+    """apply_record on a page being built up (start from EMPTY_PAGE when there is none):
+    a run of records on one page then copies it once, not twice per record."""
+    if record.kind is RecordKind.FULL_PAGE:
+        page[:] = record.payload
+    elif record.kind is RecordKind.PAGE_DELTA:
+        _patch(page, record.payload)
