@@ -60,6 +60,7 @@ class Gossiper:
         self.config = config
         self.self_address = node.config.address
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, pb_grpc.StorageStub] = {}
         self._views: dict[tuple[Key, str], PeerView] = {}
         self._down_until_s: dict[str, float] = {}
         self._round_robin = 0
@@ -80,6 +81,7 @@ class Gossiper:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        self._stubs.clear()
 
     async def _loop(self, step, interval_ms: int) -> None:
         while True:
@@ -96,8 +98,8 @@ class Gossiper:
     # --------------------------------------------------------------- peers
 
     def _stub(self, address: str) -> pb_grpc.StorageStub:
-        channel = self._channels.get(address)
-        if channel is None:
+        stub = self._stubs.get(address)
+        if stub is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(
                 address,
                 options=[
@@ -105,7 +107,8 @@ class Gossiper:
                     ("grpc.max_send_message_length", MESSAGE_MAX_BYTES),
                 ],
             )
-        return pb_grpc.StorageStub(channel)
+            stub = self._stubs[address] = pb_grpc.StorageStub(channel)
+        return stub
 
     def _peers(self, replica: SegmentReplica) -> list[str]:
         now_s = time.monotonic()

@@ -103,6 +103,11 @@ class FetchResult:
     replica: SegmentReplica | None = None
 
 
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def bad_volume_id(volume_id: str) -> str | None:
     if not volume_id or len(volume_id.encode()) > 256:
         return "volume_id must be 1..256 bytes"
@@ -140,6 +145,7 @@ class StorageNode:
         self._reader_pool = ThreadPoolExecutor(2, thread_name_prefix="store-reader")
         self._background: asyncio.Task | None = None
         self._closing = asyncio.Event()
+        self._tick: asyncio.Future | None = None  # the background loop's sleep; close() ends it
 
     # ------------------------------------------------------------ lifecycle
 
@@ -173,6 +179,8 @@ class StorageNode:
         """Finishes what is in flight: queued frames are fsynced, then one last
         materialise round, then the store is closed."""
         self._closing.set()
+        if self._tick is not None and not self._tick.done():
+            self._tick.set_result(None)
         if self._background is not None:
             await self._background
         if self.log is not None:
@@ -541,11 +549,15 @@ class StorageNode:
         loop = asyncio.get_running_loop()
         next_gc_s = loop.time() + self.config.gc_interval_ms / 1000
         while not self._closing.is_set():
+            # a plain timer, not wait_for(closing.wait()): this runs 20 times a second
+            self._tick = loop.create_future()
+            timer = loop.call_later(self.config.materialise_interval_ms / 1000, _resolve, self._tick)
             try:
-                await asyncio.wait_for(self._closing.wait(), self.config.materialise_interval_ms / 1000)
+                await self._tick
+            finally:
+                timer.cancel()
+            if self._closing.is_set():
                 return
-            except TimeoutError:
-                pass
             try:
                 await self._materialise_once()
                 if loop.time() >= next_gc_s:
