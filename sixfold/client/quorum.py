@@ -94,16 +94,18 @@ class _MemberStream:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    def push(self, segment: int, encoded: bytes) -> None:
-        if self.pending_bytes + len(encoded) > PENDING_MAX_BYTES:
+    def push(self, item: tuple[int, bytes], size_bytes: int) -> None:
+        """item: (segment, encoded record), shared by the PG's six streams."""
+        if self.pending_bytes + size_bytes > PENDING_MAX_BYTES:
             # never let a slow node hold the writer's memory: it catches up by gossip
             self.dropped_records += len(self.pending) + 1
             self.pending.clear()
             self.pending_bytes = 0
             return
-        self.pending.append((segment, encoded))
-        self.pending_bytes += len(encoded)
-        self._wakeup.set()
+        self.pending.append(item)
+        self.pending_bytes += size_bytes
+        if not self._wakeup.is_set():
+            self._wakeup.set()
 
     async def _run(self) -> None:
         while not self.client.closed:
@@ -398,9 +400,11 @@ class QuorumClient:
 
     def _push_issued(self, encoded: list[tuple[int, LogRecord, bytes]]) -> None:
         """On the loop: into every member's boxcar, and to the redo listeners."""
+        streams = self._streams
         for segment, record, blob in encoded:
+            item = (segment, blob)
             for member in self.tracker.pg(segment).members:
-                self._streams[member].push(segment, blob)
+                streams[member].push(item, len(blob))
             for listener in self._record_listeners:
                 listener(record)
         self.records_sent += len(encoded)
