@@ -63,7 +63,7 @@ class NodeConfig:
     gossip_interval_ms: int = 100
     log_file_size_bytes: int = 64 * 1024 * 1024
     log_queue_limit_bytes: int = 32 * 1024 * 1024
-    materialise_interval_ms: int = 50
+    materialise_interval_ms: int = 100  # each round is a SQLite commit (WAL fsync) and a new version of every hot page
     materialise_batch_records: int = 20_000
     gc_interval_ms: int = 1_000
     peer_scl_fresh_ms: int = 5_000  # records GC trusts peer SCLs no older than this
