@@ -134,27 +134,39 @@ _NON_ZERO = re.compile(rb"[^\x00]")
 _PATCH_GAP = bytes(_PATCH.size + 1)
 
 
+_SCAN_CHUNK = 256  # equal chunks are skipped with a memcmp each
+
+
 def make_delta(old: bytes, new: bytes) -> bytes | None:
     """Patches turning `old` into `new`, or None when a full image is no larger.
 
-    The differing bytes are found at C speed: XOR the pages as big integers (the
-    bit lengths give the first and last differing byte), then bytes.find() the
-    equal stretches long enough to split a patch at; shorter ones are bridged
-    (cheaper than a new header).
+    The differing bytes are found at C speed: equal chunks at both ends are skipped
+    by comparing slices, the rest is XORed as big integers (the bit lengths give the
+    first and last differing byte), then bytes.find() locates the equal stretches
+    long enough to split a patch at; shorter ones are bridged (cheaper than a new
+    header).
     """
     assert len(old) == len(new) == PAGE_SIZE_BYTES
-    xor = int.from_bytes(old, "big") ^ int.from_bytes(new, "big")
-    if not xor:
+    if old == new:
         return b""
-    start = PAGE_SIZE_BYTES - (xor.bit_length() + 7) // 8            # the first differing byte
-    last = PAGE_SIZE_BYTES - ((xor & -xor).bit_length() - 1) // 8    # one past the last one
-    diff = xor.to_bytes(PAGE_SIZE_BYTES, "big")
+    first = 0
+    while old[first:first + _SCAN_CHUNK] == new[first:first + _SCAN_CHUNK]:
+        first += _SCAN_CHUNK
+    stop = PAGE_SIZE_BYTES
+    while old[stop - _SCAN_CHUNK:stop] == new[stop - _SCAN_CHUNK:stop]:
+        stop -= _SCAN_CHUNK
+    # every difference is in [first, stop): diff[i] is page byte first + i
+    width = stop - first
+    xor = int.from_bytes(old[first:stop], "big") ^ int.from_bytes(new[first:stop], "big")
+    start = width - (xor.bit_length() + 7) // 8          # the first differing byte
+    last = width - ((xor & -xor).bit_length() - 1) // 8  # one past the last one
+    diff = xor.to_bytes(width, "big")
     patches: list[bytes] = []
     size = 0
     while True:
         gap = diff.find(_PATCH_GAP, start, last)
         end = last if gap < 0 else gap
-        patches.append(_PATCH.pack(start, end - start) + new[start:end])
+        patches.append(_PATCH.pack(first + start, end - start) + new[first + start:first + end])
         size += _PATCH.size + end - start
         if size >= PAGE_SIZE_BYTES:
             return None
