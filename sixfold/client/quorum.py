@@ -217,7 +217,7 @@ class _MemberStream:
             if ack.error in (pb.STALE_EPOCH, pb.NOT_EPOCH_OWNER) or ack.node_epoch > self.client.epoch:
                 # a newer epoch: another writer recovered the volume. The SCLs in this ack may
                 # count *its* records (same LSNs, newer epoch), so they must never move our VDL
-                # (a storage node pushes SCL moves to every stream of the segment, stale ones too)
+                # (an ack of one of our own batches reports the segment's SCL as it is now)
                 self.client._on_fenced(self.node, ack)
                 return
             if ack.error != pb.OK:
@@ -227,7 +227,8 @@ class _MemberStream:
             while self._unacked and self._unacked[0][0] <= self.acked_seq:
                 self._unacked.popleft()
             self.client._on_ack(self.node, ack)
-            self._wakeup.set()
+            if self.pending or self._must_announce:
+                self._wakeup.set()  # room in the window for what waits (else push wakes the sender)
 
 
 class QuorumClient:
