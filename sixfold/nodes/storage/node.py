@@ -73,9 +73,12 @@ class NodeConfig:
 
 
 class StreamSink(Protocol):
-    """An open Append stream: told when a segment it touched moved its SCL."""
+    """An open Append stream: told when a segment it touched moved its SCL, and when one of
+    its own batches is durable (its futures resolve right after)."""
 
     def push_scl(self, key: Key) -> None: ...
+
+    def batch_durable(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +338,8 @@ class StorageNode:
                     # materialise these records, and nothing else may mark the replica again
                     self._dirty.add(replica.key)
                     self._scl_moved(replica.key, origin)
+            if origin is not None:
+                origin.batch_durable()
 
         return self.log.append(frames, on_durable)
 

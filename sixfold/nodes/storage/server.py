@@ -78,6 +78,11 @@ class AppendStream:
     def _newer_epoch(self, key: Key) -> bool:
         return self.node.replicas[key].epoch > self.epoch
 
+    def batch_durable(self) -> None:
+        # called in the log's callback, just before the batch's future resolves: the ack side
+        # runs one loop iteration sooner than through the future's done callback
+        self.wakeup.set()
+
     def _wake(self, _future: asyncio.Future) -> None:
         self.wakeup.set()
 
@@ -86,7 +91,8 @@ class AppendStream:
         if item.future is None:
             self.wakeup.set()  # a refusal: ready at once
         else:
-            item.future.add_done_callback(self._wake)  # the ack side has nothing to do before
+            item.future.add_done_callback(self._wake)  # the ack side has nothing to do before (and
+            # batch_durable usually wakes it first; this one also covers a log failure)
 
     def next_ack(self) -> pb.AppendAck | None:
         """The next ack to send, folding consecutive durable batches, or None."""
