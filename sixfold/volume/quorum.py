@@ -55,7 +55,7 @@ class PGTracker:
         return [m for m in self.members if self.scl_by_member.get(m, 0) >= lsn]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per record on the commit path (see LogRecord)
 class IssuedRecord:
     lsn: int
     prev_lsn: int

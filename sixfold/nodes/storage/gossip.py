@@ -70,7 +70,9 @@ class Gossiper:
         self.config = config
         self.self_address = node.config.address
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, pb_grpc.StorageStub] = {}
         self._views: dict[tuple[Key, str], PeerView] = {}
+        self._best_view: dict[Key, PeerView] = {}  # the highest SCL / highest LSN any peer ever reported
         self._down_until_s: dict[str, float] = {}
         self._round_robin = 0
         self._behind_since_s: dict[Key, float] = {}
@@ -91,6 +93,7 @@ class Gossiper:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        self._stubs.clear()
 
     async def _loop(self, step, interval_ms: int) -> None:
         while True:
@@ -107,8 +110,8 @@ class Gossiper:
     # --------------------------------------------------------------- peers
 
     def _stub(self, address: str) -> pb_grpc.StorageStub:
-        channel = self._channels.get(address)
-        if channel is None:
+        stub = self._stubs.get(address)
+        if stub is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(
                 address,
                 options=[
@@ -116,7 +119,8 @@ class Gossiper:
                     ("grpc.max_send_message_length", MESSAGE_MAX_BYTES),
                 ],
             )
-        return pb_grpc.StorageStub(channel)
+            stub = self._stubs[address] = pb_grpc.StorageStub(channel)
+        return stub
 
     def _peers(self, replica: SegmentReplica) -> list[str]:
         now_s = time.monotonic()
@@ -156,10 +160,21 @@ class Gossiper:
         for state in response.segments:
             replica = self.node.replicas.get((volume_id, state.segment))
             if replica is not None:
-                await self._learn(replica, peer, state)
+                self._note(replica, peer, state)
+                if not self._nothing_new(replica, state):
+                    await self._learn(replica, peer, state)
+
+    @staticmethod
+    def _nothing_new(replica: SegmentReplica, state: pb.SegmentState) -> bool:
+        """The usual case, decided without building the peer's history: no newer epoch, and
+        every truncation it reports is one we hold."""
+        if state.volume_epoch > replica.epoch:
+            return False
+        known = {(t.epoch, t.start_lsn, t.baseline_lsn) for t in replica.meta.history}
+        return all((t.epoch, t.start_lsn, t.baseline_lsn if t.HasField("baseline_lsn") else t.start_lsn) in known
+                   for t in state.truncations)
 
     async def _learn(self, replica: SegmentReplica, peer: str, state: pb.SegmentState) -> None:
-        self._note(replica, peer, state)
         try:
             history = history_of(state.truncations)
         except ValueError as e:
@@ -171,6 +186,10 @@ class Gossiper:
 
     def _note(self, replica: SegmentReplica, peer: str, state: pb.SegmentState) -> None:
         self._views[(replica.key, peer)] = PeerView(state.scl, state.highest_lsn)
+        best = self._best_view.get(replica.key)
+        if best is None or state.scl > best.scl or state.highest_lsn > best.highest_lsn:
+            self._best_view[replica.key] = PeerView(max(state.scl, best.scl if best else 0),
+                                                    max(state.highest_lsn, best.highest_lsn if best else 0))
         replica.peer_scl[peer] = (state.scl, time.monotonic())
         # the VDL is a fact about the volume: records at or below it can never be voided,
         # so a replica fed only by gossip may still turn them into pages
@@ -182,7 +201,12 @@ class Gossiper:
         work = []
         now_s = time.monotonic()
         for replica in list(self.node.replicas.values()):
-            peer = self._pick_peer(replica)
+            best = self._best_view.get(replica.key)
+            chain = replica.chain
+            if not chain.has_gap() and (best is None or (best.scl <= chain.scl and best.highest_lsn <= chain.highest_lsn)):
+                peer = None  # no peer ever reported more than we hold: nothing to pick from
+            else:
+                peer = self._pick_peer(replica)
             if peer is None:
                 self._behind_since_s.pop(replica.key, None)
                 continue

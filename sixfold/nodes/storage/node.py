@@ -64,7 +64,7 @@ class NodeConfig:
     gossip_interval_ms: int = 100
     log_file_size_bytes: int = 64 * 1024 * 1024
     log_queue_limit_bytes: int = 32 * 1024 * 1024
-    materialise_interval_ms: int = 50
+    materialise_interval_ms: int = 100  # each round is a SQLite commit (WAL fsync) and a new version of every hot page
     materialise_batch_records: int = 20_000
     gc_interval_ms: int = 1_000
     peer_scl_fresh_ms: int = 5_000  # records GC trusts peer SCLs no older than this
@@ -74,9 +74,12 @@ class NodeConfig:
 
 
 class StreamSink(Protocol):
-    """An open Append stream: told when a segment it touched moved its SCL."""
+    """An open Append stream: told when a segment it touched moved its SCL, and when one of
+    its own batches is durable (its futures resolve right after)."""
 
     def push_scl(self, key: Key) -> None: ...
+
+    def batch_durable(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,11 @@ class FetchResult:
     records: bytes = b""
     has_more: bool = False
     replica: SegmentReplica | None = None
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def bad_volume_id(volume_id: str) -> str | None:
@@ -143,6 +151,7 @@ class StorageNode:
         self._closing = asyncio.Event()
         # held by materialise/GC rounds and by installing a snapshot: each writes the segment row
         self._store_lock = asyncio.Lock()
+        self._tick: asyncio.Future | None = None  # the background loop's sleep; close() ends it
 
     # ------------------------------------------------------------ lifecycle
 
@@ -176,6 +185,8 @@ class StorageNode:
         """Finishes what is in flight: queued frames are fsynced, then one last
         materialise round, then the store is closed."""
         self._closing.set()
+        if self._tick is not None and not self._tick.done():
+            self._tick.set_result(None)
         if self._background is not None:
             await self._background
         if self.log is not None:
@@ -330,6 +341,8 @@ class StorageNode:
                     # materialise these records, and nothing else may mark the replica again
                     self._dirty.add(replica.key)
                     self._scl_moved(replica.key, origin)
+            if origin is not None:
+                origin.batch_durable()
 
         return self.log.append(frames, on_durable)
 
@@ -544,11 +557,15 @@ class StorageNode:
         loop = asyncio.get_running_loop()
         next_gc_s = loop.time() + self.config.gc_interval_ms / 1000
         while not self._closing.is_set():
+            # a plain timer, not wait_for(closing.wait()): this runs 20 times a second
+            self._tick = loop.create_future()
+            timer = loop.call_later(self.config.materialise_interval_ms / 1000, _resolve, self._tick)
             try:
-                await asyncio.wait_for(self._closing.wait(), self.config.materialise_interval_ms / 1000)
+                await self._tick
+            finally:
+                timer.cancel()
+            if self._closing.is_set():
                 return
-            except TimeoutError:
-                pass
             try:
                 async with self._store_lock:
                     await self._materialise_once()

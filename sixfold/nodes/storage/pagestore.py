@@ -35,7 +35,7 @@ from sixfold.nodes.storage.codec import meta_from_json, meta_to_json
 from sixfold.nodes.storage.log import LogPosition
 from sixfold.nodes.storage.replica import Incoming, Meta, record_crc
 from sixfold.volume.epochs import Truncation
-from sixfold.volume.records import PAGE_SIZE_BYTES, LogRecord, RecordKind, apply_record
+from sixfold.volume.records import EMPTY_PAGE, PAGE_SIZE_BYTES, LogRecord, RecordKind, apply_record_in_place
 
 LSN_MAX = 2**63 - 1  # SQLite integers are signed 64-bit
 
@@ -254,14 +254,14 @@ class PageStore:
                 " ORDER BY lsn DESC LIMIT 1",
                 (volume_id, segment, page),
             ).fetchone()
-            image = found[1] if found else None
             assert found is None or found[0] < page_records[0].lsn, "materialising below an existing version"
+            image = bytearray(found[1] if found else EMPTY_PAGE)
             for i, record in enumerate(page_records):
-                image = apply_record(image, record)
-                assert image is not None and len(image) == PAGE_SIZE_BYTES
+                apply_record_in_place(image, record)
+                assert len(image) == PAGE_SIZE_BYTES
                 superseded = i + 1 < len(page_records) and page_records[i + 1].lsn <= skip_below_lsn
                 if not superseded:
-                    rows.append((volume_id, segment, page, record.lsn, record.epoch, image))
+                    rows.append((volume_id, segment, page, record.lsn, record.epoch, bytes(image)))
         db.executemany(
             "INSERT OR REPLACE INTO versions (volume, segment, page, lsn, epoch, image) VALUES (?, ?, ?, ?, ?, ?)",
             rows,

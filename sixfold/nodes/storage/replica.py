@@ -286,17 +286,27 @@ class SegmentReplica:
         upgrades: list[Incoming] = []
         duplicates = 0
         stale = 0
-        for record, encoded in incoming:
+        # only an entry with a newer epoch than a record's can void it or make it an old copy
+        newest_entry_epoch = merged[-1].epoch if merged else 0
+        materialised_lsn = self.materialised_lsn
+        held_records = self.held
+        for item in incoming:
+            record = item[0]
             if record.epoch > epoch:
                 return Rejection(Code.INVALID, f"record lsn={record.lsn} epoch {record.epoch} > request epoch {epoch}")
-            if not record_is_valid(record.lsn, record.epoch, merged):
-                return Rejection(
-                    Code.INVALID, f"record lsn={record.lsn} epoch {record.epoch} is void under the history"
-                )
-            if not record_is_current(record.lsn, record.epoch, merged):
-                stale += 1  # an old copy of a record a recovery re-stamped: the same record, not stored
+            if record.epoch < newest_entry_epoch:
+                if not record_is_valid(record.lsn, record.epoch, merged):
+                    return Rejection(
+                        Code.INVALID, f"record lsn={record.lsn} epoch {record.epoch} is void under the history"
+                    )
+                if not record_is_current(record.lsn, record.epoch, merged):
+                    stale += 1  # an old copy of a record a recovery re-stamped: the same record, not stored
+                    continue
+            held = held_records.get(record.lsn)
+            if held is None and record.lsn > materialised_lsn:
+                fresh.append(item)  # the common case: a new record
                 continue
-            held = self.held.get(record.lsn)
+            encoded = item[1]
             if held is not None and record.lsn not in gone:
                 match = _compare(held.record, held.encoded, record, encoded)
                 if match == "different":
@@ -306,7 +316,7 @@ class SegmentReplica:
                 else:
                     duplicates += 1
                 continue
-            if record.lsn <= self.materialised_lsn:
+            if record.lsn <= materialised_lsn:
                 match = self._materialised_match(record, encoded)
                 if match == "different":
                     return Rejection(Code.INVALID, f"lsn {record.lsn} was materialised with different bytes")
@@ -317,7 +327,7 @@ class SegmentReplica:
                 else:
                     duplicates += 1
                 continue
-            fresh.append((record, encoded))
+            fresh.append(item)  # held, but dropped by the merged history: it comes back
         m = self.meta  # a request's member list only creates the replica: membership changes have epochs
         meta = Meta(epoch, writer_id, merged, m.members or tuple(members), m.membership_epoch, m.next_members)
         return AppendPlan(None if meta == self.meta else meta, fresh, duplicates, upgrades, stale)
@@ -542,14 +552,16 @@ class SegmentReplica:
         lsns = lsns[: min(max_records, bisect.bisect_right(lsns, limit))]
         out = [self.held[lsn] for lsn in lsns]
         history = self.meta.history
+        newest_entry_epoch = max((t.epoch for t in history), default=0)
         for held in out:  # never a page version from an old copy (see materialise_limit)
-            assert record_is_current(held.record.lsn, held.record.epoch, history), (
+            assert held.record.epoch >= newest_entry_epoch or record_is_current(
+                held.record.lsn, held.record.epoch, history), (
                 f"segment {self.segment}: materialising lsn {held.record.lsn} epoch {held.record.epoch}, "
                 f"not current under {history}")
         return out
 
     def take_unstored(self) -> list[Held]:
-        out = [self.held[lsn] for lsn in self.unstored if lsn in self.held and not self.held[lsn].in_store]
+        out = [held for held in map(self.held.get, self.unstored) if held is not None and not held.in_store]
         self.unstored = []
         return out
 
@@ -577,15 +589,26 @@ class SegmentReplica:
             # the chain moves its base only to one of its own LSNs (see SegmentChain.rebase)
             return [(f"segment {self.segment}: materialised through {through_lsn}, which is not in the chain "
                      f"up to SCL {self.chain.scl} (voided?)")]
-        for lsn in self.chain.lsns_above(self.materialised_lsn):
-            if lsn > through_lsn:
-                break
+        lsns = self.chain.lsns_above(self.materialised_lsn)
+        lsns = lsns[: bisect.bisect_right(lsns, through_lsn)]
+        per_page: dict[int, int] = {}
+        for lsn in lsns:
             held = self.held.pop(lsn)
             assert held.in_store, f"lsn {lsn} materialised before it was stored"
-            self._unindex_page(held.record)
-            self._mat_lsns.append(lsn)
+            record = held.record
+            if record.kind is not RecordKind.VOLUME_SIZE:
+                per_page[record.page] = per_page.get(record.page, 0) + 1
             self._mat_crcs.append(record_crc(held.encoded))
-            self._mat_epochs.append(held.record.epoch)
+            self._mat_epochs.append(record.epoch)
+        self._mat_lsns.extend(lsns)
+        # every held LSN up to through_lsn went: on each page, the lowest ones of its list
+        for page, count in per_page.items():
+            page_lsns = self.page_lsns[page]
+            assert page_lsns[count - 1] <= through_lsn and (count == len(page_lsns) or page_lsns[count] > through_lsn)
+            if count == len(page_lsns):
+                del self.page_lsns[page]
+            else:
+                del page_lsns[:count]
         self.chain.rebase(through_lsn)
         return []
 
@@ -670,13 +693,21 @@ class SegmentReplica:
         return sum(1 for epoch in self._mat_epochs[start:] if epoch < t.epoch)
 
     def _add(self, record: LogRecord, encoded: bytes) -> None:
-        assert record.lsn > self.materialised_lsn and record.lsn not in self.held
-        self.restamp.pop(record.lsn, None)
-        self.held[record.lsn] = Held(record, encoded)
-        self.chain.add(record.lsn, record.prev_lsn)
-        self.unstored.append(record.lsn)
+        lsn = record.lsn
+        assert lsn > self.chain.base_lsn and lsn not in self.held
+        if self.restamp:
+            self.restamp.pop(lsn, None)
+        self.held[lsn] = Held(record, encoded)
+        self.chain.add(lsn, record.prev_lsn)
+        self.unstored.append(lsn)
         if record.kind is not RecordKind.VOLUME_SIZE:
-            bisect.insort(self.page_lsns.setdefault(record.page, []), record.lsn)
+            lsns = self.page_lsns.get(record.page)
+            if lsns is None:
+                self.page_lsns[record.page] = [lsn]
+            elif lsn > lsns[-1]:
+                lsns.append(lsn)  # records mostly come in LSN order
+            else:
+                bisect.insort(lsns, lsn)
 
     def _upgrade(self, record: LogRecord, encoded: bytes) -> None:
         """Replaces the held copy of record.lsn (checked: same_record, lower epoch) by this one."""

@@ -65,6 +65,7 @@ class AppendStream:
 
     node: StorageNode
     volume_id: str = ""
+    epoch: int = 0  # the volume epoch of the writer on this stream (its last accepted request)
     touched: set[Key] = field(default_factory=set)
     pending: collections.deque = field(default_factory=collections.deque)
     pushed: set[Key] = field(default_factory=set)
@@ -74,14 +75,29 @@ class AppendStream:
     reader_done: bool = False
 
     def push_scl(self, key: Key) -> None:
+        if self._newer_epoch(key):
+            return  # a newer writer's SCL: an older writer must never count it
         self.pushed.add(key)
+        self.wakeup.set()
+
+    def _newer_epoch(self, key: Key) -> bool:
+        return self.node.replicas[key].epoch > self.epoch
+
+    def batch_durable(self) -> None:
+        # called in the log's callback, just before the batch's future resolves: the ack side
+        # runs one loop iteration sooner than through the future's done callback
+        self.wakeup.set()
+
+    def _wake(self, _future: asyncio.Future) -> None:
         self.wakeup.set()
 
     def add(self, item: _Pending) -> None:
         self.pending.append(item)
-        if item.future is not None:
-            item.future.add_done_callback(lambda _: self.wakeup.set())
-        self.wakeup.set()
+        if item.future is None:
+            self.wakeup.set()  # a refusal: ready at once
+        else:
+            item.future.add_done_callback(self._wake)  # the ack side has nothing to do before (and
+            # batch_durable usually wakes it first; this one also covers a log failure)
 
     def next_ack(self) -> pb.AppendAck | None:
         """The next ack to send, folding consecutive durable batches, or None."""
@@ -101,10 +117,12 @@ class AppendStream:
             acked = True
         if acked:
             self.room.set()
-        if not acked and not self.pushed:
+        if self.pushed:
+            # the epoch may have moved since the push: check again
+            keys.update(key for key in self.pushed if not self._newer_epoch(key))
+            self.pushed.clear()
+        if not acked and not keys:
             return None
-        keys |= self.pushed
-        self.pushed.clear()
         segments = []
         epoch = 0
         for key in sorted(keys):
@@ -168,7 +186,8 @@ class StorageServicer(pb_grpc.StorageServicer):
                     rejection = Rejection(Code.INVALID, detail)
                     stream.add(_Pending(request.batch_seq, None, [], Rejected(rejection)))
                     continue
-                before = set(stream.touched)
+                keys = [(request.volume_id, sa.segment) for sa in request.segments]
+                new_keys = [key for key in keys if key not in stream.touched]
                 try:
                     result = self.node.submit_append(request, stream, stream.touched)
                 except LogFailed as e:
@@ -177,9 +196,10 @@ class StorageServicer(pb_grpc.StorageServicer):
                     stream.add(_Pending(request.batch_seq, None, [], result))
                     continue
                 stream.volume_id = request.volume_id
-                for key in stream.touched - before:
-                    self.node.register_stream(stream, key)
-                keys = [(request.volume_id, sa.segment) for sa in request.segments]
+                stream.epoch = request.volume_epoch
+                for key in new_keys:
+                    if key in stream.touched:
+                        self.node.register_stream(stream, key)
                 stream.add(_Pending(request.batch_seq, result, keys))
         except asyncio.CancelledError:
             raise
