@@ -6,8 +6,11 @@ the bugs they are meant to catch (tests/test_chaos_runs.py); never set them othe
 
 - SIXFOLD_UNSAFE_ACK_BEFORE_QUORUM=1: the quorum client reports a commit durable as soon
   as it is issued, before 4 of 6 copies hold it.
-- SIXFOLD_UNSAFE_IGNORE_FENCING=1: a writer that storage fenced (a newer writer took over)
-  takes no notice and keeps acknowledging commits that storage refused.
+- SIXFOLD_UNSAFE_IGNORE_FENCING=1: a writer that storage fenced (a newer writer took over:
+  storage answers STALE_EPOCH) takes no notice and keeps acknowledging commits that storage
+  refused; told by the coordinators that a newer writer exists, it does not step down either.
+  Before it is fenced it behaves exactly as a correct writer; storage still refuses its reads
+  at the old epoch (that check is storage's, not the writer's).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sixfold.runtime import partition
+from sixfold.runtime.layout import ClusterDir
 from tests.test_cli import CLI, clean_env, force_teardown, free_ports
 
 RUN_TIMEOUT_S = 170   # 20 s of clients, heals, at most 90 s of recovery, the final read
@@ -83,3 +84,66 @@ def test_acknowledging_before_quorum_is_caught(tmp_path):
     assert code == 1
     assert not results["valid"]
     assert "lost-append" in results["checker"]["anomaly_types"], results["checker"]["anomaly_types"]
+
+
+def pinned_run(data_dir: Path, out: Path) -> tuple[int, dict, list[dict]]:
+    """list-append with every client pinned to the first writer; it is paused long enough for
+    the coordinators to fail over, then resumed: fenced, it meets its clients again. One fault
+    only (a second would pause the new writer): 3 + 7 s, then 9 s of clients. (No client goes
+    through the router: one that did, cut off mid-transaction, would leave a session holding
+    the old writer's write lock, which no CloseSession through the router can reach.)"""
+    code, results = chaos_run(data_dir, out, "--workload", "list-append", "--nemesis", "pause-writer",
+                              "--concurrency", 3, "--pin-writer-clients", 3, "--time", 19, "--seed", 31,
+                              "--schedule", "fixed", "--interval-s", 3, "--fault-s", 7)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    return code, results, history
+
+
+def pinned_after_resume(results: dict, history: list[dict]) -> list[dict]:
+    """The pinned clients' completions after the paused writer was resumed."""
+    resumed_ns = next(op["time_ns"] for op in history if op["process"] == "nemesis" and op["f"] == "stop")
+    endpoint = {op["process"]: op.get("endpoint") for op in history if op["type"] == "invoke"}
+    return [op for op in history if op["type"] != "invoke" and op["process"] != "nemesis"
+            and endpoint.get(op["process"]) == results["pinned"]["instance"] and op["time_ns"] > resumed_ns]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_fenced_writer_that_keeps_acknowledging_is_caught(tmp_path):
+    """With SIXFOLD_UNSAFE_IGNORE_FENCING the paused writer, fenced by the new one, neither
+    steps down nor refuses: its pinned clients get acknowledgements for appends that no
+    storage node took, and the final read through the new writer lacks them."""
+    data_dir = tmp_path / "cluster"
+    try:
+        start_cluster(data_dir, {"SIXFOLD_UNSAFE_IGNORE_FENCING": "1"})
+        code, results, history = pinned_run(data_dir, tmp_path / "report")
+        writer_log = ClusterDir.at(data_dir).node_log(results["pinned"]["instance"]).read_text()
+    finally:
+        force_teardown(data_dir)
+    assert "UNSAFE fault injection is on: SIXFOLD_UNSAFE_IGNORE_FENCING" in writer_log
+    assert "UNSAFE: writer" in writer_log and "ignores it" in writer_log    # it was fenced, and went on
+    assert any(op["type"] == "ok" for op in pinned_after_resume(results, history))
+    assert code == 1
+    assert not results["valid"]
+    assert "lost-append" in results["checker"]["anomaly_types"], results["checker"]["anomaly_types"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_fenced_writer_acknowledges_nothing_to_its_pinned_clients(tmp_path):
+    """The same run on a correct build: the old writer, fenced, refuses or steps down; its
+    pinned clients get errors, and nothing acknowledged is lost."""
+    data_dir = tmp_path / "cluster"
+    try:
+        start_cluster(data_dir)
+        code, results, history = pinned_run(data_dir, tmp_path / "report")
+        writer_log = ClusterDir.at(data_dir).node_log(results["pinned"]["instance"]).read_text()
+    finally:
+        force_teardown(data_dir)
+    assert "UNSAFE" not in writer_log
+    assert results["valid"], json.dumps(results["checker"], indent=1)[:4000]
+    assert code == 0
+    assert results["faults"] == 1 and not results["nemesis_errors"]
+    after = pinned_after_resume(results, history)
+    assert any(op.get("error") for op in after), after[:5]
+    assert sum(1 for op in history if op["type"] == "ok") > 50

@@ -2,11 +2,12 @@
 
 An op is a dict:
     {"index": 12, "type": "invoke"|"ok"|"fail"|"info", "f": "txn", "process": 3,
-     "time_ns": 1234567, "wall_s": 1714000000.123, "value": ..., "error": "..."}
+     "time_ns": 1234567, "wall_s": 1714000000.123, "value": ..., "error": "...", "endpoint": "writer"}
 A client process invokes one op at a time; its next op of another type completes it.
 "ok" = happened, "fail" = certainly did not happen, "info" = unknown (timed out, lost
-connection, commit_unknown): the op may or may not have taken effect. Nemesis ops have
-process "nemesis", type "info", f "start" or "stop".
+connection, commit_unknown): the op may or may not have taken effect. An invocation
+names the endpoint it went to ("writer", "reader", or the instance a pinned client talks
+to). Nemesis ops have process "nemesis", type "info", f "start" or "stop".
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ class History:
         self._start_ns = time.monotonic_ns()
         self._file = open(path, "w") if path else None
 
-    def append(self, type_: str, f: str, process, value=None, error: str | None = None) -> dict:
+    def append(self, type_: str, f: str, process, value=None, error: str | None = None,
+               endpoint: str | None = None) -> dict:
         with self._lock:
             op = {"index": len(self.ops), "type": type_, "f": f, "process": process,
                   "time_ns": time.monotonic_ns() - self._start_ns, "wall_s": round(time.time(), 6), "value": value}
             if error:
                 op["error"] = error
+            if endpoint:
+                op["endpoint"] = endpoint
             self.ops.append(op)
             if self._file:
                 self._file.write(json.dumps(op) + "\n")

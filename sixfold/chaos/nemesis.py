@@ -44,6 +44,11 @@ def _storage(nodes):
     return [n for n in nodes if n.kind == STORAGE]
 
 
+def current_writer(cdir: ClusterDir) -> NodeSpec:
+    """The writer instance as the coordinators' catalog has it now."""
+    return _writer(_nodes(cdir))
+
+
 def _writer(nodes):
     writers = [n for n in nodes if n.kind == COMPUTE and n.role == WRITER]
     if not writers:

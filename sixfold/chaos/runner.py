@@ -19,6 +19,7 @@ from sixfold.runtime.layout import ClusterDir
 
 RECOVERY_TIMEOUT_S = 90.0
 FINAL_READ_TIMEOUT_S = 30.0
+CLOSE_RETRY_TIMEOUT_S = 1.0
 
 
 def _quiet(_: str) -> None:
@@ -27,13 +28,20 @@ def _quiet(_: str) -> None:
 
 def run(cdir: ClusterDir, workload: str, faults: list, time_s: float, seed: int, concurrency: int,
         out_dir: Path, op_timeout_s: float = 5.0, schedule: str = "random", interval_s: float = 4.0,
-        duration_s: float = 5.0, progress: Callable[[str], None] = _quiet) -> dict:
+        duration_s: float = 5.0, pin_writer_clients: int = 0, progress: Callable[[str], None] = _quiet) -> dict:
+    """pin_writer_clients: that many of the `concurrency` clients send every op to the instance
+    that is the writer now, by its own address (never through the router), and reconnect to that
+    same address, whatever it becomes: so a writer that was failed over keeps clients."""
     out_dir.mkdir(parents=True, exist_ok=True)
     local.require_running(cdir)
     rng = random.Random(seed)
     suffix = f"{seed}_{int(time.time())}"
     w = WORKLOADS[workload](suffix, rng)
     addresses = {name: local.resolve_endpoint(cdir, name)[0] for name in ("writer", "reader")}
+    pinned = None
+    if pin_writer_clients:
+        writer = nemesis_mod.current_writer(cdir)
+        pinned, addresses[writer.name] = writer.name, writer.address
     history = History(out_dir / "history.jsonl")
     try:
         progress(f"setting up {w.name} (table suffix {suffix}) through the writer endpoint {addresses['writer']}")
@@ -41,9 +49,12 @@ def run(cdir: ClusterDir, workload: str, faults: list, time_s: float, seed: int,
         deadline = time.monotonic() + time_s
         nem = nemesis_mod.Nemesis(cdir, faults, history, seed, interval_s, duration_s, schedule)
         threads = [threading.Thread(target=_client, args=(w, history, addresses, p, concurrency, deadline,
-                                                          op_timeout_s), daemon=True, name=f"chaos-client-{p}")
+                                                          op_timeout_s, pinned if p < pin_writer_clients else None),
+                                    daemon=True, name=f"chaos-client-{p}")
                    for p in range(concurrency)]
         nem_thread = threading.Thread(target=nem.run, args=(deadline,), daemon=True, name="chaos-nemesis")
+        if pinned:
+            progress(f"{pin_writer_clients} client(s) pinned to {pinned} at {addresses[pinned]}")
         progress(f"running {concurrency} clients for {time_s:.0f} s; nemesis {','.join(f.name for f in faults)} "
                  f"({schedule}, seed {seed})")
         for t in threads + [nem_thread]:
@@ -75,6 +86,7 @@ def run(cdir: ClusterDir, workload: str, faults: list, time_s: float, seed: int,
         "checker": verdict, "nemesis_errors": nem.errors, "faults": nem.count, "heal": healed,
         "recovery_s": recovery_s, "unhealthy_after_heal": unhealthy, "final_read": final,
         "endpoints": addresses, "out_dir": str(out_dir),
+        "pinned": {"instance": pinned, "clients": pin_writer_clients} if pinned else None,
     }
     (out_dir / "verdicts.json").write_text(json.dumps(results, indent=2, default=str))
     results["summary"] = report.write(out_dir, ops, results)
@@ -117,14 +129,18 @@ def _wait_healthy(cdir: ClusterDir, writer_address: str, timeout_s: float) -> tu
 
 
 def _client(w, history: History, addresses: dict, process: int, concurrency: int, deadline: float,
-            op_timeout_s: float) -> None:
+            op_timeout_s: float, pinned_to: str | None = None) -> None:
     """One client thread. After an op of unknown outcome it continues as a new process (the old
-    one may still be in flight, as Jepsen does), on a new connection."""
+    one may still be in flight, as Jepsen does), on a new connection. A pinned client sends
+    every op to the instance `pinned_to`."""
     conns: dict[str, dbapi.Connection] = {}
+    left_open: list[tuple[str, str]] = []   # (address, session id) of sessions a fault kept us from closing
     while time.monotonic() < deadline:
+        # a session left open mid-transaction would hold the writer's lock on that node for good
+        left_open = [s for s in left_open if not dbapi.close_session(*s, timeout_s=CLOSE_RETRY_TIMEOUT_S)]
         f, value = w.next_op()
-        endpoint = w.endpoint_for(f, value)
-        history.append(INVOKE, f, process, value)
+        endpoint = pinned_to or w.endpoint_for(f, value)
+        history.append(INVOKE, f, process, value, endpoint=endpoint)
         outcome, result, error = INFO, value, None
         try:
             if endpoint not in conns:
@@ -143,6 +159,8 @@ def _client(w, history: History, addresses: dict, process: int, concurrency: int
             conn = conns.pop(endpoint, None)
             if conn is not None:
                 conn.close()
+                if conn.session_left_open:
+                    left_open.append((conn.address, conn.session_id))
             if outcome == INFO:
                 process += concurrency
             else:

@@ -29,6 +29,13 @@ FAULT_LIST = "; ".join(f"{f.name}: {f.help}" for f in nemesis.FAULTS.values())
 @click.option("--seed", type=int, default=None, help="Seed for ops, targets and timing [default: random, printed].")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=5, show_default=True,
               help="Client processes (threads), each with its own connections.")
+@click.option("--pin-writer-clients", type=click.IntRange(0), default=0, show_default=True, metavar="N",
+              help="N of the clients send every op to the instance that is the writer when the run starts, by "
+                   "its own address (not through the router, which drops a former writer's clients), and "
+                   "reconnect to that same address: they keep talking to it after a failover, when it is fenced "
+                   "or has become a reader. Their ops name that instance as their endpoint in the history. "
+                   "(register: a pinned client that ends up on a reader reads stale values, which is not "
+                   "linearizable.)")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Report folder [default: <data-dir>/chaos-runs/<workload>-<time>].")
 @click.option("--schedule", type=click.Choice(["random", "fixed"]), default="random", show_default=True,
@@ -42,13 +49,14 @@ FAULT_LIST = "; ".join(f"{f.name}: {f.help}" for f in nemesis.FAULTS.values())
               help="Client RPC timeout; an op that times out at COMMIT is recorded as info (possibly applied).")
 @json_option
 @reports_errors
-def run_cmd(data_dir, workload, nemesis_names, time_s, seed, concurrency, out_dir, schedule, interval_s,
-            duration_s, op_timeout_s, as_json) -> None:
+def run_cmd(data_dir, workload, nemesis_names, time_s, seed, concurrency, pin_writer_clients, out_dir, schedule,
+            interval_s, duration_s, op_timeout_s, as_json) -> None:
     """Run a workload against the running cluster while a nemesis breaks it, then check it.
 
-    Clients send SQL through the writer endpoint (and, for bank reads, the reader endpoint)
-    and record every op in a history; the nemesis injects faults through the same operations
-    as `sixfold chaos` and heals each one. At the end everything is healed, the run waits for
+    Clients send SQL through the writer endpoint (and, for bank reads, the reader endpoint;
+    with --pin-writer-clients, some straight to the first writer instance) and record every
+    op in a history; the nemesis injects faults through the same operations as `sixfold
+    chaos` and heals each one. At the end everything is healed, the run waits for
     the cluster to be healthy, reads the final state and checks the history. The report
     folder holds history.jsonl, verdicts.json, plot.png and summary.txt.
 
@@ -60,12 +68,14 @@ def run_cmd(data_dir, workload, nemesis_names, time_s, seed, concurrency, out_di
         faults = nemesis.parse(nemesis_names)
     except ValueError as exc:
         raise CliError(str(exc), 2) from None
+    if pin_writer_clients > concurrency:
+        raise CliError(f"--pin-writer-clients {pin_writer_clients} is more than --concurrency {concurrency}", 2)
     cdir = cluster_dir(data_dir)
     seed = seed if seed is not None else int(time.time() * 1000) % 1_000_000
     out_dir = out_dir or cdir.root / "chaos-runs" / f"{workload}-{time.strftime('%Y%m%d-%H%M%S')}-{seed}"
     results = runner.run(cdir, workload, faults, time_s, seed, concurrency, out_dir, op_timeout_s=op_timeout_s,
                          schedule=schedule, interval_s=interval_s, duration_s=duration_s,
-                         progress=progress_printer(not as_json))
+                         pin_writer_clients=pin_writer_clients, progress=progress_printer(not as_json))
     if as_json:
         print_json({k: v for k, v in results.items() if k != "summary"})
     else:

@@ -507,6 +507,10 @@ class QuorumClient:
 
     def _on_fenced(self, node: StorageNodeInfo, ack: pb.AppendAck) -> None:
         if unsafe.IGNORE_FENCING:
+            if not self.fencing_ignored:
+                log.critical("UNSAFE: writer %s at epoch %d was fenced (node %s is at epoch %d) and ignores it: "
+                             "from now on it acknowledges commits that storage refused",
+                             self.writer_id, self.epoch, node.address, ack.node_epoch)
             self.fencing_ignored = True
             with self._cond:
                 self._cond.notify_all()

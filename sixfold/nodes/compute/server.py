@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from sixfold import unsafe
 from sixfold.nodes.compute.engine import Engine, SqlError, INTERNAL
 from sixfold.nodes.compute.redo import RedoHub
 from sixfold.nodes.compute.values import from_pb, to_pb
@@ -79,6 +80,7 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         self.follow_future = None               # reader: the follow_writer task
         self.on_step_down = on_step_down        # a fenced writer asks its process to exit (restart as reader)
         self.promoting = False
+        self._ignored_epoch = 0                  # only with SIXFOLD_UNSAFE_IGNORE_FENCING: the last Follow ignored
         self._promotion: asyncio.Future | None = None   # the promotion in progress (or the last one)
         self.engine_on_connect = lambda conn: None   # set by the node: SQL functions of its front ends
         self.sessions: dict[str, object] = {}
@@ -174,6 +176,12 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         if request.writer_id == self.node_id:
             return cpb.FollowResponse(outcome="unchanged", detail="this node is the writer")
         if request.epoch > own_epoch or self.fenced_reason():
+            if unsafe.IGNORE_FENCING:   # the deliberate bug (sixfold/unsafe.py): a fenced writer stays on
+                if request.epoch != self._ignored_epoch:   # the coordinators ask every tick: say it once
+                    self._ignored_epoch = request.epoch
+                    log.critical("UNSAFE: ignoring fencing: %s is the writer at epoch %d (this one: %d); not "
+                                 "stepping down", request.writer_id, request.epoch, own_epoch)
+                return cpb.FollowResponse(outcome="refused", detail="UNSAFE: this writer ignores fencing")
             # a newer writer exists: this one may never write again; step down and let the
             # supervisor start this instance again (as a reader: the coordinators say so)
             self.engine.fenced = self.fenced_reason() or (
