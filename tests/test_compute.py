@@ -301,3 +301,34 @@ def test_storage_garbage_collects_behind_a_compute_writer_and_reader(compute_clu
             break
         assert time.monotonic() < deadline, f"storage never collected old versions: oldest_version_lsn {floors}"
         time.sleep(0.05)
+
+
+def test_a_session_abandoned_in_a_transaction_gives_the_write_lock_back(storage_cluster, tmp_path):
+    """A client that vanishes after BEGIN and a write must not block every other writer for good."""
+    from tests.compute_cluster import ComputeCluster
+
+    cluster = ComputeCluster(tmp_path / "compute", storage_cluster, readers=0,
+                             extra_args=["--idle-in-transaction-timeout-s", "2"])
+    try:
+        cluster.start()
+        setup = cluster.writer.connect()
+        setup.cursor().execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        abandoned = cluster.writer.connect()
+        abandoned.autocommit = False
+        abandoned.cursor().execute("INSERT INTO t VALUES (1)")   # BEGIN + a write: it holds the write lock
+        other = cluster.writer.connect()
+        other.autocommit = True
+        deadline = time.monotonic() + 30
+        while True:   # busy until the idle session is rolled back (after about 2 s), then it commits
+            try:
+                other.cursor().execute("INSERT INTO t VALUES (2)")
+                break
+            except sixfold.dbapi.OperationalError as exc:
+                assert "write lock" in str(exc), exc
+                assert time.monotonic() < deadline, "the abandoned transaction kept the write lock"
+        with pytest.raises(sixfold.dbapi.Error, match="idle in a transaction"):
+            abandoned.cursor().execute("INSERT INTO t VALUES (3)")
+        rows = other.cursor().execute("SELECT id FROM t ORDER BY id").fetchall()
+        assert [tuple(r) for r in rows] == [(2,)]   # the abandoned write was rolled back
+    finally:
+        cluster.close()

@@ -17,7 +17,7 @@ from sixfold.nodes.compute.pgwire import functions as pg_functions
 from sixfold.nodes.compute.pgwire.protocol import Config as PgConfig
 from sixfold.nodes.compute.pgwire.scram import ScramVerifier
 from sixfold.nodes.compute.pgwire.server import PgServer, self_signed_context
-from sixfold.nodes.compute.server import ComputeService, VolumeConfig, start_writer_hub
+from sixfold.nodes.compute.server import IDLE_IN_TRANSACTION_TIMEOUT_S, ComputeService, VolumeConfig, start_writer_hub
 from sixfold.rpc import coordinator_pb2 as copb
 from sixfold.rpc import coordinator_pb2_grpc
 from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume
@@ -94,6 +94,10 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
                    "instance's role (a former writer comes back as a reader).")
 @click.option("--commit-timeout-s", envvar="SIXFOLD_COMMIT_TIMEOUT_S", type=click.FloatRange(0.1),
               default=10.0, show_default=True, help="How long a commit waits for a write quorum.")
+@click.option("--idle-in-transaction-timeout-s", envvar="SIXFOLD_IDLE_IN_TRANSACTION_TIMEOUT_S",
+              type=click.FloatRange(0.5), default=IDLE_IN_TRANSACTION_TIMEOUT_S, show_default=True,
+              help="A session idle this long inside a transaction is rolled back and closed (it may hold the "
+                   "write lock; its client may be gone).")
 @click.option("--fault-promote-delay-s", envvar="SIXFOLD_FAULT_PROMOTE_DELAY_S", type=click.FloatRange(0),
               default=0.0, show_default=True,
               help="Fault injection: a promotion waits this long before its recovery (widens the window "
@@ -112,7 +116,8 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
               help="Accept TLS (SSLRequest) with a self-signed certificate made at start; without it "
                    "SSLRequest is refused and clients fall back to plain TCP or fail (sslmode=require).")
 def compute_node(node_id, role, region, az, listen, storage_nodes, writer_address, volume_id,
-                 pages_per_segment, cache_pages, coordinators, commit_timeout_s, fault_promote_delay_s, pg_listen,
+                 pages_per_segment, cache_pages, coordinators, commit_timeout_s, idle_in_transaction_timeout_s,
+                 fault_promote_delay_s, pg_listen,
                  pg_auth, pg_user, pg_password, pg_tls) -> None:
     """Run a compute node: SQLite on the shared Sixfold volume."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -186,8 +191,10 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
             return
         await server.start()
         server_ready.set()
+        reaper = asyncio.ensure_future(service.reap_idle_sessions(idle_in_transaction_timeout_s))
         while not stop.is_set():
             await asyncio.sleep(0.1)
+        reaper.cancel()
         await server.stop(grace=2)
 
     serving = volume.loop.submit(serve())

@@ -32,6 +32,11 @@ from sixfold.volume.records import RecordError, decode_records
 log = logging.getLogger(__name__)
 
 SESSIONS_MAX = 512
+# A client that vanished in the middle of a transaction must not hold the one write lock
+# for good (sessions are not tied to a connection: it may come back through the router).
+IDLE_IN_TRANSACTION_TIMEOUT_S = 15.0
+IDLE_SESSION_TIMEOUT_S = 600.0
+EXPIRED_REMEMBERED_MAX = 1024
 SQL_THREADS = 32
 ROWS_MAX = 1_000_000
 
@@ -84,6 +89,9 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         self._promotion: asyncio.Future | None = None   # the promotion in progress (or the last one)
         self.engine_on_connect = lambda conn: None   # set by the node: SQL functions of its front ends
         self.sessions: dict[str, object] = {}
+        self.session_seen: dict[str, float] = {}    # session id -> monotonic time of its last call
+        self.session_busy: dict[str, int] = {}      # session id -> calls in progress
+        self.expired: dict[str, str] = {}           # session id -> why it was closed (for a clear error)
         self.executor = ThreadPoolExecutor(max_workers=SQL_THREADS, thread_name_prefix="sql")
         self.started = time.monotonic()
 
@@ -213,13 +221,52 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
                                 f"this node already has {SESSIONS_MAX} sessions; close some and retry")
         session_id = uuid.uuid4().hex
         self.sessions[session_id] = self.engine.session()
+        self.session_seen[session_id] = time.monotonic()
         return cpb.OpenSessionResponse(session_id=session_id, role=self.role, node_id=self.node_id)
+
+    async def reap_idle_sessions(self, in_transaction_timeout_s: float = IDLE_IN_TRANSACTION_TIMEOUT_S) -> None:
+        """Rolls back and closes sessions idle in a transaction (they hold the write lock or a
+        snapshot) past in_transaction_timeout_s, and any session idle past IDLE_SESSION_TIMEOUT_S."""
+        while True:
+            await asyncio.sleep(min(1.0, in_transaction_timeout_s / 4))
+            now = time.monotonic()
+            for sid, session in list(self.sessions.items()):
+                if self.session_busy.get(sid):
+                    continue
+                idle_s = now - self.session_seen.get(sid, now)
+                in_transaction = session.in_transaction
+                if idle_s < (in_transaction_timeout_s if in_transaction else IDLE_SESSION_TIMEOUT_S):
+                    continue
+                del self.sessions[sid]
+                self.session_seen.pop(sid, None)
+                why = (f"this session was idle in a transaction for {idle_s:.0f} s: its transaction was rolled "
+                       "back and the session closed; open a new one" if in_transaction else
+                       f"this session was idle for {idle_s:.0f} s and was closed; open a new one")
+                log.warning("session %s: %s", sid[:8], why)
+                self.expired[sid] = why
+                while len(self.expired) > EXPIRED_REMEMBERED_MAX:
+                    self.expired.pop(next(iter(self.expired)))
+                try:
+                    await self._in_thread(session.close)
+                except Exception:
+                    log.exception("closing an idle session failed")
 
     async def Execute(self, request, context):
         session = self.sessions.get(request.session_id)
         if session is None:
-            return cpb.ExecuteResponse(error_code="no_session",
-                                       error_message="unknown session (expired or closed); open a new one")
+            return cpb.ExecuteResponse(error_code="no_session", error_message=self.expired.get(
+                request.session_id, "unknown session (expired or closed); open a new one"))
+        sid = request.session_id
+        self.session_busy[sid] = self.session_busy.get(sid, 0) + 1
+        try:
+            return await self._execute(session, request)
+        finally:
+            self.session_seen[sid] = time.monotonic()
+            self.session_busy[sid] -= 1
+            if not self.session_busy[sid]:
+                del self.session_busy[sid]
+
+    async def _execute(self, session, request):
         try:
             params = [from_pb(v) for v in request.params]
             result = await self._in_thread(session.execute, request.sql, params)
@@ -244,6 +291,7 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
 
     async def CloseSession(self, request, context):
         session = self.sessions.pop(request.session_id, None)
+        self.session_seen.pop(request.session_id, None)
         if session is not None:
             await self._in_thread(session.close)
         return cpb.CloseSessionResponse()
