@@ -159,7 +159,7 @@ def _client(w, history: History, addresses: dict, process: int, concurrency: int
             conn = conns.pop(endpoint, None)
             if conn is not None:
                 conn.close()
-                if conn.session_left_open:
+                if conn.session_left_open and pinned_to:   # (through the router it may reach another node)
                     left_open.append((conn.address, conn.session_id))
             if outcome == INFO:
                 process += concurrency
