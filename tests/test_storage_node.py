@@ -158,27 +158,24 @@ def test_get_page_waits_for_scl_then_reports_not_available(tmp_path):
     asyncio.run(run())
 
 
-def test_records_become_pages_when_their_fsync_completes_after_a_materialise_round(tmp_path, monkeypatch):
+def test_records_become_pages_when_their_fsync_completes_after_a_materialise_round(tmp_path):
     """A materialise round that runs between accepting a batch and its fsync cannot use it (the
     durable SCL is below it); the fsync must mark the replica again, or nothing else may (an idle
     segment, or one filled by gossip, stays unmaterialised). Found as a flaky wait under load."""
-    from sixfold.nodes.storage import log as storage_log
-
-    write_group = storage_log.GroupCommitLog._write_group
-
-    def slow_write_group(self, frames):
-        time.sleep(0.05)  # several 10 ms materialise rounds run while this fsync is in flight
-        return write_group(self, frames)
-
-    monkeypatch.setattr(storage_log.GroupCommitLog, "_write_group", slow_write_group)
     records = make_records(10)
 
     async def run():
-        node = StorageNode(config(tmp_path))
+        node = StorageNode(config(tmp_path, materialise_interval_ms=3_600_000))  # rounds by hand only
         await node.open()
-        await write(node, records, vdl_hint=10)
+        req = append_request(1, {0: records}, members=MEMBERS, vdl_hint=10)
+        durable = node.submit_append(req, None, set())  # accepted; its flush is only scheduled
         replica = node.replicas[(VOLUME, 0)]
-        await wait_for(lambda: replica.materialised_lsn == 10, timeout_s=3.0)
+        assert replica.durable_scl == 0
+        await node._materialise_once()  # snapshots before the flush: nothing it may use yet
+        await durable
+        assert replica.durable_scl == 10 and replica.materialised_lsn == 0
+        await node._materialise_once()  # only the fsync marked the replica again
+        assert replica.materialised_lsn == 10
         await node.close()
 
     asyncio.run(run())

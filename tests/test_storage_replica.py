@@ -234,7 +234,7 @@ def test_materialise_stays_below_vdl_and_durable_scl_and_dedups_afterwards():
     r.note_hints(4, 0)
     assert [h.record.lsn for h in r.to_materialise(100)] == [1, 2, 3, 4]
     assert [h.record.lsn for h in r.to_materialise(2)] == [1, 2]
-    r.on_stored([h.record.lsn for h in r.take_unstored()])
+    r.on_stored(r.take_unstored())
     r.on_materialised(4)
     r.check_invariants()
     assert sorted(r.held) == [5, 6] and r.materialised_lsn == 4 and r.record_count == 6
@@ -264,7 +264,7 @@ def test_records_gc_floor_needs_every_peer():
     r = SegmentReplica("v", 0)
     append(r, chain_records([1, 2, 3, 4]))
     r.note_hints(4, 4)
-    r.on_stored([h.record.lsn for h in r.take_unstored()])
+    r.on_stored(r.take_unstored())
     r.on_materialised(4)
     now = 100.0
     assert r.records_gc_floor("a:1", now, 5.0) == 0
@@ -406,7 +406,7 @@ def materialised_replica(records):
     r = SegmentReplica("v", 0)
     append(r, records, epoch=1)
     r.note_hints(records[-1].lsn, 0)
-    r.on_stored([h.record.lsn for h in r.take_unstored()])
+    r.on_stored(r.take_unstored())
     r.on_materialised(records[-1].lsn)
     assert not r.held
     r.bump_epoch(3, "rec", (), ())
@@ -524,7 +524,7 @@ def test_materialised_old_copies_stay_but_are_never_materialised_from_memory():
     append(r, records, epoch=1)
     r.note_hints(3, 0)
     assert [h.record.lsn for h in r.to_materialise(100)] == [1, 2, 3]
-    r.on_stored([h.record.lsn for h in r.take_unstored()])
+    r.on_stored(r.take_unstored())
     r.on_materialised(3)
     # a recovery at epoch 3 (baseline 1, VDL 5) re-stamped (1, 5] elsewhere; this replica learns it
     learned = r.learn(Meta(3, "rec", (Truncation(3, 5, 1),), MEMBERS))
@@ -557,3 +557,19 @@ def test_durable_scl_never_counts_records_dropped_before_the_drop_is_durable():
     assert r.durable_scl == 2 and r.scl_cap is None
     assert r.on_durable(refill.scl_after, drop_seq) and r.durable_scl == 4
     r.check_invariants()
+
+
+def test_a_copy_refilled_while_the_store_wrote_its_voided_predecessor_stays_unstored():
+    """The materialiser's round takes copies, a stray truncation voids them and gossip refills
+    the same LSNs at a newer epoch before the round ends: only the copies the round wrote are
+    in the store, so the refilled ones must go in the next round (or a restart loses them)."""
+    r = SegmentReplica("v", 0)
+    append(r, chain_records([1, 2, 3, 4, 5, 6]))
+    taken = r.take_unstored()  # the round's store write starts
+    r.learn(Meta(3, "rec", (Truncation(2, 3),), ()))
+    assert sorted(r.held) == [1, 2, 3]
+    refilled = r.ingest(incoming(chain_records([1, 2, 3, 4, 5, 6], epoch=3)[3:]))
+    assert [rec.lsn for rec, _ in refilled.records] == [4, 5, 6]
+    r.on_stored(taken)  # the round ends
+    assert [h.record.lsn for h in r.take_unstored()] == [4, 5, 6]
+    assert all(r.held[lsn].in_store for lsn in (1, 2, 3))

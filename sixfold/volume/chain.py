@@ -32,17 +32,25 @@ class SegmentChain:
 
     def add(self, lsn: int, prev_lsn: int) -> bool:
         """Adds a record; returns True when the SCL moved."""
+        return self.add_many(((lsn, prev_lsn),))
+
+    def add_many(self, links) -> bool:
+        """Adds records, given as (lsn, backlink); returns True when the SCL moved."""
         lsns = self._lsns
-        if lsns and lsn <= lsns[-1]:
-            if lsn in self:
-                return False
-            bisect.insort(lsns, lsn)
-        elif lsn <= self.base_lsn:
-            return False
-        else:
-            lsns.append(lsn)  # the common case: above everything held
-        self._next_by_prev[prev_lsn] = lsn
-        return self._advance()
+        next_by_prev = self._next_by_prev
+        added = False
+        for lsn, prev_lsn in links:
+            if lsns and lsn <= lsns[-1]:
+                if lsn in self:
+                    continue
+                bisect.insort(lsns, lsn)
+            elif lsn <= self.base_lsn:
+                continue
+            else:
+                lsns.append(lsn)  # the common case: above everything held
+            next_by_prev[prev_lsn] = lsn
+            added = True
+        return added and self._advance()
 
     def _advance(self) -> bool:
         moved = False

@@ -217,7 +217,7 @@ class StorageNode:
         if changes.stale:
             log.info("segment %s/%d: %d stored old copy(ies) are not current (re-stamped elsewhere)",
                      *replica.key, changes.stale)
-        replica.on_stored([r.lsn for r, _ in incoming])
+        replica.on_stored([held for held in map(replica.held.get, (r.lsn for r, _ in incoming)) if held is not None])
         replica.unstored = []
         self.replicas[replica.key] = replica
         self._stored_history[replica.key] = row.meta.history
@@ -583,7 +583,7 @@ class StorageNode:
             return
         budget = self.config.materialise_batch_records
         batches: list[SegmentBatch] = []
-        post: list[tuple[SegmentReplica, list[int], int, int, tuple[Truncation, ...], list[Incoming]]] = []
+        post: list[tuple[SegmentReplica, list[Held], int, int, tuple[Truncation, ...], list[Incoming]]] = []
         dirty, self._dirty = self._dirty, set()
         for key in sorted(dirty):
             replica = self.replicas[key]
@@ -608,13 +608,12 @@ class StorageNode:
             batches.append(SegmentBatch(row, rows_for((h.record, h.encoded) for h in unstored),
                                         [h.record for h in materialise], void, skip_below_lsn,
                                         rows_for(restamp)))
-            stored = [h.record.lsn for h in unstored]
-            post.append((replica, stored, through, replica.meta_version, replica.meta.history, restamp))
+            post.append((replica, unstored, through, replica.meta_version, replica.meta.history, restamp))
         try:
             result = await self._in_writer(self.store.commit, StoreBatch(batches, checkpoint))
         except BaseException:
             for replica, stored, *_ in post:  # nothing was stored: try again next round
-                replica.unstored[:0] = stored
+                replica.unstored[:0] = [h.record.lsn for h in stored]
                 self._dirty.add(replica.key)
             raise
         for key, count in result.versions_voided.items():

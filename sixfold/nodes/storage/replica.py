@@ -336,8 +336,7 @@ class SegmentReplica:
         changes = Changes(duplicates=plan.duplicates, stale=plan.stale)
         if plan.meta is not None:
             self._set_meta(plan.meta, changes)
-        for record, encoded in plan.fresh:
-            self._add(record, encoded)
+        self._add_many(plan.fresh)
         for record, encoded in plan.upgrades:
             self._upgrade(record, encoded)
         changes.records = plan.to_log
@@ -565,11 +564,13 @@ class SegmentReplica:
         self.unstored = []
         return out
 
-    def on_stored(self, lsns: list[int]) -> None:
-        for lsn in lsns:
-            held = self.held.get(lsn)
-            if held is not None:
-                held.in_store = True
+    def on_stored(self, stored: list[Held]) -> None:
+        """Marks the copies the store now holds. A copy dropped while the store wrote (voided,
+        then refilled at a newer epoch) is another Held: it stays unstored, or its log
+        frame would be checkpointed away with no copy in the store."""
+        for copy in stored:
+            if self.held.get(copy.record.lsn) is copy:
+                copy.in_store = True
 
     def take_restamp(self) -> list[Incoming]:
         """Upgraded copies to write to the store; they stay pending until on_restamped."""
@@ -693,21 +694,31 @@ class SegmentReplica:
         return sum(1 for epoch in self._mat_epochs[start:] if epoch < t.epoch)
 
     def _add(self, record: LogRecord, encoded: bytes) -> None:
-        lsn = record.lsn
-        assert lsn > self.chain.base_lsn and lsn not in self.held
-        if self.restamp:
-            self.restamp.pop(lsn, None)
-        self.held[lsn] = Held(record, encoded)
-        self.chain.add(lsn, record.prev_lsn)
-        self.unstored.append(lsn)
-        if record.kind is not RecordKind.VOLUME_SIZE:
-            lsns = self.page_lsns.get(record.page)
-            if lsns is None:
-                self.page_lsns[record.page] = [lsn]
-            elif lsn > lsns[-1]:
-                lsns.append(lsn)  # records mostly come in LSN order
-            else:
-                bisect.insort(lsns, lsn)
+        self._add_many(((record, encoded),))
+
+    def _add_many(self, items: list[Incoming] | tuple[Incoming, ...]) -> None:
+        """Holds new records (one loop for a whole batch: this runs for every record)."""
+        base_lsn = self.chain.base_lsn
+        held = self.held
+        restamp = self.restamp
+        unstored = self.unstored
+        page_lsns = self.page_lsns
+        for record, encoded in items:
+            lsn = record.lsn
+            assert lsn > base_lsn and lsn not in held
+            if restamp:
+                restamp.pop(lsn, None)
+            held[lsn] = Held(record, encoded)
+            unstored.append(lsn)
+            if record.kind is not RecordKind.VOLUME_SIZE:
+                lsns = page_lsns.get(record.page)
+                if lsns is None:
+                    page_lsns[record.page] = [lsn]
+                elif lsn > lsns[-1]:
+                    lsns.append(lsn)  # records mostly come in LSN order
+                else:
+                    bisect.insort(lsns, lsn)
+        self.chain.add_many([(record.lsn, record.prev_lsn) for record, _ in items])
 
     def _upgrade(self, record: LogRecord, encoded: bytes) -> None:
         """Replaces the held copy of record.lsn (checked: same_record, lower epoch) by this one."""
