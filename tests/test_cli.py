@@ -171,7 +171,7 @@ def test_bad_flags_exit_2(args, tmp_path):
     (["--azs", "2"], "exactly 3 AZs"),
     (["--storage-per-az", "1"], "at least 2"),
     (["--readers", "16"], "0 to 15"),
-    (["--writers", "2"], "multi-master"),
+    (["--writers", "9"], "1 to 8 writers"),
     (["--regions", "2"], "later issue"),
     (["--runtime", "docker"], "not available yet"),
     (["--storage-port", "7000", "--compute-port", "7000"], "must differ"),

@@ -460,6 +460,10 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
                        replica_lag_ms_p50=result["replica_lag_ms_p50"] if row["role"] == READER else None,
                        replica_lag_ms_p99=result["replica_lag_ms_p99"] if row["role"] == READER else None,
                        commits=result["commits"], sessions=result["sessions"])
+            if result.get("takes_writes"):
+                row["detail"] = f"peer writer: takes writes, commits through {result.get('writer_address')}"
+            elif result.get("multi_writer"):
+                row["detail"] = "multi-writer primary: decides every writer's commits"
         if row["partitioned_from"]:
             row["detail"] = f"cut off from {len(row['partitioned_from'])} node(s) (chaos partition)"
     recorded = state.get("state")
