@@ -50,11 +50,11 @@ def run(*args, input: str | None = None, timeout: float = 120) -> subprocess.Com
                           timeout=timeout, env=clean_env())
 
 
-def free_ports(readers: int = 1) -> tuple[int, int]:
+def free_ports(readers: int = 1, writers: int = 1) -> tuple[int, int]:
     rng = random.Random()
     for _ in range(100):
         base = rng.randrange(20_000, 40_000, 2)
-        spec = ClusterSpec(storage_port=base, compute_port=base + 1, readers=readers)
+        spec = ClusterSpec(storage_port=base, compute_port=base + 1, readers=readers, writers=writers)
         if not any(procs.port_taken(host, port) for host, port in listen_addresses(nodes_of(spec))):
             return base, base + 1
     raise RuntimeError("no free ports")
