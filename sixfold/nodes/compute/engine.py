@@ -229,6 +229,11 @@ class Engine:
             self.fenced = str(exc)
         if isinstance(exc, WriteConflictError):
             log.debug("writer connection reset after a lost conflict: %s", exc)
+            try:
+                # the loser refreshes before anyone retries: its next snapshot has the winner's pages
+                self.backend.refresh(exc.winner_lsn)
+            except StorageError as refresh_failed:
+                log.warning("could not refresh after a lost conflict: %s", refresh_failed)
         else:
             log.error("writer connection reset after a failed publish: %s", exc)
         assert self.writer_conn is not None
@@ -305,18 +310,17 @@ class Session:
 
     def _autocommit_with_retries(self, sql: str, params) -> Result:
         """Multi-writer: a statement outside a transaction that lost a conflict runs again
-        once this node has seen the winner (its pages refreshed). A statement that opens a
+        once this node has seen the winner (its pages refreshed, in on_writer_failure). A statement that opens a
         transaction (BEGIN) cannot conflict here: its commit comes with a later statement."""
         for attempt in range(AUTOCOMMIT_CONFLICT_ATTEMPTS):
             self.engine.acquire_writer()
             self._holding_writer = True
             try:
                 return self._on_writer(sql, params)
-            except WriteConflictError as exc:
+            except WriteConflictError:
                 if attempt == AUTOCOMMIT_CONFLICT_ATTEMPTS - 1:
                     raise
-                self.engine.backend.refresh(exc.winner_lsn)
-                time.sleep(random.uniform(0, CONFLICT_BACKOFF_MAX_S))
+                time.sleep(random.uniform(0, CONFLICT_BACKOFF_MAX_S))   # refreshed already (on_writer_failure)
         raise AssertionError("unreachable")
 
     def _on_snapshot(self, sql: str, params) -> Result:
