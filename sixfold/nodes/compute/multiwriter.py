@@ -136,6 +136,11 @@ class PeerWriterVolume(ReaderVolume):
         with self.applied:
             self.applied.notify_all()
 
+    def start_following(self, *args, **kwargs) -> None:
+        super().start_following(*args, **kwargs)
+        with self.applied:
+            self.applied.notify_all()   # a resubscription moves the read point too
+
     def wait_applied(self, lsn: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         with self.applied:
@@ -197,10 +202,15 @@ class PeerBackend:
             raise CommitTimeoutError(reply.detail)
         if reply.error_code:
             raise StorageError(f"the primary writer refused the commit: {reply.error_code}: {reply.detail}")
+        if reply.commit_lsn:
+            # durable on the primary; wait (still holding this node's SQLite lock) until this
+            # node's view has it: read-your-writes, and the next transaction here reads at or
+            # above it, so it never loses a conflict to this node's own commit
+            self.volume.wait_applied(reply.commit_lsn, REFRESH_WAIT_S)
         return reply.commit_lsn or None
 
     def wait_durable(self, lsn: int) -> None:
-        """Durable on the primary already; wait until this node's view has it (read-your-writes)."""
+        """Durable, and in this node's view, since commit() returned."""
         self.volume.wait_applied(lsn, REFRESH_WAIT_S)
 
     def refresh(self, winner_lsn: int) -> None:
