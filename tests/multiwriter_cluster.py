@@ -3,8 +3,12 @@ others are peer writers that follow it and commit through it."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
+from sixfold import dbapi
+from sixfold.chaos import history as H
 from tests.compute_cluster import ComputeNodeProcess, storage_spec
 from tests.storage_cluster import StorageCluster, free_port
 
@@ -44,3 +48,55 @@ class MultiWriterCluster:
                 node.kill()
             except Exception:
                 pass
+
+
+def run_workload(addresses: list[str], workload, time_s: float, clients_per_writer: int = 2,
+                 nemesis=None) -> list[dict]:
+    """Clients spread over every writer address (reads too; the first one sets up); returns
+    the history's ops. nemesis(deadline, history) runs on the calling thread meanwhile."""
+    conn = dbapi.connect(addresses[0])
+    workload.setup(conn)
+    conn.close()
+    history = H.History()
+    deadline = time.monotonic() + time_s
+    concurrency = clients_per_writer * len(addresses)
+
+    def client(process: int) -> None:
+        address = addresses[process % len(addresses)]
+        conn = None
+        while time.monotonic() < deadline:
+            f, value = workload.next_op()
+            history.append(H.INVOKE, f, process, value, endpoint=address)
+            outcome, result, error = H.INFO, value, None
+            try:
+                if conn is None:
+                    conn = dbapi.connect(address, timeout_s=5)
+                outcome, result = workload.apply(conn, f, value)
+            except dbapi.Error as exc:
+                outcome, error = H.FAIL, f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - Unknown: at COMMIT
+                error = f"{type(exc).__name__}: {exc}"
+            if outcome == H.INFO and workload.is_read_only(f, value):
+                outcome = H.FAIL
+            history.append(outcome, f, process, result if outcome != H.INFO else value, error=error)
+            if error:
+                try:
+                    if conn is not None:
+                        conn.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                conn = None
+                if outcome == H.INFO:
+                    process += concurrency
+                time.sleep(0.02)
+        if conn is not None:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(p,), daemon=True) for p in range(concurrency)]
+    for t in threads:
+        t.start()
+    if nemesis is not None:
+        nemesis(deadline, history)
+    for t in threads:
+        t.join(time_s + 60)
+    return history.ops

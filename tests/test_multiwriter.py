@@ -14,7 +14,7 @@ from psycopg import errors
 from sixfold import dbapi
 from sixfold.chaos import history as H
 from sixfold.chaos.workloads import Bank, ListAppend
-from tests.multiwriter_cluster import MultiWriterCluster
+from tests.multiwriter_cluster import MultiWriterCluster, run_workload
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -163,61 +163,9 @@ def test_run_transaction_retries_explicit_transactions_until_they_commit(writers
 # ------------------------------------------------------------------ workloads and checkers
 
 
-def run_workload(cluster: MultiWriterCluster, workload, time_s: float, clients_per_writer: int = 2,
-                 nemesis=None) -> list[dict]:
-    """Clients spread over every writer (reads too); returns the history's ops."""
-    conn = cluster.primary.connect(autocommit=False)
-    workload.setup(conn)
-    conn.close()
-    history = H.History()
-    addresses = [node.address for node in cluster.writers]
-    deadline = time.monotonic() + time_s
-    concurrency = clients_per_writer * len(addresses)
-
-    def client(process: int) -> None:
-        address = addresses[process % len(addresses)]
-        conn = None
-        while time.monotonic() < deadline:
-            f, value = workload.next_op()
-            history.append(H.INVOKE, f, process, value, endpoint=address)
-            outcome, result, error = H.INFO, value, None
-            try:
-                if conn is None:
-                    conn = dbapi.connect(address, timeout_s=5)
-                outcome, result = workload.apply(conn, f, value)
-            except dbapi.Error as exc:
-                outcome, error = H.FAIL, f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # noqa: BLE001 - Unknown: at COMMIT
-                error = f"{type(exc).__name__}: {exc}"
-            if outcome == H.INFO and workload.is_read_only(f, value):
-                outcome = H.FAIL
-            history.append(outcome, f, process, result if outcome != H.INFO else value, error=error)
-            if error:
-                try:
-                    if conn is not None:
-                        conn.close()
-                except Exception:  # noqa: BLE001
-                    pass
-                conn = None
-                if outcome == H.INFO:
-                    process += concurrency
-                time.sleep(0.02)
-        if conn is not None:
-            conn.close()
-
-    threads = [threading.Thread(target=client, args=(p,), daemon=True) for p in range(concurrency)]
-    for t in threads:
-        t.start()
-    if nemesis is not None:
-        nemesis(deadline, history)
-    for t in threads:
-        t.join(time_s + 60)
-    return history.ops
-
-
 def test_bank_transfers_spread_over_every_writer_keep_the_total(writers):
     bank = Bank("mw", random.Random(7))
-    ops = run_workload(writers, bank, time_s=12)
+    ops = run_workload([node.address for node in writers.writers], bank, time_s=12)
     conn = writers.writers[2].connect(autocommit=False)
     final = bank.final_read(conn)
     conn.close()
@@ -246,7 +194,7 @@ def test_list_append_finds_no_anomaly_while_peer_writers_are_killed(writers):
             history.append(H.INFO, "stop", H.NEMESIS, {"fault": "kill", "id": fault})
             fault += 1
 
-    ops = run_workload(writers, workload, time_s=15, nemesis=kill_peers)
+    ops = run_workload([node.address for node in writers.writers], workload, time_s=15, nemesis=kill_peers)
     conn = writers.primary.connect(autocommit=False)
     final = workload.final_read(conn)
     conn.close()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
 import pytest
 
 from sixfold import dbapi
+from sixfold.chaos import history as H
+from sixfold.chaos.workloads import ListAppend
 from tests.test_cli import Cluster, all_healthy, force_teardown, free_ports
+from tests.multiwriter_cluster import run_workload
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -113,3 +117,30 @@ def test_a_peer_writer_is_added_and_removed_while_the_cluster_runs(cluster):
     while len(cluster.sql("SELECT by FROM t", endpoint="writer-4")[0]["rows"]) != 2:
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_list_append_over_every_writer_finds_no_anomaly_when_the_primary_is_killed(cluster):
+    endpoints = {e["name"]: e["address"] for e in cluster.up_json["endpoints"]}
+    workload = ListAppend("primary_kill", random.Random(5))
+
+    def kill_the_primary(deadline: float, history: H.History) -> None:
+        time.sleep(3)
+        history.append(H.INFO, "start", H.NEMESIS, {"fault": "kill", "id": 0, "targets": ["writer-1"]})
+        cluster.ok("chaos", "kill", "--node", "writer-1")
+        cluster.wait_status(lambda ns: any(ns[n]["role"] == "writer" for n in ("writer-2", "writer-3")),
+                            timeout_s=60)
+        time.sleep(2)
+        cluster.ok("chaos", "restart", "--node", "writer-1")
+        history.append(H.INFO, "stop", H.NEMESIS, {"fault": "kill", "id": 0})
+
+    ops = run_workload([endpoints[n] for n in ("writer-1", "writer-2", "writer-3")], workload, time_s=16,
+                       nemesis=kill_the_primary)
+    nodes = cluster.wait_status(all_healthy, timeout_s=60)
+    primary = next(n for n in ("writer-1", "writer-2", "writer-3") if nodes[n]["role"] == "writer")
+    conn = dbapi.connect(endpoints[primary])   # every acknowledged commit is at or below its VDL
+    final = workload.final_read(conn)
+    conn.close()
+    verdict = workload.check(ops, final)
+    assert verdict["valid"] is True, {k: v for k, v in verdict.items() if k != "stats"}
+    oks = [o for o in ops if o["f"] == "txn" and o["type"] == H.OK]
+    assert len(oks) >= 30
