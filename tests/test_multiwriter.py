@@ -172,7 +172,8 @@ def test_bank_transfers_spread_over_every_writer_keep_the_total(writers):
     verdict = bank.check(ops, final)
     assert verdict["valid"] is True, verdict
     done = [o for o in ops if o["f"] == "transfer" and o["type"] == H.OK]
-    lost = [o for o in ops if o["f"] == "transfer" and o["type"] == H.FAIL and "SerializationFailure" in (o.get("error") or "")]
+    lost = [o for o in ops if o["f"] == "transfer" and o["type"] == H.FAIL
+            and "SerializationFailure" in (o.get("error") or "")]
     assert len(done) >= 20 and lost, (len(done), len(lost))   # real concurrency: some transfers conflicted
 
 

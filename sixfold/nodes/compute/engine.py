@@ -309,9 +309,9 @@ class Session:
             raise map_error(exc) from exc
 
     def _autocommit_with_retries(self, sql: str, params) -> Result:
-        """Multi-writer: a statement outside a transaction that lost a conflict runs again
-        once this node has seen the winner (its pages refreshed, in on_writer_failure). A statement that opens a
-        transaction (BEGIN) cannot conflict here: its commit comes with a later statement."""
+        """Multi-writer: a statement outside a transaction that lost a conflict runs again, once
+        this node has seen the winner (on_writer_failure refreshed its pages). A statement that
+        opens a transaction (BEGIN) cannot conflict here: its commit comes with a later statement."""
         for attempt in range(AUTOCOMMIT_CONFLICT_ATTEMPTS):
             self.engine.acquire_writer()
             self._holding_writer = True

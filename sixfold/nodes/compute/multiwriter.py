@@ -96,7 +96,8 @@ class PrimaryBackend:
         return None   # the primary's read point is its issued point: it already has the winner
 
 
-async def serve_commit(backend: PrimaryBackend, request: cpb.MultiWriterCommitRequest, loop) -> cpb.MultiWriterCommitResponse:
+async def serve_commit(backend: PrimaryBackend, request: cpb.MultiWriterCommitRequest,
+                       loop) -> cpb.MultiWriterCommitResponse:
     """The MultiWriterCommit RPC on the primary's loop: decide + issue in a thread (the
     quorum client takes its thread lock), then wait for durability on the loop."""
     commit = CommitRequest(
