@@ -130,6 +130,50 @@ def test_a_lost_conflict_is_40001_over_the_postgresql_wire(writers):
         assert second.execute("SELECT balance FROM acct WHERE id = 1").fetchone()[0] == 70
 
 
+def wait_rows(node, sql: str, expected, timeout_s: float = 10.0) -> None:
+    """Until `node` sees `expected` (another writer's commit reaches it with the redo stream)."""
+    conn = node.connect(autocommit=True)
+    deadline = time.monotonic() + timeout_s
+    while (seen := conn.execute(sql).fetchall()) != expected:
+        assert time.monotonic() < deadline, (node.node_id, seen)
+        time.sleep(0.02)
+    conn.close()
+
+
+def test_schema_changes_are_serialised_against_concurrent_writes(writers):
+    """CREATE INDEX reads the whole table and writes only new pages; an INSERT compiled before
+    it writes only a table page: no page in common, yet both committing would leave the index
+    without the row. Both orders must end in one 40001 and a consistent database."""
+    a_node, b_node = writers.writers[1], writers.writers[2]
+    setup = writers.primary.connect(autocommit=True)
+    setup.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+    for i in range(20):
+        setup.execute("INSERT INTO t VALUES (?, ?)", (i, i))
+    for node in (a_node, b_node):
+        wait_rows(node, "SELECT count(*) FROM t", [(20,)])
+    # the DDL's transaction first, a plain INSERT commits meanwhile: the DDL loses
+    ddl = a_node.connect(autocommit=False)
+    ddl.execute("CREATE INDEX t_v ON t(v)")
+    insert = b_node.connect(autocommit=True)
+    insert.execute("INSERT INTO t VALUES (100, 100)")
+    with pytest.raises(dbapi.SerializationFailure):
+        ddl.commit()
+    # an INSERT's transaction first, the DDL commits meanwhile: the INSERT loses
+    writer = b_node.connect(autocommit=False)
+    writer.execute("INSERT INTO t VALUES (101, 101)")
+    ddl.execute("CREATE INDEX t_v ON t(v)")
+    ddl.commit()
+    with pytest.raises(dbapi.SerializationFailure):
+        writer.commit()
+    writer.execute("INSERT INTO t VALUES (101, 101)")   # retried, under the new schema
+    writer.commit()
+    wait_rows(writers.primary, "SELECT count(*) FROM t", [(22,)])
+    assert setup.execute("SELECT count(*) FROM t INDEXED BY t_v WHERE v >= 0").fetchall() == [(22,)]
+    assert setup.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    for conn in (ddl, insert, writer, setup):
+        conn.close()
+
+
 def test_run_transaction_retries_explicit_transactions_until_they_commit(writers):
     setup = writers.primary.connect(autocommit=True)
     setup.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER)")

@@ -132,13 +132,30 @@ class Adjudicator:
         self.conflicts = 0
 
     def decide(self, request: CommitRequest, current_page0: bytes | None) -> bytes | None | Conflict:
-        """The page 0 to issue with the commit (None: page 0 untouched), or a Conflict."""
+        """The page 0 to issue with the commit (None: page 0 untouched), or a Conflict.
+
+        Schema changes are serialised against everything: page-level write conflicts do not
+        cover what a statement *read* through the schema (CREATE INDEX reads the whole table
+        and writes only new pages; an INSERT compiled before it writes only a table page),
+        so every writing transaction depends on the schema cookie it read, and a transaction
+        that changes the cookie commits only if nothing at all committed since its snapshot.
+        """
         pages, winner = self.table.conflicts(request.read_lsn, request.pages)
         if pages:
             self.conflicts += 1
             return Conflict(tuple(sorted(pages)), winner, f"page(s) {sorted(pages)[:8]} changed since LSN "
                                                           f"{request.read_lsn} (by LSN {winner})")
-        if request.page0_mine is None:
+        base, mine = request.page0_base, request.page0_mine
+        if base is not None and current_page0 is not None and \
+                _field(current_page0, SCHEMA_COOKIE_OFFSET) != _field(base, SCHEMA_COOKIE_OFFSET):
+            self.conflicts += 1
+            return Conflict((0,), self.table.last_write(0), "the schema changed since this transaction read it")
+        if base is not None and mine is not None and self.table.newest_lsn > request.read_lsn and \
+                _field(mine, SCHEMA_COOKIE_OFFSET) != _field(base, SCHEMA_COOKIE_OFFSET):
+            self.conflicts += 1
+            return Conflict((0,), self.table.newest_lsn,
+                            "a schema change commits only when nothing else committed since its snapshot")
+        if mine is None:
             return None
         if request.page0_base is None or current_page0 is None:
             # creating the database: only one writer may, and only while nobody else has

@@ -299,7 +299,7 @@ class MultiWriterFile(_VolumeFile):
         for page, image in writes.items():
             if page != 0 and image != self.backend.read(page, read_lsn):
                 pages[page] = image
-        base0 = self.backend.read(0, read_lsn)
+        base0 = self.backend.read(0, read_lsn)   # always sent: the schema cookie is read by every write
         mine0 = writes.get(0)
         if mine0 is not None and base0 is not None and merge_page1(base0, base0, mine0) == base0:
             mine0 = None   # only the change counter moved: nothing of page 1 to commit
