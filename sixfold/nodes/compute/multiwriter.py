@@ -199,10 +199,12 @@ class PeerBackend:
                                      f"({exc.code().name}); its outcome is unknown") from None
         if reply.error_code == SERIALIZATION_FAILURE:
             raise WriteConflictError(reply.detail, reply.winner_lsn)
-        if reply.error_code == "commit_unknown":
-            raise CommitTimeoutError(reply.detail)
+        if reply.error_code == "not_primary":   # refused before anything was decided
+            raise StorageError(f"the writer this node follows does not decide commits: {reply.detail}")
         if reply.error_code:
-            raise StorageError(f"the primary writer refused the commit: {reply.error_code}: {reply.detail}")
+            # fenced or cut off from storage, possibly after it issued the records: unknown
+            raise CommitTimeoutError(f"the primary writer could not finish the commit ({reply.error_code}): "
+                                     f"{reply.detail}; its outcome is unknown")
         if reply.commit_lsn:
             # durable on the primary; wait (still holding this node's SQLite lock) until this
             # node's view has it: read-your-writes, and the next transaction here reads at or
