@@ -30,14 +30,33 @@ def writers(storage_cluster, tmp_path):
         cluster.close()
 
 
+def wait_rows(node, sql: str, expected, timeout_s: float = 10.0) -> None:
+    """Until `node` sees `expected` (another writer's commit reaches it with the redo stream)."""
+    conn = node.connect(autocommit=True)
+    deadline = time.monotonic() + timeout_s
+    while (seen := conn.execute(sql).fetchall()) != expected:
+        assert time.monotonic() < deadline, (node.node_id, seen)
+        time.sleep(0.02)
+    conn.close()
+
+
 def test_writers_on_disjoint_tables_all_commit(writers):
     rows_each = 40
     errors_seen: list[str] = []
 
+    # each writer creates its table, one after the other: a schema change commits only when
+    # nothing else committed since its snapshot (MULTIWRITER.md), so under concurrent writes it
+    # would keep losing; the rows then go in from every writer at once
+    for i, node in enumerate(writers.writers):
+        conn = node.connect(autocommit=True)
+        conn.execute(f"CREATE TABLE t{i} (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.close()
+    for node in writers.writers:
+        wait_rows(node, "SELECT count(*) FROM sqlite_schema", [(len(writers.writers),)])
+
     def fill(node, table: str) -> None:
         try:
             conn = node.connect(autocommit=True)
-            conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, v TEXT)")
             for i in range(rows_each):
                 conn.execute(f"INSERT INTO {table} (id, v) VALUES (?, ?)", (i, f"{table}-{i}"))
             conn.close()
@@ -128,16 +147,6 @@ def test_a_lost_conflict_is_40001_over_the_postgresql_wire(writers):
         second.execute("UPDATE acct SET balance = balance - 20 WHERE id = 1")
         second.commit()
         assert second.execute("SELECT balance FROM acct WHERE id = 1").fetchone()[0] == 70
-
-
-def wait_rows(node, sql: str, expected, timeout_s: float = 10.0) -> None:
-    """Until `node` sees `expected` (another writer's commit reaches it with the redo stream)."""
-    conn = node.connect(autocommit=True)
-    deadline = time.monotonic() + timeout_s
-    while (seen := conn.execute(sql).fetchall()) != expected:
-        assert time.monotonic() < deadline, (node.node_id, seen)
-        time.sleep(0.02)
-    conn.close()
 
 
 def test_schema_changes_are_serialised_against_concurrent_writes(writers):
