@@ -12,6 +12,9 @@ transaction and commit()/rollback() end it.
 
 from __future__ import annotations
 
+import random
+import time
+
 import grpc
 
 from sixfold.client.channels import CLIENT_CHANNEL_OPTIONS
@@ -78,6 +81,11 @@ class CommitUnknownError(OperationalError):
     """The commit did not reach a write quorum in time: it may or may not be durable."""
 
 
+class SerializationFailure(OperationalError):
+    """Multi-writer: the transaction lost a page conflict to a concurrent commit and was
+    rolled back; retry it (see run_transaction)."""
+
+
 _ERRORS = {
     "sql_error": ProgrammingError,
     "constraint": IntegrityError,
@@ -85,6 +93,7 @@ _ERRORS = {
     "busy": OperationalError,
     "fenced": FencedError,
     "commit_unknown": CommitUnknownError,
+    "serialization_failure": SerializationFailure,
     "storage_unavailable": OperationalError,
     "no_session": InterfaceError,
     "internal": InternalError,
@@ -257,3 +266,24 @@ def close_session(address: str, session_id: str, timeout_s: float = 5.0) -> bool
 def connect(address: str, autocommit: bool = False, timeout_s: float = 30.0) -> Connection:
     """Opens a session on a compute node (HOST:PORT)."""
     return Connection(address, autocommit=autocommit, timeout_s=timeout_s)
+
+
+def run_transaction(connection: Connection, fn, attempts: int = 10, backoff_max_s: float = 0.02):
+    """Runs `fn(connection)` as one explicit transaction and commits it; when the transaction
+    loses a multi-writer conflict (SerializationFailure) it is run again from the start, up
+    to `attempts` times, with a growing random back-off. `fn` must have no effects outside
+    the database (it may run several times). Returns what the committed run of `fn` returned."""
+    if connection.autocommit:
+        raise InterfaceError("run_transaction needs a connection with autocommit off")
+    for attempt in range(attempts):
+        try:
+            result = fn(connection)
+            connection.commit()
+            return result
+        except SerializationFailure:
+            if connection.in_transaction:
+                connection.rollback()
+            if attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0, backoff_max_s * (attempt + 1)))
+    raise AssertionError("unreachable")

@@ -50,8 +50,8 @@ def test_readers_round_robin_over_azs_2_3_1():
     ({"storage_per_az": 100}, "at most 99"),
     ({"readers": 16}, "0 to 15"),
     ({"readers": -1}, "0 to 15"),
-    ({"writers": 2}, "multi-master"),
-    ({"writers": 0}, "exactly one writer"),
+    ({"writers": 9}, "1 to 8 writers"),
+    ({"writers": 0}, "1 to 8 writers"),
     ({"regions": 2}, "later issue"),
     ({"storage_port": 7200}, "must differ"),
     ({"compute_port": 70000}, "1..65535"),
@@ -66,8 +66,18 @@ def test_impossible_specs_say_why(kwargs, words):
 
 
 def test_every_problem_is_reported_at_once():
-    problems = ClusterSpec(azs=2, writers=2, readers=20).problems()
+    problems = ClusterSpec(azs=2, writers=9, readers=20).problems()
     assert len(problems) == 3
+
+
+def test_peer_writers_follow_the_primary_and_have_their_own_addresses():
+    nodes = nodes_of(ClusterSpec(writers=3, readers=15))
+    compute = [n for n in nodes if n.kind == "compute"]
+    assert [n.name for n in compute[:3]] == ["writer-1", "writer-2", "writer-3"]
+    assert [(n.role, n.takes_writes, n.az) for n in compute[:3]] == [
+        ("writer", False, 1), ("reader", True, 2), ("reader", True, 3)]
+    assert not any(n.takes_writes for n in compute[3:])
+    assert len({n.host for n in nodes}) == len(nodes)
 
 
 def test_storage_nodes_flag_is_what_compute_nodes_accept():

@@ -4,7 +4,7 @@ A workload makes ops (f, value) from a seeded random source, runs one on a conne
 and says what happened: ("ok", value) | ("fail", value) | ("info", value). Which one is
 decided by where an error struck: before COMMIT nothing was committed (the session rolls
 back), so "fail"; at COMMIT, or a lost connection there, the outcome is unknown, so
-"info" (possibly applied). A read-only op that errs is "fail": it changed nothing.
+"info" (possibly applied), except a lost multi-writer conflict (certainly rolled back: "fail"). A read-only op that errs is "fail": it changed nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def run_txn(conn: dbapi.Connection, body) -> object:
         raise
     try:
         conn.commit()
+    except dbapi.SerializationFailure:
+        raise   # multi-writer: it lost a conflict and was rolled back, certainly not applied (fail)
     except dbapi.Error as exc:
         raise Unknown(f"{type(exc).__name__}: {exc}") from None
     return result

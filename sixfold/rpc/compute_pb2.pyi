@@ -118,7 +118,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "role", "region", "az", "address", "epoch", "vdl", "replica_lag_ms_p50", "replica_lag_ms_p99", "commits", "cached_pages", "health", "sessions", "writer_address", "issued_lsn")
+    __slots__ = ("node_id", "role", "region", "az", "address", "epoch", "vdl", "replica_lag_ms_p50", "replica_lag_ms_p99", "commits", "cached_pages", "health", "sessions", "writer_address", "issued_lsn", "takes_writes", "multi_writer")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,8 @@ class StatusResponse(_message.Message):
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     WRITER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ISSUED_LSN_FIELD_NUMBER: _ClassVar[int]
+    TAKES_WRITES_FIELD_NUMBER: _ClassVar[int]
+    MULTI_WRITER_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     region: str
@@ -149,7 +151,9 @@ class StatusResponse(_message.Message):
     sessions: int
     writer_address: str
     issued_lsn: int
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., region: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., replica_lag_ms_p50: _Optional[float] = ..., replica_lag_ms_p99: _Optional[float] = ..., commits: _Optional[int] = ..., cached_pages: _Optional[int] = ..., health: _Optional[str] = ..., sessions: _Optional[int] = ..., writer_address: _Optional[str] = ..., issued_lsn: _Optional[int] = ...) -> None: ...
+    takes_writes: bool
+    multi_writer: bool
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., region: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., replica_lag_ms_p50: _Optional[float] = ..., replica_lag_ms_p99: _Optional[float] = ..., commits: _Optional[int] = ..., cached_pages: _Optional[int] = ..., health: _Optional[str] = ..., sessions: _Optional[int] = ..., writer_address: _Optional[str] = ..., issued_lsn: _Optional[int] = ..., takes_writes: _Optional[bool] = ..., multi_writer: _Optional[bool] = ...) -> None: ...
 
 class PromoteRequest(_message.Message):
     __slots__ = ("failover_id",)
@@ -204,3 +208,37 @@ class ReplaceStorageNodeResponse(_message.Message):
     pgs_without_candidate: int
     detail: str
     def __init__(self, pgs_holding: _Optional[int] = ..., pgs_changing: _Optional[int] = ..., pgs_without_candidate: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ChangedPage(_message.Message):
+    __slots__ = ("page", "image")
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    page: int
+    image: bytes
+    def __init__(self, page: _Optional[int] = ..., image: _Optional[bytes] = ...) -> None: ...
+
+class MultiWriterCommitRequest(_message.Message):
+    __slots__ = ("writer_id", "read_lsn", "pages", "page0_base", "page0_mine")
+    WRITER_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_LSN_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    PAGE0_BASE_FIELD_NUMBER: _ClassVar[int]
+    PAGE0_MINE_FIELD_NUMBER: _ClassVar[int]
+    writer_id: str
+    read_lsn: int
+    pages: _containers.RepeatedCompositeFieldContainer[ChangedPage]
+    page0_base: bytes
+    page0_mine: bytes
+    def __init__(self, writer_id: _Optional[str] = ..., read_lsn: _Optional[int] = ..., pages: _Optional[_Iterable[_Union[ChangedPage, _Mapping]]] = ..., page0_base: _Optional[bytes] = ..., page0_mine: _Optional[bytes] = ...) -> None: ...
+
+class MultiWriterCommitResponse(_message.Message):
+    __slots__ = ("commit_lsn", "error_code", "detail", "winner_lsn")
+    COMMIT_LSN_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    WINNER_LSN_FIELD_NUMBER: _ClassVar[int]
+    commit_lsn: int
+    error_code: str
+    detail: str
+    winner_lsn: int
+    def __init__(self, commit_lsn: _Optional[int] = ..., error_code: _Optional[str] = ..., detail: _Optional[str] = ..., winner_lsn: _Optional[int] = ...) -> None: ...

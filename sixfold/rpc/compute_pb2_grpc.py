@@ -74,6 +74,11 @@ class ComputeStub:
                 request_serializer=sixfold_dot_rpc_dot_compute__pb2.ReplaceStorageNodeRequest.SerializeToString,
                 response_deserializer=sixfold_dot_rpc_dot_compute__pb2.ReplaceStorageNodeResponse.FromString,
                 _registered_method=True)
+        self.MultiWriterCommit = channel.unary_unary(
+                '/sixfold.v1.Compute/MultiWriterCommit',
+                request_serializer=sixfold_dot_rpc_dot_compute__pb2.MultiWriterCommitRequest.SerializeToString,
+                response_deserializer=sixfold_dot_rpc_dot_compute__pb2.MultiWriterCommitResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServicer:
@@ -127,6 +132,12 @@ class ComputeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MultiWriterCommit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComputeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +180,11 @@ def add_ComputeServicer_to_server(servicer, server):
                     servicer.ReplaceStorageNode,
                     request_deserializer=sixfold_dot_rpc_dot_compute__pb2.ReplaceStorageNodeRequest.FromString,
                     response_serializer=sixfold_dot_rpc_dot_compute__pb2.ReplaceStorageNodeResponse.SerializeToString,
+            ),
+            'MultiWriterCommit': grpc.unary_unary_rpc_method_handler(
+                    servicer.MultiWriterCommit,
+                    request_deserializer=sixfold_dot_rpc_dot_compute__pb2.MultiWriterCommitRequest.FromString,
+                    response_serializer=sixfold_dot_rpc_dot_compute__pb2.MultiWriterCommitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +403,33 @@ class Compute:
             '/sixfold.v1.Compute/ReplaceStorageNode',
             sixfold_dot_rpc_dot_compute__pb2.ReplaceStorageNodeRequest.SerializeToString,
             sixfold_dot_rpc_dot_compute__pb2.ReplaceStorageNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MultiWriterCommit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sixfold.v1.Compute/MultiWriterCommit',
+            sixfold_dot_rpc_dot_compute__pb2.MultiWriterCommitRequest.SerializeToString,
+            sixfold_dot_rpc_dot_compute__pb2.MultiWriterCommitResponse.FromString,
             options,
             channel_credentials,
             insecure,

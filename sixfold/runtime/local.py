@@ -29,6 +29,7 @@ from sixfold.runtime import partition, procs
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_PAUSED, MARKER_RESTART, MARKERS,
                                     RUNNING, STARTING, STATE_FORMAT, STOPPED, STOPPING, ClusterDir, StateError, tail)
 from sixfold.runtime.probe import probe, probe_many
+from sixfold.runtime.topology import (PEER_WRITER_OCTET_BASE, WRITERS_MAX)
 from sixfold.runtime.topology import (COMPUTE, COMPUTE_OCTET_BASE, COORDINATOR, READER, READERS_MAX, STORAGE,
                                       TIER_MAX, WRITER, ClusterSpec, Endpoint, NodeSpec, reader_az,
                                       extra_listen_addresses, raft_address, router_addresses,
@@ -460,6 +461,10 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
                        replica_lag_ms_p50=result["replica_lag_ms_p50"] if row["role"] == READER else None,
                        replica_lag_ms_p99=result["replica_lag_ms_p99"] if row["role"] == READER else None,
                        commits=result["commits"], sessions=result["sessions"])
+            if result.get("takes_writes"):
+                row["detail"] = f"peer writer: takes writes, commits through {result.get('writer_address')}"
+            elif result.get("multi_writer"):
+                row["detail"] = "multi-writer primary: decides every writer's commits"
         if row["partitioned_from"]:
             row["detail"] = f"cut off from {len(row['partitioned_from'])} node(s) (chaos partition)"
     recorded = state.get("state")
@@ -586,8 +591,10 @@ REPLICA_CHANGE_TIMEOUT_S = 60.0
 
 
 def add_replica(cdir: ClusterDir, az: int | None = None, tier: int | None = None,
-                progress: Progress = _quiet) -> dict:
-    """A new reader: the supervisor starts it, then it joins the coordinators' catalog."""
+                progress: Progress = _quiet, takes_writes: bool = False) -> dict:
+    """A new reader: the supervisor starts it, then it joins the coordinators' catalog.
+    takes_writes: a peer writer instead (writer-2, ...; the cluster must have been started
+    with --writers 2 or more, so that its primary runs the adjudicator: MULTIWRITER.md)."""
     from sixfold.rpc import coordinator_pb2 as copb
 
     with cdir.cli_locked():
@@ -603,11 +610,23 @@ def add_replica(cdir: ClusterDir, az: int | None = None, tier: int | None = None
         if tier is not None and not 0 <= tier <= TIER_MAX:
             raise UsageProblem(f"--tier {tier}: a promotion tier is 0..{TIER_MAX}")
         used = {n.name for n in compute}
-        number = next(k for k in range(1, READERS_MAX + 2) if f"reader-{k}" not in used)
-        az = az or reader_az(number, spec.azs)
-        node = NodeSpec(name=f"reader-{number}", kind=COMPUTE, role=READER, region=1, az=az,
-                        host=f"127.1.{az}.{COMPUTE_OCTET_BASE + number}", port=spec.compute_port,
-                        tier=number if tier is None else tier)
+        if takes_writes:
+            if spec.writers < 2:
+                raise UsageProblem("this cluster has one writer (single-writer mode); a cluster takes peer "
+                                   "writers only when started with --writers 2 or more")
+            number = next((k for k in range(2, WRITERS_MAX + 1) if f"writer-{k}" not in used), None)
+            if number is None:
+                raise UsageProblem(f"the cluster already has {WRITERS_MAX} writers; remove one first")
+            az = az or (number - 1) % spec.azs + 1
+            node = NodeSpec(name=f"writer-{number}", kind=COMPUTE, role=READER, region=1, az=az,
+                            host=f"127.1.{az}.{PEER_WRITER_OCTET_BASE + number}", port=spec.compute_port,
+                            tier=number if tier is None else tier, takes_writes=True)
+        else:
+            number = next(k for k in range(1, READERS_MAX + 2) if f"reader-{k}" not in used)
+            az = az or reader_az(number, spec.azs)
+            node = NodeSpec(name=f"reader-{number}", kind=COMPUTE, role=READER, region=1, az=az,
+                            host=f"127.1.{az}.{COMPUTE_OCTET_BASE + number}", port=spec.compute_port,
+                            tier=number if tier is None else tier)
         if procs.port_taken(node.host, node.port):
             raise UsageProblem(f"{node.address} is taken by another process; free it and retry")
         progress(f"starting {node.name} in AZ {az} on {node.address}")

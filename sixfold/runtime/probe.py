@@ -75,7 +75,9 @@ def probe_compute(address: str, timeout_s: float = 1.0) -> dict:
         return {"reachable": True, "role": status.role, "health": status.health or "ok", "epoch": status.epoch,
                 "vdl": status.vdl, "replica_lag_ms_p50": round(status.replica_lag_ms_p50, 2),
                 "replica_lag_ms_p99": round(status.replica_lag_ms_p99, 2), "commits": status.commits,
-                "sessions": status.sessions, "cached_pages": status.cached_pages}
+                "sessions": status.sessions, "cached_pages": status.cached_pages,
+                "takes_writes": status.takes_writes, "multi_writer": status.multi_writer,
+                "writer_address": status.writer_address}
 
 
 def probe_coordinator(address: str, timeout_s: float = 1.0) -> dict:

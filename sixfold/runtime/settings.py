@@ -68,7 +68,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("azs", int, 3, "Availability zones: exactly 3 (six copies, two per AZ).", "cluster"),
     Setting("storage_per_az", int, 2, "Storage nodes per AZ (at least 2).", "cluster"),
     Setting("readers", int, 1, "Reader instances, 0..15, spread over AZs 2, 3, 1, ...", "cluster"),
-    Setting("writers", int, 1, "Writer instances (1 for now; multi-master is a later issue).", "cluster"),
+    Setting("writers", int, 1, "Writer instances, 1..8: writer-1 is the primary, writer-2.. are peer writers "
+            "(multi-writer, snapshot isolation; see sixfold/nodes/compute/MULTIWRITER.md).", "cluster"),
     Setting("storage_port", int, 7100, "Port of every storage node (each node has its own address).", "cluster"),
     Setting("compute_port", int, 7200, "Port of every compute instance (each has its own address).", "cluster"),
     Setting("volume_id", str, "vol-1", "Name of the shared volume.", "cluster"),

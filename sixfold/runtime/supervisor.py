@@ -148,7 +148,12 @@ class Supervisor:
             # a restarted instance asks the catalog for its role (the writer may have moved)
             cmd += ["--coordinators", ",".join(c.address for c in coordinators)]
         writer = next((s for s in specs if s.role == WRITER), None)
-        if node.role == READER and writer is not None:   # (the first writer may have been removed as a
+        if node.takes_writes and writer is not None:   # a peer writer (multi-writer, MULTIWRITER.md)
+            cmd[cmd.index("--role") + 1] = WRITER
+            cmd += ["--multi-writer", "--writer-address", writer.address]
+        elif node.role == WRITER and self.spec.writers > 1:
+            cmd += ["--multi-writer"]   # the primary: runs the adjudicator
+        elif node.role == READER and writer is not None:   # (the first writer may have been removed as a
             cmd += ["--writer-address", writer.address]  # reader: then the catalog says who the writer is)
         return cmd
 

@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, fields
 from sixfold.volume.placement import AZ_COUNT, COPIES_PER_AZ, StorageNodeInfo
 
 READERS_MAX = 15  # Aurora's limit; promotion tiers are 0..15
+WRITERS_MAX = 8   # multi-writer: the primary and up to 7 peer writers (MULTIWRITER.md)
+PEER_WRITER_OCTET_BASE = 120  # peer writer k (k >= 2) is 127.<r>.<az>.120+k: above every reader's octet
 TIER_MAX = 15
 COMPUTE_OCTET_BASE = 100  # compute instances are 127.<r>.<az>.100+k
 STORAGE_PER_AZ_MAX = COMPUTE_OCTET_BASE - 1  # storage octets must stay below the compute ones
@@ -88,9 +90,8 @@ class ClusterSpec:
                          f"(addresses 127.<region>.<az>.{COMPUTE_OCTET_BASE}+ belong to compute instances)")
         if not 0 <= self.readers <= READERS_MAX:
             found.append(f"--readers {self.readers}: a cluster has 0 to {READERS_MAX} readers")
-        if self.writers != 1:
-            found.append(f"--writers {self.writers}: exactly one writer for now "
-                         "(several writers on one volume, multi-master, is a later issue); use --writers 1")
+        if not 1 <= self.writers <= WRITERS_MAX:
+            found.append(f"--writers {self.writers}: a cluster has 1 to {WRITERS_MAX} writers")
         for name, port in (("--storage-port", self.storage_port), ("--compute-port", self.compute_port)):
             if not 1 <= port <= 65535:
                 found.append(f"{name} {port}: a port is 1..65535")
@@ -145,6 +146,9 @@ class NodeSpec:
     host: str
     port: int
     tier: int = -1   # compute: promotion tier 0-15 (-1: by position, readers first, the writer last)
+    # multi-writer: a peer writer (writer-2, ...). Role READER: to the control plane it follows the
+    # primary like a reader; it also takes writes, committing through the primary (MULTIWRITER.md)
+    takes_writes: bool = False
 
     @property
     def address(self) -> str:
@@ -187,6 +191,11 @@ def nodes_of(spec: ClusterSpec) -> list[NodeSpec]:
     ]
     nodes.append(NodeSpec(name="writer-1", kind=COMPUTE, role=WRITER, region=region, az=1,
                           host=f"127.{region}.1.{COMPUTE_OCTET_BASE}", port=spec.compute_port))
+    for k in range(2, spec.writers + 1):
+        az = (k - 1) % spec.azs + 1   # writer-2 in AZ 2, writer-3 in AZ 3, writer-4 in AZ 1, ...
+        nodes.append(NodeSpec(name=f"writer-{k}", kind=COMPUTE, role=READER, region=region, az=az,
+                              host=f"127.{region}.{az}.{PEER_WRITER_OCTET_BASE + k}", port=spec.compute_port,
+                              takes_writes=True))
     for i in range(1, spec.readers + 1):
         az = reader_az(i, spec.azs)
         nodes.append(NodeSpec(name=f"reader-{i}", kind=COMPUTE, role=READER, region=region, az=az,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ from dataclasses import dataclass, field
 import apsw
 
 from sixfold.client.errors import CommitTimeoutError, FencedError, ReadUnavailableError, StorageError
+from sixfold.nodes.compute.multiwriter import SERIALIZATION_FAILURE, MultiWriterVFS, WriteConflictError
 from sixfold.nodes.compute.vfs import DB_NAME, SixfoldVFS, WriterFile
-from sixfold.nodes.compute.volume import VolumeState, WriterVolume
+from sixfold.nodes.compute.volume import VolumeState
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,18 @@ COMMIT_UNKNOWN = "commit_unknown"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL = "internal"
 CANCELED = "canceled"
+# SERIALIZATION_FAILURE (imported): multi-writer, lost a page conflict; retry (SQLSTATE 40001)
+# an autocommit statement that lost a conflict runs again at a newer snapshot: nothing of it
+# reached the client, so this is safe; bounded, with a short random back-off
+AUTOCOMMIT_CONFLICT_ATTEMPTS = 8
+CONFLICT_BACKOFF_MAX_S = 0.005
 
 
 def map_error(exc: BaseException) -> SqlError:
     if isinstance(exc, SqlError):
         return exc
+    if isinstance(exc, WriteConflictError):
+        return SqlError(SERIALIZATION_FAILURE, str(exc))
     if isinstance(exc, FencedError):
         return SqlError(FENCED, str(exc))
     if isinstance(exc, CommitTimeoutError):
@@ -130,13 +139,16 @@ def describe_on(conn: apsw.Connection, sql: str, bindings_count: int) -> list[tu
 class Engine:
     def __init__(self, volume: VolumeState, writer: bool, snapshot_connections: int = 4,
                  busy_timeout_s: float = 5.0, cache_size_pages: int = 2000,
-                 on_connect=lambda conn: None) -> None:
+                 on_connect=lambda conn: None, backend=None) -> None:
         self.volume = volume
         self.on_connect = on_connect   # e.g. the PostgreSQL front end's SQL functions
         self.is_writer = writer
         self.busy_timeout_s = busy_timeout_s
         self.fenced: str | None = None
-        self.vfs = SixfoldVFS(volume, writer)
+        # multi-writer (MULTIWRITER.md): the writer connection reads a pinned snapshot and
+        # commits through the adjudicator; None: the single writer, unchanged
+        self.backend = backend
+        self.vfs = MultiWriterVFS(volume, backend) if backend is not None else SixfoldVFS(volume, writer)
         self._write_lock = threading.Lock()
         self._pool: queue.Queue[apsw.Connection] = queue.Queue()
         self._all: list[apsw.Connection] = []
@@ -161,7 +173,9 @@ class Engine:
         self.writer_file = self.vfs.writer_file
         conn.execute("PRAGMA page_size=4096")
         conn.execute("PRAGMA journal_mode=MEMORY")      # rule 3 (never OFF)
-        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+        # multi-writer: NORMAL, so that SQLite re-checks page 1 (and drops its cache when
+        # another writer committed) at every transaction, and the VFS pins a snapshot there
+        conn.execute("PRAGMA locking_mode=NORMAL" if self.backend is not None else "PRAGMA locking_mode=EXCLUSIVE")
         conn.execute("PRAGMA synchronous=OFF")           # rule 2: we commit on PHASETWO
         conn.execute("PRAGMA cache_spill=OFF")            # rule 3
         conn.execute(f"PRAGMA cache_size={self._cache_size_pages}")
@@ -213,7 +227,15 @@ class Engine:
         """The writer's volume refused a publish: SQLite's cache may now be ahead of the volume."""
         if isinstance(exc, FencedError):
             self.fenced = str(exc)
-        log.error("writer connection reset after a failed publish: %s", exc)
+        if isinstance(exc, WriteConflictError):
+            log.debug("writer connection reset after a lost conflict: %s", exc)
+            try:
+                # the loser refreshes before anyone retries: its next snapshot has the winner's pages
+                self.backend.refresh(exc.winner_lsn)
+            except StorageError as refresh_failed:
+                log.warning("could not refresh after a lost conflict: %s", refresh_failed)
+        else:
+            log.error("writer connection reset after a failed publish: %s", exc)
         assert self.writer_conn is not None
         self._all.remove(self.writer_conn)
         self.writer_conn.close(True)
@@ -278,11 +300,28 @@ class Session:
                     if exc.code != READ_ONLY or not self.engine.is_writer:
                         raise
                     # e.g. WITH ... INSERT: it writes after all; nothing was changed on the snapshot
+            if self.engine.backend is not None:
+                return self._autocommit_with_retries(sql, params)
             self.engine.acquire_writer()
             self._holding_writer = True
             return self._on_writer(sql, params)
         except Exception as exc:
             raise map_error(exc) from exc
+
+    def _autocommit_with_retries(self, sql: str, params) -> Result:
+        """Multi-writer: a statement outside a transaction that lost a conflict runs again, once
+        this node has seen the winner (on_writer_failure refreshed its pages). A statement that
+        opens a transaction (BEGIN) cannot conflict here: its commit comes with a later statement."""
+        for attempt in range(AUTOCOMMIT_CONFLICT_ATTEMPTS):
+            self.engine.acquire_writer()
+            self._holding_writer = True
+            try:
+                return self._on_writer(sql, params)
+            except WriteConflictError:
+                if attempt == AUTOCOMMIT_CONFLICT_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0, CONFLICT_BACKOFF_MAX_S))   # refreshed already (on_writer_failure)
+        raise AssertionError("unreachable")
 
     def _on_snapshot(self, sql: str, params) -> Result:
         conn = self._snapshot or self.engine.acquire_snapshot()
@@ -332,8 +371,7 @@ class Session:
             self._release_writer()
             if commit_lsn is not None:
                 # the write lock is free again: later transactions join the same boxcars
-                assert isinstance(engine.volume, WriterVolume)
-                engine.volume.wait_durable(commit_lsn)
+                (engine.backend or engine.volume).wait_durable(commit_lsn)
                 result.commit_lsn = commit_lsn
         return result
 

@@ -13,6 +13,7 @@ import grpc
 
 from sixfold.client.quorum import ClientSettings
 from sixfold.nodes.compute.engine import Engine
+from sixfold.nodes.compute.multiwriter import PeerBackend, PeerWriterVolume, PrimaryBackend
 from sixfold.nodes.compute.pgwire import functions as pg_functions
 from sixfold.nodes.compute.pgwire.protocol import Config as PgConfig
 from sixfold.nodes.compute.pgwire.scram import ScramVerifier
@@ -102,6 +103,10 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
               default=0.0, show_default=True,
               help="Fault injection: a promotion waits this long before its recovery (widens the window "
                    "in which a coordinator can die in the middle of a failover).")
+@click.option("--multi-writer", envvar="SIXFOLD_MULTI_WRITER", is_flag=True, default=False,
+              help="Writer only: one of several writers on the volume (sixfold/nodes/compute/MULTIWRITER.md). "
+                   "Without --writer-address it is the primary (runs recovery and the adjudicator); with "
+                   "it, a peer writer that follows the primary's redo stream and commits through it.")
 @click.option("--pg-listen", envvar="SIXFOLD_PG_LISTEN", default="",
               help="HOST:PORT for the PostgreSQL wire protocol (off when empty; `sixfold up` uses the "
                    "instance's address and compute port + 1000).")
@@ -117,7 +122,7 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
                    "SSLRequest is refused and clients fall back to plain TCP or fail (sslmode=require).")
 def compute_node(node_id, role, region, az, listen, storage_nodes, writer_address, volume_id,
                  pages_per_segment, cache_pages, coordinators, commit_timeout_s, idle_in_transaction_timeout_s,
-                 fault_promote_delay_s, pg_listen,
+                 fault_promote_delay_s, multi_writer, pg_listen,
                  pg_auth, pg_user, pg_password, pg_tls) -> None:
     """Run a compute node: SQLite on the shared Sixfold volume."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -134,10 +139,19 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
         current = ask_coordinators(coordinators)
         if current is not None and current[0]:
             writer_name, current_address = current
-            new_role = "writer" if writer_name == node_id else "reader"
-            if (new_role, current_address) != (role, writer_address):
-                log.warning("the coordinators say %s is the writer: starting as %s", writer_name, new_role)
-            role, writer_address = new_role, ("" if new_role == "writer" else current_address)
+            if multi_writer:
+                # stays a writer: the primary if the catalog says so, else a peer of the catalog's writer
+                writer_address = "" if writer_name == node_id else current_address
+            else:
+                new_role = "writer" if writer_name == node_id else "reader"
+                if (new_role, current_address) != (role, writer_address):
+                    log.warning("the coordinators say %s is the writer: starting as %s", writer_name, new_role)
+                role, writer_address = new_role, ("" if new_role == "writer" else current_address)
+    if multi_writer and role != "writer":
+        raise click.BadParameter("only a writer takes --multi-writer", param_hint="--multi-writer")
+    peer_writer = multi_writer and bool(writer_address)
+    if peer_writer:
+        role = "reader"   # to the control plane it follows the primary like a reader (and takes writes)
     if role == "reader" and not writer_address:
         raise click.BadParameter("a reader needs the writer's address", param_hint="--writer-address")
     stop = threading.Event()
@@ -148,11 +162,13 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
         except Exception as exc:
             raise click.ClickException(f"could not open the volume as writer: {exc}") from None
         hub = start_writer_hub(volume, node_id)
+    elif peer_writer:
+        volume = PeerWriterVolume.open(nodes, node_id, settings, cache_pages)
     else:
         volume = ReaderVolume.open(nodes, node_id, settings, cache_pages)
     service = ComputeService(None, node_id, role, region, az, listen, hub,
-                             VolumeConfig(nodes, settings, cache_pages, fault_promote_delay_s), writer_address,
-                             on_step_down=stop.set)
+                             VolumeConfig(nodes, settings, cache_pages, fault_promote_delay_s, multi_writer),
+                             writer_address, on_step_down=stop.set)
     if role == "reader":
         # follow the writer before opening SQLite: a reader must never read at a point
         # it did not get from the writer's redo stream
@@ -162,13 +178,20 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
             volume.close()
             raise click.ClickException(f"could not follow the writer at {writer_address} within 60 s; is it up?")
     service.engine_on_connect = pg_functions.register
-    service.engine = Engine(volume, writer=(role == "writer"), on_connect=pg_functions.register)
+    backend = None
+    if multi_writer and role == "writer":
+        backend = service.primary_backend = PrimaryBackend(volume)
+    elif peer_writer:
+        service.takes_writes = True
+        backend = PeerBackend(volume, node_id, lambda: service.writer_address, commit_timeout_s + 5.0)
+    service.engine = Engine(volume, writer=(role == "writer" or peer_writer), on_connect=pg_functions.register,
+                            backend=backend)
     pg_server = None
     if pg_listen:
         verifier = ScramVerifier.from_password(pg_password) if pg_auth == "scram" else None
         host = pg_listen.rsplit(":", 1)[0]
         pg_server = PgServer(pg_listen, PgConfig(user=pg_user, verifier=verifier), lambda: service.engine,
-                             lambda: service.role == "reader", tls=self_signed_context(host) if pg_tls else None)
+                             lambda: service.role == "reader" and not service.takes_writes, tls=self_signed_context(host) if pg_tls else None)
         try:
             pg_server.start()
         except OSError as exc:

@@ -19,6 +19,7 @@ import grpc
 
 from sixfold import unsafe
 from sixfold.nodes.compute.engine import Engine, SqlError, INTERNAL
+from sixfold.nodes.compute.multiwriter import PrimaryBackend, serve_commit
 from sixfold.nodes.compute.redo import RedoHub
 from sixfold.nodes.compute.values import from_pb, to_pb
 from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume
@@ -65,6 +66,7 @@ class VolumeConfig:
     settings: ClientSettings
     cache_pages: int
     fault_promote_delay_s: float = 0.0   # fault injection: wait before the promotion's recovery
+    multi_writer: bool = False           # promoted, it becomes the multi-writer primary (MULTIWRITER.md)
 
 
 class PromotionFailed(Exception):
@@ -94,6 +96,10 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         self.expired: dict[str, str] = {}           # session id -> why it was closed (for a clear error)
         self.executor = ThreadPoolExecutor(max_workers=SQL_THREADS, thread_name_prefix="sql")
         self.started = time.monotonic()
+        # multi-writer (MULTIWRITER.md): the primary's adjudicator; a peer writer takes writes
+        # while it follows the primary like a reader (role "reader" for the control plane)
+        self.primary_backend: PrimaryBackend | None = None
+        self.takes_writes = False
 
     # --- roles ------------------------------------------------------------------------
     def start_following(self, writer_address: str) -> None:
@@ -148,8 +154,9 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
             volume = await loop.run_in_executor(None, functools.partial(
                 WriterVolume.open, cfg.nodes, self.node_id, cfg.settings, cfg.cache_pages, loop=old_volume.loop))
             hub = start_writer_hub(volume, self.node_id)
+            backend = PrimaryBackend(volume) if cfg.multi_writer else None
             engine = await loop.run_in_executor(None, functools.partial(
-                Engine, volume, True, on_connect=self.engine_on_connect))
+                Engine, volume, True, on_connect=self.engine_on_connect, backend=backend))
         except Exception as exc:
             self.promoting = False
             log.error("promotion failed: %s; following %s again", exc, self.writer_address)
@@ -159,6 +166,7 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         old_sessions = list(self.sessions.values())
         self.sessions = {}
         self.engine, self.hub, self.role, self.writer_address = engine, hub, "writer", ""
+        self.primary_backend, self.takes_writes = backend, False
         self.promoting = False
         log.warning("promoted: writer at epoch %d, VDL %d", volume.client.epoch, volume.read_lsn)
         try:
@@ -334,7 +342,17 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
             commits=volume.client.commits, cached_pages=len(volume.cache), health=health,
             sessions=len(self.sessions), writer_address=self.writer_address,
             issued_lsn=volume.client.tracker.next_lsn - 1 if self.role == "writer" else 0,
+            takes_writes=self.takes_writes, multi_writer=self.primary_backend is not None,
         )
+
+    async def MultiWriterCommit(self, request, context):
+        backend = self.primary_backend
+        if backend is None or self.role != "writer" or self.fenced_reason():
+            return cpb.MultiWriterCommitResponse(
+                error_code="not_primary",
+                detail=f"{self.node_id} is not the multi-writer primary (role {self.role}); "
+                       f"it follows {self.writer_address or 'nobody'}")
+        return await serve_commit(backend, request, asyncio.get_running_loop())
 
 
 async def follow_writer(volume: ReaderVolume, writer_address: str, reader_id: str, stop: asyncio.Event) -> None:

@@ -126,6 +126,9 @@ def pg_error_of(exc: E.SqlError) -> M.PgError:
                                   "instance; send writes to the writer endpoint")
     if exc.code == E.BUSY:
         return M.PgError("40001", f"could not serialize access: {msg}", hint="retry the transaction")
+    if exc.code == E.SERIALIZATION_FAILURE:
+        return M.PgError("40001", msg, hint="another writer committed a change to the same page first; "
+                                            "retry the transaction")
     if exc.code == E.CANCELED:
         return M.PgError("57014", "canceling statement due to user request")
     if exc.code in (E.FENCED, E.COMMIT_UNKNOWN, E.STORAGE_UNAVAILABLE):
