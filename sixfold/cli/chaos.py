@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from sixfold.cli.chaos_latency import latency_cmd
 from sixfold.cli.chaos_run import run_cmd
 from sixfold.cli.common import (CONTEXT, CliError, cluster_dir, data_dir_option, json_option, out, print_json,
                                 reports_errors)
@@ -69,7 +70,8 @@ def report(result: local.ChaosResult, as_json: bool, cdir) -> None:
             out.print(f"partitioned {', '.join(result.done)} from {', '.join(detail['from'])} "
                       f"({detail['rules']} iptables rules in chain {detail['chain']})")
         elif result.action == "heal":
-            out.print(f"healed: {detail['partition_rules_removed']} partition rule(s) removed; resumed "
+            reset = "; latency back to the defaults" if detail.get("latency_reset") else ""
+            out.print(f"healed: {detail['partition_rules_removed']} partition rule(s) removed{reset}; resumed "
                       f"{', '.join(detail['resumed']) or 'none'}; restarted {', '.join(detail['restarted']) or 'none'}")
         else:
             pids = detail.get("pids", {})
@@ -173,3 +175,4 @@ def log_cmd(data_dir, last, as_json) -> None:
 
 
 chaos.add_command(run_cmd)
+chaos.add_command(latency_cmd)

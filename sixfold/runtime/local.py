@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sixfold.runtime import partition, procs
+from sixfold.runtime import latency_chaos, partition, procs
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_PAUSED, MARKER_RESTART, MARKERS,
                                     RUNNING, STARTING, STATE_FORMAT, STOPPED, STOPPING, ClusterDir, StateError, tail)
 from sixfold.runtime.probe import probe, probe_many
@@ -864,6 +864,7 @@ def chaos(cdir: ClusterDir, action: str, targets: list[NodeSpec], *, others: lis
                       "chain": partition.partition_chain_name(cdir.cluster_id)}
         elif action == "heal":
             removed = partition.heal_all(cdir.cluster_id) if os.geteuid() == 0 else 0
+            latency_reset = latency_chaos.reset_unlocked(cdir)   # like partitions: all of it
             had_partitions = bool(read_partitions(cdir))
             (cdir.root / "partitions.json").unlink(missing_ok=True)
             resumed, restarted = [], []
@@ -876,7 +877,8 @@ def chaos(cdir: ClusterDir, action: str, targets: list[NodeSpec], *, others: lis
                 if cdir.clear_marker(t.name, MARKER_DOWN):
                     restarted.append(t.name)
             done = sorted(set(resumed + restarted))
-            detail = {"partition_rules_removed": removed, "resumed": resumed, "restarted": restarted}
+            detail = {"partition_rules_removed": removed, "resumed": resumed, "restarted": restarted,
+                      "latency_reset": latency_reset}
             if had_partitions and os.geteuid() != 0:
                 detail["warning"] = "partitions were recorded but removing iptables rules needs root"
             if wait and (resumed or restarted):

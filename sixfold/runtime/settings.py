@@ -81,6 +81,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage_replace_after_s", click.FloatRange(0.5), 30.0,
             "How long a storage node may stay unreachable before the coordinators have each of its PGs "
             "re-replicated to another node of its AZ (needs --storage-per-az 3 or more).", "tuning"),
+    Setting("latency_in_region", click.BOOL, False,
+            "Pass calls inside a region through the RPC latency layer too, so that `chaos latency --from R "
+            "--to R` and the latency nemesis can slow them (about 40 us of CPU per stream message: off by "
+            "default; calls between regions always pass through it).", "tuning"),
     Setting("start_timeout_s", click.FloatRange(1), 90.0,
             "How long `up` waits for the cluster to become healthy.", "tuning"),
     Setting("stop_timeout_s", click.FloatRange(0.5), 10.0,

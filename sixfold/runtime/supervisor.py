@@ -40,6 +40,7 @@ from pathlib import Path
 
 import click
 
+from sixfold.client import latency
 from sixfold.runtime import partition
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_RESTART, RUNNING, STARTING, STOPPED,
                                     STOPPING, ClusterDir, hold_lock, tail)
@@ -158,6 +159,11 @@ class Supervisor:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIXFOLD_") or k.startswith("SIXFOLD_UNSAFE_")}
         env[CLUSTER_ENV] = str(self.cdir.root)
         env["PYTHONUNBUFFERED"] = "1"
+        if node is not None:   # the RPC layer's latency table (sixfold/client/latency.py)
+            env[latency.LATENCY_FILE_ENV] = str(self.cdir.latency_file)
+            env[latency.LATENCY_REGION_ENV] = str(node.region)
+            if self.tuning.get("latency_in_region"):
+                env[latency.LATENCY_IN_REGION_ENV] = "1"
         if node is not None and node.kind == COMPUTE:
             env["SIXFOLD_PG_PASSWORD"] = self.cdir.pg_password()   # a secret: not on the command line
         return env

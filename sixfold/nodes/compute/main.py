@@ -11,6 +11,7 @@ import threading
 import click
 import grpc
 
+from sixfold.client import latency
 from sixfold.client.quorum import ClientSettings
 from sixfold.nodes.compute.engine import Engine
 from sixfold.nodes.compute.pgwire import functions as pg_functions
@@ -57,7 +58,7 @@ class _Placeholder:
 def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | None:
     """(writer name, writer address) from the first coordinator that answers; None if none does."""
     for address in filter(None, (a.strip() for a in spec.split(","))):
-        with grpc.insecure_channel(address) as channel:
+        with latency.sync_channel(address) as channel:
             try:
                 catalog = coordinator_pb2_grpc.CoordinatorStub(channel).GetCatalog(copb.CatalogRequest(),
                                                                                     timeout=timeout_s)

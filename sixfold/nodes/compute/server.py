@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from sixfold.client import latency
 from sixfold import unsafe
 from sixfold.nodes.compute.engine import Engine, SqlError, INTERNAL
 from sixfold.nodes.compute.redo import RedoHub
@@ -342,7 +343,7 @@ async def follow_writer(volume: ReaderVolume, writer_address: str, reader_id: st
     from sixfold.client.channels import CHANNEL_OPTIONS
 
     while not stop.is_set():
-        channel = grpc.aio.insecure_channel(writer_address, options=CHANNEL_OPTIONS)
+        channel = latency.aio_channel(writer_address, options=CHANNEL_OPTIONS)
         stub = compute_pb2_grpc.ComputeStub(channel)
         outgoing: asyncio.Queue = asyncio.Queue()
 

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from sixfold.client import latency
 from sixfold.nodes.coordinator.catalog import FENCED, READER, WRITER, Catalog
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import compute_pb2_grpc
@@ -41,7 +42,7 @@ class FailoverError(Exception):
 
 
 def _stub(address: str):
-    channel = grpc.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+    channel = latency.sync_channel(address, options=[("grpc.enable_retries", 0)])
     return channel, compute_pb2_grpc.ComputeStub(channel)
 
 

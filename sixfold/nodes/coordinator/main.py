@@ -20,6 +20,7 @@ import grpc
 
 from pysyncobj import SyncObjException
 
+from sixfold.client import latency
 from sixfold.nodes.coordinator.catalog import CUSTOM_ENDPOINTS_MAX, Catalog
 from sixfold.nodes.coordinator.control import RAFT_WRITE_TIMEOUT_S, Controller, FailoverError
 from sixfold.nodes.coordinator.router import (PG_SUFFIX, Router, custom_addresses, custom_targets,
@@ -170,7 +171,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             target = self.grpc_of_raft.get(leader)
             if not target:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "no coordinator leader right now; retry")
-            async with grpc.aio.insecure_channel(target) as channel:
+            async with latency.aio_channel(target) as channel:
                 return await coordinator_pb2_grpc.CoordinatorStub(channel).Failover(request, timeout=120)
         loop = asyncio.get_running_loop()
         try:
