@@ -27,7 +27,7 @@ def target_options(fn):
                      help="A node by name (repeatable); `sixfold status` lists them."),
         click.option("--az", "azs", multiple=True, type=int, metavar="N", help="Every node in AZ N (repeatable)."),
         click.option("--region", type=int, default=None, metavar="R",
-                     help="Every node in region R (only region 1 exists for now)."),
+                     help="Every node in region R (`up --regions N`); a partition of a region cuts it from the others."),
         click.option("--writer", is_flag=True, help="The writer instance."),
         click.option("--readers", is_flag=True, help="Every reader instance."),
         click.option("--storage", is_flag=True, help="Every storage node."),
@@ -47,14 +47,17 @@ def resolve_targets(cdir, node_names, azs, region, writer, readers, storage, all
         regions = sorted({n.region for n in nodes})
         if region not in regions:
             raise CliError(f"no region {region}; the cluster has region(s) {', '.join(map(str, regions))}", 2)
-        all_nodes = True
-    if not (node_names or azs or writer or readers or storage or all_nodes):
+    narrowed = bool(node_names or azs or writer or readers or storage)
+    if region is not None and narrowed:   # --az 1 --region 2: AZ 1 of region 2
+        nodes = [n for n in nodes if n.region == region]
+        region = None
+    if not (narrowed or all_nodes or region is not None):
         if not default_all:
             raise CliError(f"no target given: {TARGET_HELP}", 2)
         all_nodes = True
     try:
         return select_nodes(nodes, names=tuple(node_names), azs=tuple(azs), writer=writer, readers=readers,
-                            storage=storage, all_nodes=all_nodes)
+                            storage=storage, all_nodes=all_nodes, regions=() if region is None else (region,))
     except TopologyError as exc:
         raise CliError(str(exc), 2) from None
 

@@ -118,7 +118,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "role", "region", "az", "address", "epoch", "vdl", "replica_lag_ms_p50", "replica_lag_ms_p99", "commits", "cached_pages", "health", "sessions", "writer_address", "issued_lsn")
+    __slots__ = ("node_id", "role", "region", "az", "address", "epoch", "vdl", "replica_lag_ms_p50", "replica_lag_ms_p99", "commits", "cached_pages", "health", "sessions", "writer_address", "issued_lsn", "source_vdl", "region_lag_ms_last", "source_seen_unix_s")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,9 @@ class StatusResponse(_message.Message):
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     WRITER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ISSUED_LSN_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_VDL_FIELD_NUMBER: _ClassVar[int]
+    REGION_LAG_MS_LAST_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SEEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     region: str
@@ -149,7 +152,10 @@ class StatusResponse(_message.Message):
     sessions: int
     writer_address: str
     issued_lsn: int
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., region: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., replica_lag_ms_p50: _Optional[float] = ..., replica_lag_ms_p99: _Optional[float] = ..., commits: _Optional[int] = ..., cached_pages: _Optional[int] = ..., health: _Optional[str] = ..., sessions: _Optional[int] = ..., writer_address: _Optional[str] = ..., issued_lsn: _Optional[int] = ...) -> None: ...
+    source_vdl: int
+    region_lag_ms_last: float
+    source_seen_unix_s: float
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., region: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., replica_lag_ms_p50: _Optional[float] = ..., replica_lag_ms_p99: _Optional[float] = ..., commits: _Optional[int] = ..., cached_pages: _Optional[int] = ..., health: _Optional[str] = ..., sessions: _Optional[int] = ..., writer_address: _Optional[str] = ..., issued_lsn: _Optional[int] = ..., source_vdl: _Optional[int] = ..., region_lag_ms_last: _Optional[float] = ..., source_seen_unix_s: _Optional[float] = ...) -> None: ...
 
 class PromoteRequest(_message.Message):
     __slots__ = ("failover_id",)

@@ -75,7 +75,9 @@ def probe_compute(address: str, timeout_s: float = 1.0) -> dict:
         return {"reachable": True, "role": status.role, "health": status.health or "ok", "epoch": status.epoch,
                 "vdl": status.vdl, "replica_lag_ms_p50": round(status.replica_lag_ms_p50, 2),
                 "replica_lag_ms_p99": round(status.replica_lag_ms_p99, 2), "commits": status.commits,
-                "sessions": status.sessions, "cached_pages": status.cached_pages}
+                "sessions": status.sessions, "cached_pages": status.cached_pages,
+                "source_vdl": status.source_vdl, "region_lag_ms_last": round(status.region_lag_ms_last, 2),
+                "source_seen_unix_s": status.source_seen_unix_s}
 
 
 def probe_coordinator(address: str, timeout_s: float = 1.0) -> dict:

@@ -64,7 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
             "[default: $XDG_DATA_HOME/sixfold/default or ~/.local/share/sixfold/default].", "cli"),
     Setting("runtime", click.Choice(["local", "docker"]), "local",
             "How nodes run: local processes (docker comes with a later issue).", "cli"),
-    Setting("regions", int, 1, "Regions (1 for now; secondary regions are a later issue).", "cluster"),
+    Setting("regions", int, 1, "Regions: region 1 is the primary (the writer); each other region has its own "
+            "storage, readers, coordinators and a replicator shipping the primary's log to it.", "cluster"),
     Setting("azs", int, 3, "Availability zones: exactly 3 (six copies, two per AZ).", "cluster"),
     Setting("storage_per_az", int, 2, "Storage nodes per AZ (at least 2).", "cluster"),
     Setting("readers", int, 1, "Reader instances, 0..15, spread over AZs 2, 3, 1, ...", "cluster"),

@@ -103,6 +103,11 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
               default=0.0, show_default=True,
               help="Fault injection: a promotion waits this long before its recovery (widens the window "
                    "in which a coordinator can die in the middle of a failover).")
+@click.option("--vdl-hint-interval-ms", envvar="SIXFOLD_VDL_HINT_INTERVAL_MS", type=click.IntRange(0, 10_000),
+              default=0, show_default=True,
+              help="With secondary regions: tell storage a new VDL this long after the writer's last batch even "
+                   "when there is nothing else to send, so that the last commit before a quiet spell is shipped "
+                   "too (0: only with the next batch).")
 @click.option("--pg-listen", envvar="SIXFOLD_PG_LISTEN", default="",
               help="HOST:PORT for the PostgreSQL wire protocol (off when empty; `sixfold up` uses the "
                    "instance's address and compute port + 1000).")
@@ -118,7 +123,7 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
                    "SSLRequest is refused and clients fall back to plain TCP or fail (sslmode=require).")
 def compute_node(node_id, role, region, az, listen, storage_nodes, writer_address, volume_id,
                  pages_per_segment, cache_pages, coordinators, commit_timeout_s, idle_in_transaction_timeout_s,
-                 fault_promote_delay_s, pg_listen,
+                 fault_promote_delay_s, vdl_hint_interval_ms, pg_listen,
                  pg_auth, pg_user, pg_password, pg_tls) -> None:
     """Run a compute node: SQLite on the shared Sixfold volume."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -128,7 +133,8 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
         raise click.BadParameter("SCRAM needs a password: set SIXFOLD_PG_PASSWORD (or --pg-auth trust)",
                                  param_hint="--pg-password")
     settings = ClientSettings(volume_id=volume_id, pages_per_segment=pages_per_segment,
-                              commit_timeout_s=commit_timeout_s, local_az=az)
+                              commit_timeout_s=commit_timeout_s, local_az=az,
+                              vdl_hint_interval_s=vdl_hint_interval_ms / 1000)
     if coordinators:
         # a restarted instance asks the catalog what it is now: after a failover the old
         # writer must come back as a reader (opening the volume as writer would fence the new one)

@@ -20,7 +20,7 @@ import grpc
 from sixfold.client import latency
 from sixfold import unsafe
 from sixfold.nodes.compute.engine import Engine, SqlError, INTERNAL
-from sixfold.nodes.compute.redo import RedoHub
+from sixfold.nodes.compute.redo import RedoHub, serve_redo
 from sixfold.nodes.compute.values import from_pb, to_pb
 from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume
 from sixfold.client.membership import MembershipFenced
@@ -301,27 +301,8 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         if self.hub is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "this node is not the writer; subscribe to the writer's redo stream")
-        queue = self.hub.subscribe()
-        reader_id = None
-
-        async def read_subscriptions():
-            nonlocal reader_id
-            async for sub in request_iterator:
-                reader_id = sub.reader_id
-                self.hub.reader_read_lsns[sub.reader_id] = sub.oldest_read_lsn
-
-        listener = asyncio.ensure_future(read_subscriptions())
-        try:
-            while True:
-                batch = await queue.get()
-                if batch is None:
-                    return  # dropped for falling behind; the reader resubscribes
-                yield batch
-        finally:
-            listener.cancel()
-            self.hub.unsubscribe(queue)
-            if reader_id:
-                self.hub.reader_read_lsns.pop(reader_id, None)
+        async for batch in serve_redo(self.hub, request_iterator):
+            yield batch
 
     async def Status(self, request, context):
         volume = self.engine.volume
