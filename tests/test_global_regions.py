@@ -128,3 +128,39 @@ def test_a_partition_between_regions_stops_the_lag_from_advancing_and_heals(clus
               [(30, sum(range(2000, 2030)))], timeout_s=30)
     primary = rows_in(address_of(data_dir, "writer-1"), "SELECT id, v FROM t ORDER BY id")
     assert rows_in(reader, "SELECT id, v FROM t ORDER BY id") == primary   # the same rows, no corruption
+
+
+def live_writer(data_dir: Path) -> str:
+    return next(n["address"] for n in cli("status", "--data-dir", data_dir, "--json")
+                if n["kind"] == "compute" and n["role"] == "writer" and n["health"] == "ok")
+
+
+def test_a_failover_inside_the_primary_region_is_followed_by_the_secondary(cluster):
+    """The new writer's recovery bumps the epoch and re-stamps the records above its baseline:
+    region 2 mirrors the new epoch and history, and ends with exactly the primary's rows."""
+    data_dir, writer = cluster
+    old_epoch = replicator_row(data_dir)["epoch"]
+    cli("chaos", "kill", "--data-dir", data_dir, "--writer", "--json")
+    try:
+        deadline = time.monotonic() + 90
+        while True:   # the coordinators promote reader-1
+            try:
+                address = live_writer(data_dir)
+                if address != address_of(data_dir, "writer-1"):
+                    break
+            except StopIteration:
+                pass
+            assert time.monotonic() < deadline, "no failover within 90 s"
+            time.sleep(0.5)
+        conn = sixfold.connect(address, autocommit=True)
+        try:
+            for i in range(20):
+                conn.cursor().execute("INSERT INTO t (v) VALUES (?)", (3000 + i,))
+        finally:
+            conn.close()
+    finally:
+        cli("chaos", "heal", "--data-dir", data_dir, "--json")
+    primary = rows_in(live_writer(data_dir), "SELECT id, v FROM t ORDER BY id")
+    wait_rows(address_of(data_dir, "reader-2-1"), "SELECT id, v FROM t ORDER BY id", primary, timeout_s=30)
+    row = replicator_row(data_dir)
+    assert row["epoch"] > old_epoch and row["health"] == "ok"

@@ -60,6 +60,12 @@ class MirrorClient(QuorumClient):
                 self.tracker.adopt_record(segment, record.lsn, record.prev_lsn, record.is_cpl)
         self._push_issued(run)
 
+    def resend(self, items: list[tuple[int, LogRecord, bytes]]) -> None:
+        """Current copies of records already adopted (a primary recovery re-stamped them, and this
+        region's replicas dropped the old copies when they learned its history): sent again,
+        not counted again. On the loop."""
+        self._push_issued(items)
+
     @property
     def backlog_records(self) -> int:
         """Adopted records not yet on a write quorum of this region."""

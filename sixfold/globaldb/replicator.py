@@ -28,7 +28,7 @@ from sixfold.nodes.compute.redo import LagWindow, RedoHub, serve_redo
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import compute_pb2_grpc
 from sixfold.rpc import storage_pb2 as pb
-from sixfold.volume.epochs import Truncation
+from sixfold.volume.epochs import Truncation, record_is_current
 from sixfold.nodes.storage.replica import split_records
 from sixfold.volume.placement import StorageNodeInfo
 from sixfold.volume.records import RecordError
@@ -154,7 +154,11 @@ class Replicator:
         if self.mirror.fenced:
             self.problem = f"this region's storage has a newer epoch than the primary's: {self.mirror.fenced}"
             return False
+        issued = self.mirror.tracker.next_lsn - 1
+        restamped = [t.baseline_lsn for t in point.history if t not in self.mirror.history and t.baseline_lsn < issued]
         await self.mirror.remirror(point.epoch, point.owner, point.history)
+        if restamped:
+            await self._resend_current(point, min(restamped), issued)
         if self.hub.epoch != point.epoch:   # readers read at the epoch their stream started with
             self.hub.epoch = point.epoch
             self.hub.drop_subscribers()
@@ -181,6 +185,17 @@ class Replicator:
         elif not self.problem.startswith("needs-resync"):
             self.problem = why
         return bool(run)
+
+    async def _resend_current(self, point: SourcePoint, baseline: int, issued: int) -> None:
+        """A primary recovery re-stamped (baseline, ...] and this region now drops the old copies
+        it holds there: send the current copies of what was already adopted in that range."""
+        fetched = await asyncio.gather(*(self._fetch(segment, member, baseline, issued)
+                                         for segment, (member, _) in sorted(point.fetch_from.items())))
+        current = [item for batch in fetched for item in batch
+                   if record_is_current(item[1].lsn, item[1].epoch, point.history)]
+        log.info("a primary recovery re-stamped records above LSN %d: sending %d current copies again",
+                 baseline, len(current))
+        self.mirror.resend(sorted(current, key=lambda item: item[1].lsn))
 
     async def _poll_source(self) -> None:
         async def states(node: StorageNodeInfo):

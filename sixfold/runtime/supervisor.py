@@ -162,7 +162,7 @@ class Supervisor:
             # a restarted instance asks the catalog for its role (the writer may have moved)
             cmd += ["--coordinators", ",".join(c.address for c in coordinators)]
         writer = next((s for s in specs if s.role in (WRITER, REPLICATOR)), None)
-        if node.role == WRITER and self.spec.regions > 1:
+        if self.spec.regions > 1 and node.region == 1:   # a reader too: it may be promoted
             cmd += ["--vdl-hint-interval-ms", str(VDL_HINT_INTERVAL_MS)]
         if node.role == READER and writer is not None:   # (the first writer may have been removed as a
             cmd += ["--writer-address", writer.address]  # reader: then the catalog says who the writer is)
