@@ -37,6 +37,7 @@ log = logging.getLogger("sixfold.replicator")
 
 ROUND_IDLE_S = 0.01               # between rounds that found nothing new to ship
 SOURCE_TIMEOUT_S = 2.0            # one RPC to the primary region
+POLL_INTERVAL_S = 0.5             # every primary node's segment states, at least this often
 SHIP_WINDOW_RECORDS = 20_000      # adopted records waiting for this region's write quorum, at most
 FETCH_MAX_BYTES = 4 * 1024 * 1024  # per segment per round
 POSITION_SAVE_INTERVAL_S = 0.5
@@ -108,6 +109,9 @@ class Replicator:
         self._adopted: deque[tuple[int, int]] = deque()   # (lsn, segment) above the durable point
         self._saved_vdl = -1
         self._vdl_moved = asyncio.Event()
+        self._polled_s = 0.0
+        self.source_vdl = 0   # the highest primary VDL heard of
+        self._poll_now = True
 
     # ------------------------------------------------------------ life cycle
 
@@ -146,8 +150,15 @@ class Replicator:
     # ------------------------------------------------------------ one round
 
     async def round(self) -> bool:
-        """Ships what the primary has and this region lacks; True if it adopted something."""
-        await self._poll_source()
+        """Ships what the primary has and this region lacks; True if it adopted something.
+
+        One round trip across regions per round: every segment is fetched from the member the
+        last poll chose, without an upper bound, and the replies' own states say how far the
+        primary's VDL has gone. The states of every primary node are polled only now and then,
+        and at once when a round finds a hole or a newer epoch (a new segment, a lagging member,
+        a recovery in the primary)."""
+        if self._poll_now or time.monotonic() - self._polled_s >= POLL_INTERVAL_S:
+            await self._poll_source()
         point = self.point
         if point is None:
             return False
@@ -170,13 +181,24 @@ class Replicator:
                 pass
             return False
         after = self.mirror.tracker.next_lsn - 1
-        up_to = min(point.vdl, after + SHIP_WINDOW_RECORDS - self.mirror.backlog_records)
+        fetched = await asyncio.gather(*(self._fetch(segment, member, after, 0)
+                                         for segment, (member, _) in sorted(point.fetch_from.items())))
+        replies = [state for _, state in fetched if state is not None]
+        vdl = max([point.vdl] + [r.vdl_hint for r in replies])
+        if replies:
+            self.source_vdl = max(self.source_vdl, vdl)
+            self.source_seen_unix_s = time.time()
+        stamps = [r.vdl_hint_unix_s for r in replies if r.vdl_hint == vdl and r.vdl_hint_unix_s > 0]
+        self._note_mark(vdl, min(stamps, default=0.0))
+        if any(r.volume_epoch != point.epoch for r in replies):
+            self._poll_now = True   # the primary recovered: learn its epoch and history first
+            return False
+        up_to = min(vdl, after + SHIP_WINDOW_RECORDS - self.mirror.backlog_records)
         if up_to <= after:
             return False
-        wanted = [(segment, member) for segment, (member, scl) in sorted(point.fetch_from.items()) if scl > after]
-        fetched = await asyncio.gather(*(self._fetch(segment, member, after, up_to) for segment, member in wanted))
-        records = [item for batch in fetched for item in batch]
+        records = [item for batch, _ in fetched for item in batch]
         run, why = dense_run(records, after, up_to, point.history)
+        self._poll_now = bool(why)
         if run:
             self.mirror.adopt(run)
             self._adopted.extend((record.lsn, segment) for segment, record, _ in run)
@@ -191,7 +213,7 @@ class Replicator:
         it holds there: send the current copies of what was already adopted in that range."""
         fetched = await asyncio.gather(*(self._fetch(segment, member, baseline, issued)
                                          for segment, (member, _) in sorted(point.fetch_from.items())))
-        current = [item for batch in fetched for item in batch
+        current = [item for batch, _ in fetched for item in batch
                    if record_is_current(item[1].lsn, item[1].epoch, point.history)]
         log.info("a primary recovery re-stamped records above LSN %d: sending %d current copies again",
                  baseline, len(current))
@@ -224,12 +246,19 @@ class Replicator:
         for warning in point.warnings:
             log.warning("%s", warning)
         self.source_seen_unix_s = time.time()
+        self._polled_s = time.monotonic()
+        self._poll_now = False
+        self._note_mark(point.vdl, point.vdl_unix_s)
+        self.point = point
+        self.source_vdl = max(self.source_vdl, point.vdl)
+
+    def _note_mark(self, vdl: int, stamp_unix_s: float) -> None:
+        """A primary VDL not reached here yet, and when the primary's storage heard of it."""
         reached = self.mirror.vdl if self.started.is_set() else self._durable.vdl
-        if point.vdl > max(reached, self._marks[-1][0] if self._marks else 0):   # a VDL not reached yet
+        if vdl > max(reached, self._marks[-1][0] if self._marks else 0):
             if len(self._marks) >= MARKS_MAX:
                 self._marks.popleft()
-            self._marks.append((point.vdl, point.vdl_unix_s or time.time()))
-        self.point = point
+            self._marks.append((vdl, stamp_unix_s or time.time()))
 
     async def _fetch(self, segment: int, member: str, after: int, up_to: int) -> list:
         try:
@@ -238,22 +267,23 @@ class Replicator:
                 max_bytes=FETCH_MAX_BYTES), timeout=SOURCE_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             log.info("fetching segment %d from %s: %s", segment, member, exc.code().name)
-            return []
+            return [], None
         if reply.error == pb.TOO_OLD:   # the primary no longer has the log this region needs
             self.problem = (f"needs-resync: segment {segment} at {member}: {reply.detail} (this region is "
                             f"at LSN {after}; seeding a region from pages is not built)")
             log.error("%s", self.problem)
-            return []
+            return [], None
         if reply.error != pb.OK:
             log.info("fetching segment %d from %s: %s %s", segment, member, pb.ErrorCode.Name(reply.error),
                      reply.detail)
-            return []
+            return [], None
+        state = reply.state if reply.HasField("state") else None
         try:
             records = split_records(reply.records) if reply.records else []   # the primary's bytes, as they are
         except RecordError as exc:
             log.error("segment %d from %s: a damaged record (%s); fetching again next round", segment, member, exc)
-            return []
-        return [(segment, record, encoded) for record, encoded in records]
+            return [], state
+        return [(segment, record, encoded) for record, encoded in records], state
 
     # ------------------------------------------------------------ this region's VDL
 
@@ -321,6 +351,6 @@ class ReplicatorService(compute_pb2_grpc.ComputeServicer):
             replica_lag_ms_p50=r.lag.percentile(0.5), replica_lag_ms_p99=r.lag.percentile(0.99),
             health=health, sessions=len(r.hub.reader_read_lsns),
             issued_lsn=r.mirror.tracker.next_lsn - 1 if r.started.is_set() else 0,
-            source_vdl=r.point.vdl if r.point else 0, region_lag_ms_last=r.lag_ms_last,
+            source_vdl=r.source_vdl, region_lag_ms_last=r.lag_ms_last,
             source_seen_unix_s=r.source_seen_unix_s,
         )
