@@ -396,7 +396,7 @@ class Supervisor:
     def stop_all(self) -> None:
         timeout_s = float(self.tuning.get("stop_timeout_s", 10.0))
         # coordinators first: they would take stopping compute nodes for failures
-        for role in (COORDINATOR, READER, WRITER, STORAGE):
+        for role in (COORDINATOR, READER, REPLICATOR, WRITER, STORAGE):
             group = [m for m in self.nodes if m.spec.role == role and m.running]
             for m in group:
                 m.proc.send_signal(signal.SIGCONT)  # a paused node cannot act on SIGTERM
