@@ -625,6 +625,9 @@ def add_replica(cdir: ClusterDir, az: int | None = None, tier: int | None = None
         spec = ClusterSpec.from_dict(state["spec"])
         nodes = node_specs(state)
         _refuse_while_partitioned(cdir)
+        if spec.regions > 1:   # --readers is per region there; adding to one region is not built
+            raise UsageProblem("replica add is not available on a cluster with secondary regions yet; "
+                               "start it with the --readers you need")
         compute = [n for n in nodes if n.kind == COMPUTE]
         if len(compute) - 1 >= READERS_MAX:
             raise UsageProblem(f"the cluster already has {READERS_MAX} readers (Aurora's limit); remove one first")
