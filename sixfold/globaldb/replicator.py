@@ -97,7 +97,7 @@ class Replicator:
         self.mirror = mirror
         self.data_dir = data_dir
         self.pool = ChannelPool()
-        self.hub = RedoHub(node_id, mirror.tracker.tails_snapshot)
+        self.hub = RedoHub(node_id, lambda: self.mirror.tracker.tails_snapshot())   # (open_mirror replaces it)
         self.lag = LagWindow()
         self.lag_ms_last = 0.0
         self.point: SourcePoint | None = None
@@ -127,7 +127,6 @@ class Replicator:
         d, p = self._durable, self.point
         # the primary's newest epoch and history, not the recorded ones: they may have moved on
         self.mirror.open_mirror(d.vdl, d.tails or {}, p.epoch, p.owner, p.history)
-        self.hub._tails_snapshot = self.mirror.tracker.tails_snapshot
         self.hub.epoch, self.hub.vdl, self.hub.issued_lsn = p.epoch, d.vdl, d.vdl
         self.mirror.add_record_listener(self.hub.on_record)
         self.mirror.add_vdl_listener(self._on_vdl)
