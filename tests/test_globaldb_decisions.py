@@ -85,3 +85,13 @@ def test_the_tracker_adopts_only_the_next_lsn_with_the_right_backlink():
         tracker.on_ack(1, member, 5)
         tracker.on_ack(0, member, 6)
     assert tracker.vdl == 6 and tracker.tail_at(1, 6) == 5
+
+
+def test_the_replicator_position_round_trips_through_its_file(tmp_path):
+    from sixfold.globaldb.replicator import POSITION_FILE, Position, load_position, save_position
+
+    assert load_position(tmp_path) == Position(tails={})   # a new region starts at LSN 0
+    position = Position(41, {0: 41, 3: 17}, 2, "reader-1", (Truncation(1, 0, 0), Truncation(2, 30, 28)))
+    save_position(tmp_path, position)
+    assert load_position(tmp_path) == position
+    assert not (tmp_path / POSITION_FILE).with_suffix(".tmp").exists()
