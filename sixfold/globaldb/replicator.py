@@ -252,12 +252,13 @@ class Replicator:
         self.source_vdl = max(self.source_vdl, point.vdl)
 
     def _note_mark(self, vdl: int, stamp_unix_s: float) -> None:
-        """A primary VDL not reached here yet, and when the primary's storage heard of it."""
+        """A primary VDL not reached here yet, and when the primary's storage heard of it
+        (unstamped ones are left out: timing them from here would leave out the way here)."""
         reached = self.mirror.vdl if self.started.is_set() else self._durable.vdl
-        if vdl > max(reached, self._marks[-1][0] if self._marks else 0):
+        if stamp_unix_s > 0 and vdl > max(reached, self._marks[-1][0] if self._marks else 0):
             if len(self._marks) >= MARKS_MAX:
                 self._marks.popleft()
-            self._marks.append((vdl, stamp_unix_s or time.time()))
+            self._marks.append((vdl, stamp_unix_s))
 
     async def _fetch(self, segment: int, member: str, after: int, up_to: int) -> list:
         try:

@@ -242,7 +242,8 @@ class StorageServicer(pb_grpc.StorageServicer):
         )
         return pb.FetchRecordsResponse(
             error=int(result.code), detail=result.detail, records=result.records, has_more=result.has_more,
-            state=segment_state(result.replica) if result.replica is not None else None,
+            state=segment_state(result.replica, self.node.vdl_hint_unix_s.get(result.replica.key, 0.0))
+            if result.replica is not None else None,
         )
 
     # ------------------------------------------------------------ fencing
