@@ -50,11 +50,12 @@ def run(*args, input: str | None = None, timeout: float = 120) -> subprocess.Com
                           timeout=timeout, env=clean_env())
 
 
-def free_ports(readers: int = 1, writers: int = 1) -> tuple[int, int]:
+def free_ports(readers: int = 1, writers: int = 1, regions: int = 1) -> tuple[int, int]:
     rng = random.Random()
     for _ in range(100):
         base = rng.randrange(20_000, 40_000, 2)
-        spec = ClusterSpec(storage_port=base, compute_port=base + 1, readers=readers, writers=writers)
+        spec = ClusterSpec(storage_port=base, compute_port=base + 1, readers=readers, writers=writers,
+                           regions=regions)
         if not any(procs.port_taken(host, port) for host, port in listen_addresses(nodes_of(spec))):
             return base, base + 1
     raise RuntimeError("no free ports")
@@ -172,7 +173,8 @@ def test_bad_flags_exit_2(args, tmp_path):
     (["--storage-per-az", "1"], "at least 2"),
     (["--readers", "16"], "0 to 15"),
     (["--writers", "9"], "1 to 8 writers"),
-    (["--regions", "2"], "later issue"),
+    (["--regions", "10"], "1 to 9 regions"),
+    (["--writers", "2", "--regions", "2"], "secondary regions"),
     (["--runtime", "docker"], "not available yet"),
     (["--storage-port", "7000", "--compute-port", "7000"], "must differ"),
 ])

@@ -6,7 +6,8 @@ import click
 import pytest
 
 from sixfold.runtime.settings import SETTINGS, click_options, markdown_table
-from sixfold.runtime.topology import (ClusterSpec, TopologyError, endpoints_of, nodes_of, raft_address, reader_az,
+from sixfold.runtime.topology import (ClusterSpec, TopologyError, endpoints_of, listen_addresses, nodes_of,
+                                      raft_address, reader_az,
                                       router_addresses, select_nodes,
                                       storage_node_infos, storage_nodes_flag)
 from sixfold.volume.placement import check_topology
@@ -52,7 +53,10 @@ def test_readers_round_robin_over_azs_2_3_1():
     ({"readers": -1}, "0 to 15"),
     ({"writers": 9}, "1 to 8 writers"),
     ({"writers": 0}, "1 to 8 writers"),
-    ({"regions": 2}, "later issue"),
+    ({"regions": 0}, "1 to 9 regions"),
+    ({"regions": 10}, "1 to 9 regions"),
+    ({"regions": 2, "storage_port": 7350}, "replicators' port"),
+    ({"writers": 2, "regions": 2}, "secondary regions"),
     ({"storage_port": 7200}, "must differ"),
     ({"compute_port": 70000}, "1..65535"),
     ({"volume_id": "a b"}, "--volume-id"),
@@ -156,3 +160,27 @@ def test_readme_settings_table_is_generated_from_the_table():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert markdown_table() in readme, ("README's settings table is out of date: paste "
                                         "`python -c 'from sixfold.runtime.settings import markdown_table as m; print(m())'`")
+
+
+def test_secondary_regions_have_their_own_storage_readers_coordinators_and_a_replicator():
+    nodes = nodes_of(ClusterSpec(regions=3, readers=2))
+    one_region = nodes_of(ClusterSpec(readers=2))
+    assert [n for n in nodes if n.region == 1] == one_region   # --regions 1 is exactly the cluster it always was
+    second = [n for n in nodes if n.region == 2]
+    assert [n.name for n in second] == [
+        "storage-2-1-1", "storage-2-1-2", "storage-2-2-1", "storage-2-2-2", "storage-2-3-1", "storage-2-3-2",
+        "replicator-2", "reader-2-1", "reader-2-2", "coordinator-2-1", "coordinator-2-2", "coordinator-2-3"]
+    assert not any(n.role == "writer" for n in second)
+    by_name = {n.name: n for n in nodes}
+    assert by_name["replicator-3"].address == "127.3.1.210:7350"
+    assert by_name["reader-2-1"].address == "127.2.2.101:7200"
+    for n in nodes:
+        assert n.host.split(".")[1] == str(n.region)
+    endpoints = {e.name: e for e in endpoints_of(nodes)}
+    assert endpoints["writer"].address == "127.1.0.200:7400"
+    assert endpoints["region-2-reader"].address == "127.2.0.200:7401"
+    assert endpoints["region-3-reader"].pg_address == "127.3.0.200:8401"
+    assert "region-1-reader" not in endpoints and "replicator-2" not in endpoints
+    listen = listen_addresses(nodes)
+    assert len(listen) == len(set(listen))
+    assert ("127.2.0.200", 7401) in listen and ("127.3.0.200", 8400) in listen

@@ -6,7 +6,9 @@ looked up at that moment: failovers move them), and the heal undoes exactly that
 recorded in the history as nemesis ops: {"process": "nemesis", "type": "info",
 "f": "start"|"stop", "value": {"fault", "id", "targets", ...}}.
 
-Latency is not offered: the RPC layer has no latency injection yet (DESIGN.md §7).
+`latency` slows the RPC layer between two regions (or, on a one-region cluster started with
+`--latency-in-region true`, inside region 1) by a seeded 50-400 ms one way; its heal goes back
+to the default table (sixfold/client/latency.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sixfold.chaos.history import INFO, NEMESIS, History
-from sixfold.runtime import local, partition
+from sixfold.runtime import latency_chaos, local, partition
 from sixfold.runtime.layout import ClusterDir
 from sixfold.runtime.probe import probe_coordinator
 from sixfold.runtime.topology import COMPUTE, COORDINATOR, STORAGE, WRITER, NodeSpec
@@ -73,6 +75,16 @@ def _pick_az_plus_one(nodes, rng, cdir):
     return [n for n in nodes if n.az == az] + [extra], None
 
 
+LATENCY_MS_CHOICES = (50, 100, 200, 400)
+
+
+def _pick_latency(nodes, rng, cdir):
+    """(targets, None): every node of the two regions whose calls get slower (maybe the same region)."""
+    regions = sorted({n.region for n in nodes})
+    pair = rng.sample(regions, 2) if len(regions) > 1 else [regions[0], regions[0]]
+    return [n for n in nodes if n.region in pair], None
+
+
 FAULTS = {f.name: f for f in [
     Fault("kill", "SIGKILL one random storage node", "kill",
           lambda nodes, rng, cdir: ([rng.choice(_storage(nodes))], None)),
@@ -89,11 +101,26 @@ FAULTS = {f.name: f for f in [
     Fault("writer", "SIGKILL the writer instance", "kill", lambda nodes, rng, cdir: ([_writer(nodes)], None)),
     Fault("pause-writer", "SIGSTOP the writer instance", "pause",
           lambda nodes, rng, cdir: ([_writer(nodes)], None)),
+    Fault("latency", "slow the calls between two random regions by 50-400 ms one way (one region: inside it; "
+          "needs `up --latency-in-region true`)", "latency", _pick_latency),
     Fault("partition-writer", "cut the writer off from every storage node (iptables; root)", "partition",
           lambda nodes, rng, cdir: ([_writer(nodes)], _storage(nodes)), needs_partitions=True),
 ]}
 
-NOT_AVAILABLE = {"latency": "latency injection is not in the RPC layer yet (DESIGN.md §7); use pause instead"}
+NOT_AVAILABLE: dict[str, str] = {}
+
+
+def unavailable(cdir: ClusterDir, faults: list[Fault]) -> list[str]:
+    """Why some of `faults` cannot run on this cluster (empty: all can)."""
+    state = local.require(cdir)
+    found = []
+    one_region = len(latency_chaos.regions_of(state)) == 1
+    if any(f.action == "latency" for f in faults) and one_region \
+            and not state.get("tuning", {}).get("latency_in_region"):
+        found.append("nemesis 'latency' on a one-region cluster slows calls inside the region, which the nodes "
+                     "only route through the latency layer when started with `sixfold up --latency-in-region "
+                     "true` (stop the cluster with `sixfold down` and start it again with it)")
+    return found
 
 
 def parse(names: str) -> list[Fault]:
@@ -149,9 +176,15 @@ class Nemesis:
         value = {"fault": fault.name, "id": fault_id, "targets": [t.name for t in targets]}
         if others is not None:
             value["from"] = [o.name for o in others]
+        if fault.action == "latency":
+            regions = sorted({t.region for t in targets})
+            value |= {"regions": regions, "one_way_ms": self.rng.choice(LATENCY_MS_CHOICES)}
         self.history.append(INFO, "start", NEMESIS, value)
         try:
-            local.chaos(self.cdir, fault.action, targets, others=others)
+            if fault.action == "latency":
+                latency_chaos.set_pair(self.cdir, value["regions"][0], value["regions"][-1], value["one_way_ms"])
+            else:
+                local.chaos(self.cdir, fault.action, targets, others=others)
         except local.RuntimeFailure as exc:
             self.errors.append(f"{fault.name}: {exc}")
         self.count += 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from sixfold.cli.chaos_latency import latency_cmd
 from sixfold.cli.chaos_run import run_cmd
 from sixfold.cli.common import (CONTEXT, CliError, cluster_dir, data_dir_option, json_option, out, print_json,
                                 reports_errors)
@@ -26,7 +27,7 @@ def target_options(fn):
                      help="A node by name (repeatable); `sixfold status` lists them."),
         click.option("--az", "azs", multiple=True, type=int, metavar="N", help="Every node in AZ N (repeatable)."),
         click.option("--region", type=int, default=None, metavar="R",
-                     help="Every node in region R (only region 1 exists for now)."),
+                     help="Every node in region R (`up --regions N`); a partition of a region cuts it from the others."),
         click.option("--writer", is_flag=True, help="The writer instance."),
         click.option("--readers", is_flag=True, help="Every reader instance."),
         click.option("--storage", is_flag=True, help="Every storage node."),
@@ -46,14 +47,17 @@ def resolve_targets(cdir, node_names, azs, region, writer, readers, storage, all
         regions = sorted({n.region for n in nodes})
         if region not in regions:
             raise CliError(f"no region {region}; the cluster has region(s) {', '.join(map(str, regions))}", 2)
-        all_nodes = True
-    if not (node_names or azs or writer or readers or storage or all_nodes):
+    narrowed = bool(node_names or azs or writer or readers or storage)
+    if region is not None and narrowed:   # --az 1 --region 2: AZ 1 of region 2
+        nodes = [n for n in nodes if n.region == region]
+        region = None
+    if not (narrowed or all_nodes or region is not None):
         if not default_all:
             raise CliError(f"no target given: {TARGET_HELP}", 2)
         all_nodes = True
     try:
         return select_nodes(nodes, names=tuple(node_names), azs=tuple(azs), writer=writer, readers=readers,
-                            storage=storage, all_nodes=all_nodes)
+                            storage=storage, all_nodes=all_nodes, regions=() if region is None else (region,))
     except TopologyError as exc:
         raise CliError(str(exc), 2) from None
 
@@ -69,7 +73,8 @@ def report(result: local.ChaosResult, as_json: bool, cdir) -> None:
             out.print(f"partitioned {', '.join(result.done)} from {', '.join(detail['from'])} "
                       f"({detail['rules']} iptables rules in chain {detail['chain']})")
         elif result.action == "heal":
-            out.print(f"healed: {detail['partition_rules_removed']} partition rule(s) removed; resumed "
+            reset = "; latency back to the defaults" if detail.get("latency_reset") else ""
+            out.print(f"healed: {detail['partition_rules_removed']} partition rule(s) removed{reset}; resumed "
                       f"{', '.join(detail['resumed']) or 'none'}; restarted {', '.join(detail['restarted']) or 'none'}")
         else:
             pids = detail.get("pids", {})
@@ -173,3 +178,4 @@ def log_cmd(data_dir, last, as_json) -> None:
 
 
 chaos.add_command(run_cmd)
+chaos.add_command(latency_cmd)

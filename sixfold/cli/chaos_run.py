@@ -15,8 +15,7 @@ from sixfold.cli.common import CONTEXT, CliError, cluster_dir, data_dir_option, 
 FAULT_LIST = "; ".join(f"{f.name}: {f.help}" for f in nemesis.FAULTS.values())
 
 
-@click.command("run", context_settings=CONTEXT, epilog=f"Nemeses — {FAULT_LIST}. "
-               f"Not available: {'; '.join(f'{k}: {v}' for k, v in nemesis.NOT_AVAILABLE.items())}.")
+@click.command("run", context_settings=CONTEXT, epilog=f"Nemeses — {FAULT_LIST}.")
 @data_dir_option
 @click.option("--workload", type=click.Choice(sorted(WORKLOADS)), required=True,
               help="list-append: transactions of appends and reads (serializability); bank: transfers with a "
@@ -71,6 +70,9 @@ def run_cmd(data_dir, workload, nemesis_names, time_s, seed, concurrency, pin_wr
     if pin_writer_clients > concurrency:
         raise CliError(f"--pin-writer-clients {pin_writer_clients} is more than --concurrency {concurrency}", 2)
     cdir = cluster_dir(data_dir)
+    problems = nemesis.unavailable(cdir, faults)
+    if problems:
+        raise CliError("; ".join(problems), 2)
     seed = seed if seed is not None else int(time.time() * 1000) % 1_000_000
     out_dir = out_dir or cdir.root / "chaos-runs" / f"{workload}-{time.strftime('%Y%m%d-%H%M%S')}-{seed}"
     results = runner.run(cdir, workload, faults, time_s, seed, concurrency, out_dir, op_timeout_s=op_timeout_s,

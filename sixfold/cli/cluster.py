@@ -154,6 +154,19 @@ def status(data_dir: Path | None, as_json: bool) -> None:
             table.add_row(n["name"], n["role"], str(n["az"]), n["address"], _fmt(n["pid"]),
                           f"[{style}]{n['health']}[/{style}]", _fmt(n["epoch"]), _fmt(position), lag, detail)
         out.print(table)
+        for r in cluster.get("regions", []):
+            if r["role"] == "primary":
+                out.print(f"region {r['region']}: primary, VDL {_fmt(r['vdl'])}")
+            elif r.get("primary_vdl") is None:
+                out.print(f"region {r['region']}: secondary, replicator {r.get('health', 'unknown')}")
+            else:
+                silent = r["primary_unheard_s"]
+                out.print(f"region {r['region']}: secondary, VDL {r['vdl']} ({r['behind_lsns']} LSNs behind the "
+                          f"primary's {r['primary_vdl']}"
+                          + (f", last heard {silent} s ago" if silent is None or silent > local.PRIMARY_SILENT_S
+                             else "")
+                          + f"); replication lag last {_fmt(r['lag_ms_last'])} ms, "
+                          f"p50 {_fmt(r['lag_ms_p50'])} ms, p99 {_fmt(r['lag_ms_p99'])} ms")
     if not cluster["supervisor_running"]:
         raise SystemExit(1)
 

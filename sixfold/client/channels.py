@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from sixfold.client import latency
 from sixfold.rpc import storage_pb2_grpc
 
 MESSAGE_MAX_BYTES = 16 * 1024 * 1024
@@ -43,7 +44,7 @@ class ChannelPool:
     def stub(self, address: str) -> storage_pb2_grpc.StorageStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = latency.aio_channel(address, options=CHANNEL_OPTIONS)
             self._channels[address] = channel
             stub = self._stubs[address] = storage_pb2_grpc.StorageStub(channel)
         return stub

@@ -56,6 +56,10 @@ class ClientSettings:
     read_timeout_s: float = 5.0
     rpc_timeout_s: float = 2.0
     local_az: str | None = None
+    # > 0: a stream with nothing to send still tells its node a new VDL this long after the
+    # last batch (an empty batch), so that storage's vdl_hint does not stay one transaction
+    # behind when the writer goes quiet; a secondary region ships up to it (sixfold/globaldb)
+    vdl_hint_interval_s: float = 0.0
 
 
 def _payload(write: PageWrite) -> tuple[RecordKind, bytes]:
@@ -84,6 +88,8 @@ class _MemberStream:
         # batches sent on this stream and not yet acknowledged: resent on the next stream
         self._unacked: collections.deque[tuple[int, list[tuple[int, bytes]]]] = collections.deque()
         self._must_announce = False
+        self.hinted_vdl = 0          # the vdl_hint of the last batch sent
+        self.last_sent_s = 0.0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"stream-{self.node.node_id}")
@@ -154,9 +160,18 @@ class _MemberStream:
                     reader.result()  # raises the stream error
                     return
                 idle = not self.pending and not self._must_announce
+                hint_wait_s = self._hint_wait_s() if idle else None
+                if hint_wait_s is not None and hint_wait_s <= 0:
+                    idle = False   # an empty batch: it carries the new VDL
                 if idle or self.sent_seq - self.acked_seq >= MAX_INFLIGHT_BATCHES:
                     self._wakeup.clear()
-                    await self._wakeup.wait()
+                    if hint_wait_s is None:
+                        await self._wakeup.wait()
+                    else:
+                        try:
+                            await asyncio.wait_for(self._wakeup.wait(), hint_wait_s)
+                        except asyncio.TimeoutError:
+                            pass
                     continue
                 self.sent_seq += 1
                 request = self._take_batch(first, self.sent_seq)
@@ -165,6 +180,13 @@ class _MemberStream:
         finally:
             reader.cancel()
             call.cancel()
+
+    def _hint_wait_s(self) -> float | None:
+        """Seconds until a VDL-only batch is due (<= 0: now), None when none is."""
+        interval_s = self.client.settings.vdl_hint_interval_s
+        if not interval_s or self.client.tracker.vdl <= self.hinted_vdl:
+            return None
+        return interval_s - (time.monotonic() - self.last_sent_s)
 
     def _wake(self, _task: asyncio.Task) -> None:
         self._wakeup.set()
@@ -205,6 +227,9 @@ class _MemberStream:
                 segment=segment, records=b"".join(records),
                 members=list(client.tracker.pg(segment).members) if announce else [],
             ))
+        self.hinted_vdl = client.tracker.vdl
+        if client.settings.vdl_hint_interval_s:
+            self.last_sent_s = time.monotonic()
         return pb.AppendRequest(
             batch_seq=batch_seq,
             volume_id=client.settings.volume_id, volume_epoch=client.epoch, writer_id=client.writer_id,
@@ -231,6 +256,8 @@ class _MemberStream:
             self.client._on_ack(self.node, ack)
             if self.pending or self._must_announce:
                 self._wakeup.set()  # room in the window for what waits (else push wakes the sender)
+            elif self.client.settings.vdl_hint_interval_s and self.client.tracker.vdl > self.hinted_vdl:
+                self._wakeup.set()  # the VDL moved: a VDL-only batch may become due
 
 
 class QuorumClient:

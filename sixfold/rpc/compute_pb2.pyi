@@ -118,7 +118,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "role", "region", "az", "address", "epoch", "vdl", "replica_lag_ms_p50", "replica_lag_ms_p99", "commits", "cached_pages", "health", "sessions", "writer_address", "issued_lsn", "takes_writes", "multi_writer")
+    __slots__ = ("node_id", "role", "region", "az", "address", "epoch", "vdl", "replica_lag_ms_p50", "replica_lag_ms_p99", "commits", "cached_pages", "health", "sessions", "writer_address", "issued_lsn", "takes_writes", "multi_writer", "source_vdl", "region_lag_ms_last", "source_seen_unix_s")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,9 @@ class StatusResponse(_message.Message):
     ISSUED_LSN_FIELD_NUMBER: _ClassVar[int]
     TAKES_WRITES_FIELD_NUMBER: _ClassVar[int]
     MULTI_WRITER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_VDL_FIELD_NUMBER: _ClassVar[int]
+    REGION_LAG_MS_LAST_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SEEN_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     region: str
@@ -153,7 +156,10 @@ class StatusResponse(_message.Message):
     issued_lsn: int
     takes_writes: bool
     multi_writer: bool
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., region: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., replica_lag_ms_p50: _Optional[float] = ..., replica_lag_ms_p99: _Optional[float] = ..., commits: _Optional[int] = ..., cached_pages: _Optional[int] = ..., health: _Optional[str] = ..., sessions: _Optional[int] = ..., writer_address: _Optional[str] = ..., issued_lsn: _Optional[int] = ..., takes_writes: _Optional[bool] = ..., multi_writer: _Optional[bool] = ...) -> None: ...
+    source_vdl: int
+    region_lag_ms_last: float
+    source_seen_unix_s: float
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., region: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., replica_lag_ms_p50: _Optional[float] = ..., replica_lag_ms_p99: _Optional[float] = ..., commits: _Optional[int] = ..., cached_pages: _Optional[int] = ..., health: _Optional[str] = ..., sessions: _Optional[int] = ..., writer_address: _Optional[str] = ..., issued_lsn: _Optional[int] = ..., takes_writes: _Optional[bool] = ..., multi_writer: _Optional[bool] = ..., source_vdl: _Optional[int] = ..., region_lag_ms_last: _Optional[float] = ..., source_seen_unix_s: _Optional[float] = ...) -> None: ...
 
 class PromoteRequest(_message.Message):
     __slots__ = ("failover_id",)

@@ -123,7 +123,7 @@ class GetPageResponse(_message.Message):
     def __init__(self, error: _Optional[_Union[ErrorCode, str]] = ..., detail: _Optional[str] = ..., exists: _Optional[bool] = ..., data: _Optional[bytes] = ..., page_lsn: _Optional[int] = ..., scl: _Optional[int] = ...) -> None: ...
 
 class SegmentState(_message.Message):
-    __slots__ = ("segment", "volume_epoch", "epoch_owner", "scl", "highest_lsn", "vdl_hint", "truncations", "members", "record_count", "oldest_version_lsn", "membership_epoch", "next_members", "materialised_lsn", "records_gc_lsn")
+    __slots__ = ("segment", "volume_epoch", "epoch_owner", "scl", "highest_lsn", "vdl_hint", "truncations", "members", "record_count", "oldest_version_lsn", "membership_epoch", "next_members", "materialised_lsn", "records_gc_lsn", "vdl_hint_unix_s")
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     VOLUME_EPOCH_FIELD_NUMBER: _ClassVar[int]
     EPOCH_OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,7 @@ class SegmentState(_message.Message):
     NEXT_MEMBERS_FIELD_NUMBER: _ClassVar[int]
     MATERIALISED_LSN_FIELD_NUMBER: _ClassVar[int]
     RECORDS_GC_LSN_FIELD_NUMBER: _ClassVar[int]
+    VDL_HINT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     segment: int
     volume_epoch: int
     epoch_owner: str
@@ -152,15 +153,20 @@ class SegmentState(_message.Message):
     next_members: _containers.RepeatedScalarFieldContainer[str]
     materialised_lsn: int
     records_gc_lsn: int
-    def __init__(self, segment: _Optional[int] = ..., volume_epoch: _Optional[int] = ..., epoch_owner: _Optional[str] = ..., scl: _Optional[int] = ..., highest_lsn: _Optional[int] = ..., vdl_hint: _Optional[int] = ..., truncations: _Optional[_Iterable[_Union[Truncation, _Mapping]]] = ..., members: _Optional[_Iterable[str]] = ..., record_count: _Optional[int] = ..., oldest_version_lsn: _Optional[int] = ..., membership_epoch: _Optional[int] = ..., next_members: _Optional[_Iterable[str]] = ..., materialised_lsn: _Optional[int] = ..., records_gc_lsn: _Optional[int] = ...) -> None: ...
+    vdl_hint_unix_s: float
+    def __init__(self, segment: _Optional[int] = ..., volume_epoch: _Optional[int] = ..., epoch_owner: _Optional[str] = ..., scl: _Optional[int] = ..., highest_lsn: _Optional[int] = ..., vdl_hint: _Optional[int] = ..., truncations: _Optional[_Iterable[_Union[Truncation, _Mapping]]] = ..., members: _Optional[_Iterable[str]] = ..., record_count: _Optional[int] = ..., oldest_version_lsn: _Optional[int] = ..., membership_epoch: _Optional[int] = ..., next_members: _Optional[_Iterable[str]] = ..., materialised_lsn: _Optional[int] = ..., records_gc_lsn: _Optional[int] = ..., vdl_hint_unix_s: _Optional[float] = ...) -> None: ...
 
 class SegmentStateRequest(_message.Message):
-    __slots__ = ("volume_id", "segments")
+    __slots__ = ("volume_id", "segments", "shipping_to", "shipped_lsn")
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    SHIPPING_TO_FIELD_NUMBER: _ClassVar[int]
+    SHIPPED_LSN_FIELD_NUMBER: _ClassVar[int]
     volume_id: str
     segments: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, volume_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ...) -> None: ...
+    shipping_to: str
+    shipped_lsn: int
+    def __init__(self, volume_id: _Optional[str] = ..., segments: _Optional[_Iterable[int]] = ..., shipping_to: _Optional[str] = ..., shipped_lsn: _Optional[int] = ...) -> None: ...
 
 class SegmentStateResponse(_message.Message):
     __slots__ = ("error", "detail", "node_id", "segments")

@@ -6,6 +6,7 @@
       supervisor.lock     flock held by the live supervisor: "is it running" without trusting pids
       cli.lock            flock held by a CLI command that changes the cluster (up/down/chaos)
       chaos.log           JSON lines, one per chaos action (the chaos harness reads it)
+      latency.json        latency overrides every node reads (sixfold/client/latency.py)
       nodes/<name>/
         data/             the storage node's data dir
         node.log          the node's stderr, appended across restarts
@@ -73,6 +74,11 @@ class ClusterDir:
     @property
     def cli_lock(self) -> Path:
         return self.root / "cli.lock"
+
+    @property
+    def latency_file(self) -> Path:
+        """Overrides of the RPC layer's inter-region latency table (`sixfold chaos latency`)."""
+        return self.root / "latency.json"
 
     @property
     def chaos_log(self) -> Path:

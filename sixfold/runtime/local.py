@@ -25,18 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sixfold.runtime import partition, procs
+from sixfold.runtime import latency_chaos, partition, procs
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_PAUSED, MARKER_RESTART, MARKERS,
                                     RUNNING, STARTING, STATE_FORMAT, STOPPED, STOPPING, ClusterDir, StateError, tail)
 from sixfold.runtime.probe import probe, probe_many
 from sixfold.runtime.topology import (PEER_WRITER_OCTET_BASE, WRITERS_MAX)
-from sixfold.runtime.topology import (COMPUTE, COMPUTE_OCTET_BASE, COORDINATOR, READER, READERS_MAX, STORAGE,
+from sixfold.runtime.topology import (COMPUTE, COMPUTE_OCTET_BASE, COORDINATOR, PRIMARY_REGION, READER, READERS_MAX,
+                                      REPLICATOR, STORAGE, in_region,
                                       TIER_MAX, WRITER, ClusterSpec, Endpoint, NodeSpec, reader_az,
                                       extra_listen_addresses, raft_address, router_addresses,
                                       TopologyError, endpoints_of, nodes_of, pg_dsn)
 
 Progress = Callable[[str], None]
 
+PRIMARY_SILENT_S = 2.0   # a replicator that heard nothing from the primary's storage this long says so
 SUPERVISOR_EXTRA_WAIT_S = 15.0  # beyond start_timeout_s: the supervisor's own start-up and stop
 NODE_READY_TIMEOUT_S = 60.0
 
@@ -457,14 +459,24 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
                                         for role, n in pgs.items() if n))
         else:
             row["role"] = result["role"] or row["role"]   # the live role: failovers move the writer
+            lagging = row["role"] in (READER, REPLICATOR)   # a replicator: primary -> this region
             row.update(health=result["health"], epoch=result["epoch"], vdl=result["vdl"],
-                       replica_lag_ms_p50=result["replica_lag_ms_p50"] if row["role"] == READER else None,
-                       replica_lag_ms_p99=result["replica_lag_ms_p99"] if row["role"] == READER else None,
+                       replica_lag_ms_p50=result["replica_lag_ms_p50"] if lagging else None,
+                       replica_lag_ms_p99=result["replica_lag_ms_p99"] if lagging else None,
                        commits=result["commits"], sessions=result["sessions"])
             if result.get("takes_writes"):
                 row["detail"] = f"peer writer: takes writes, commits through {result.get('writer_address')}"
             elif result.get("multi_writer"):
                 row["detail"] = "multi-writer primary: decides every writer's commits"
+            if kind == REPLICATOR:
+                seen = result["source_seen_unix_s"]
+                unheard_s = round(time.time() - seen, 1) if seen else None
+                row.update(source_vdl=result["source_vdl"], region_lag_ms_last=result["region_lag_ms_last"],
+                           primary_unheard_s=unheard_s,
+                           detail=f"primary VDL {result['source_vdl']}, region {row['region']} VDL {result['vdl']}"
+                                  f" ({max(0, result['source_vdl'] - result['vdl'])} behind)"
+                                  + (f"; primary storage silent for {unheard_s} s"
+                                     if unheard_s is None or unheard_s > PRIMARY_SILENT_S else ""))
         if row["partitioned_from"]:
             row["detail"] = f"cut off from {len(row['partitioned_from'])} node(s) (chaos partition)"
     recorded = state.get("state")
@@ -475,7 +487,25 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
         "supervisor_running": running, "volume_id": volume_id, "spec": state["spec"],
         "message": "" if running else describe_not_running(cdir, state),
     }
+    regions = sorted({int(r["region"]) for r in rows})
+    if len(regions) > 1:
+        cluster["regions"] = [region_summary(r, rows) for r in regions]
     return {"cluster": cluster, "nodes": rows}
+
+
+def region_summary(region: int, rows: list[dict]) -> dict:
+    """A region's role and, for a secondary, its replication: VDL, how far behind, lag."""
+    if region == PRIMARY_REGION:
+        writer = next((r for r in rows if r["kind"] == COMPUTE and r["role"] == WRITER), None)
+        return {"region": region, "role": "primary", "vdl": writer["vdl"] if writer else None}
+    rep = next((r for r in rows if r["kind"] == REPLICATOR and int(r["region"]) == region), None)
+    if rep is None or rep.get("vdl") is None:
+        return {"region": region, "role": "secondary", "vdl": None, "health": rep["health"] if rep else "unknown"}
+    return {"region": region, "role": "secondary", "health": rep["health"], "vdl": rep["vdl"],
+            "primary_vdl": rep["source_vdl"], "behind_lsns": max(0, rep["source_vdl"] - rep["vdl"]),
+            "primary_unheard_s": rep["primary_unheard_s"],
+            "lag_ms_last": rep["region_lag_ms_last"], "lag_ms_p50": rep["replica_lag_ms_p50"],
+            "lag_ms_p99": rep["replica_lag_ms_p99"]}
 
 
 def endpoints(cdir: ClusterDir) -> list[Endpoint]:
@@ -506,7 +536,7 @@ def _coordinator_call(nodes: list[NodeSpec], call, what: str):
     from sixfold.rpc import coordinator_pb2_grpc
 
     last_error = "no coordinator is configured" if not any(n.kind == COORDINATOR for n in nodes) else ""
-    for n in nodes:
+    for n in in_region(nodes, PRIMARY_REGION):   # the primary's catalog (a secondary's has no writer)
         if n.kind != COORDINATOR:
             continue
         with grpc.insecure_channel(n.address) as channel:
@@ -559,10 +589,10 @@ def with_live_roles(nodes: list[NodeSpec]) -> list[NodeSpec]:
 
 
 def _catalog(nodes: list[NodeSpec], timeout_s: float = 1.0) -> dict | None:
-    """The catalog from the first coordinator that answers."""
+    """The primary region's catalog, from the first of its coordinators that answers."""
     from sixfold.runtime.probe import probe_coordinator
 
-    for n in nodes:
+    for n in in_region(nodes, PRIMARY_REGION):
         if n.kind == COORDINATOR:
             result = probe_coordinator(n.address, timeout_s)
             if result.get("reachable"):
@@ -602,6 +632,9 @@ def add_replica(cdir: ClusterDir, az: int | None = None, tier: int | None = None
         spec = ClusterSpec.from_dict(state["spec"])
         nodes = node_specs(state)
         _refuse_while_partitioned(cdir)
+        if spec.regions > 1:   # --readers is per region there; adding to one region is not built
+            raise UsageProblem("replica add is not available on a cluster with secondary regions yet; "
+                               "start it with the --readers you need")
         compute = [n for n in nodes if n.kind == COMPUTE]
         if len(compute) - 1 >= READERS_MAX:
             raise UsageProblem(f"the cluster already has {READERS_MAX} readers (Aurora's limit); remove one first")
@@ -709,11 +742,15 @@ def resolve_endpoint(cdir: ClusterDir, name: str) -> tuple[str, str]:
     for n in compute:
         if n.name == name:
             return n.address, f"instance {n.name}"
+    regional = {f"region-{r}-reader": router_addresses(in_region(nodes, r)).get("reader")
+                for r in sorted({n.region for n in nodes}) if r != PRIMARY_REGION}
+    if regional.get(name):
+        return regional[name], f"{name} endpoint (region {name.split('-')[1]}'s router)"
     catalog = _catalog(nodes)
     custom = {e["name"]: e for e in catalog["endpoints"] if e["kind"] == "custom"} if catalog else {}
     if name in custom:
         return custom[name]["address"], f"custom endpoint {name} (router)"
-    names = ", ".join(["writer", "reader"] + sorted(custom) + [n.name for n in compute])
+    names = ", ".join(["writer", "reader"] + sorted(regional) + sorted(custom) + [n.name for n in compute])
     if any(n.name == name for n in nodes):
         raise UsageProblem(f"{name} is a storage node; SQL goes to a compute endpoint: {names}")
     raise UsageProblem(f"no endpoint named {name!r}; the endpoints are: {names}")
@@ -883,6 +920,7 @@ def chaos(cdir: ClusterDir, action: str, targets: list[NodeSpec], *, others: lis
                       "chain": partition.partition_chain_name(cdir.cluster_id)}
         elif action == "heal":
             removed = partition.heal_all(cdir.cluster_id) if os.geteuid() == 0 else 0
+            latency_reset = latency_chaos.reset_unlocked(cdir)   # like partitions: all of it
             had_partitions = bool(read_partitions(cdir))
             (cdir.root / "partitions.json").unlink(missing_ok=True)
             resumed, restarted = [], []
@@ -895,7 +933,8 @@ def chaos(cdir: ClusterDir, action: str, targets: list[NodeSpec], *, others: lis
                 if cdir.clear_marker(t.name, MARKER_DOWN):
                     restarted.append(t.name)
             done = sorted(set(resumed + restarted))
-            detail = {"partition_rules_removed": removed, "resumed": resumed, "restarted": restarted}
+            detail = {"partition_rules_removed": removed, "resumed": resumed, "restarted": restarted,
+                      "latency_reset": latency_reset}
             if had_partitions and os.geteuid() != 0:
                 detail["warning"] = "partitions were recorded but removing iptables rules needs root"
             if wait and (resumed or restarted):

@@ -77,7 +77,9 @@ def probe_compute(address: str, timeout_s: float = 1.0) -> dict:
                 "replica_lag_ms_p99": round(status.replica_lag_ms_p99, 2), "commits": status.commits,
                 "sessions": status.sessions, "cached_pages": status.cached_pages,
                 "takes_writes": status.takes_writes, "multi_writer": status.multi_writer,
-                "writer_address": status.writer_address}
+                "writer_address": status.writer_address,
+                "source_vdl": status.source_vdl, "region_lag_ms_last": round(status.region_lag_ms_last, 2),
+                "source_seen_unix_s": status.source_seen_unix_s}
 
 
 def probe_coordinator(address: str, timeout_s: float = 1.0) -> dict:

@@ -64,7 +64,8 @@ SETTINGS: tuple[Setting, ...] = (
             "[default: $XDG_DATA_HOME/sixfold/default or ~/.local/share/sixfold/default].", "cli"),
     Setting("runtime", click.Choice(["local", "docker"]), "local",
             "How nodes run: local processes (docker comes with a later issue).", "cli"),
-    Setting("regions", int, 1, "Regions (1 for now; secondary regions are a later issue).", "cluster"),
+    Setting("regions", int, 1, "Regions: region 1 is the primary (the writer); each other region has its own "
+            "storage, readers, coordinators and a replicator shipping the primary's log to it.", "cluster"),
     Setting("azs", int, 3, "Availability zones: exactly 3 (six copies, two per AZ).", "cluster"),
     Setting("storage_per_az", int, 2, "Storage nodes per AZ (at least 2).", "cluster"),
     Setting("readers", int, 1, "Reader instances, 0..15, spread over AZs 2, 3, 1, ...", "cluster"),
@@ -82,6 +83,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage_replace_after_s", click.FloatRange(0.5), 30.0,
             "How long a storage node may stay unreachable before the coordinators have each of its PGs "
             "re-replicated to another node of its AZ (needs --storage-per-az 3 or more).", "tuning"),
+    Setting("latency_in_region", click.BOOL, False,
+            "Pass calls inside a region through the RPC latency layer too, so that `chaos latency --from R "
+            "--to R` and the latency nemesis can slow them (about 40 us of CPU per stream message: off by "
+            "default; calls between regions always pass through it).", "tuning"),
     Setting("start_timeout_s", click.FloatRange(1), 90.0,
             "How long `up` waits for the cluster to become healthy.", "tuning"),
     Setting("stop_timeout_s", click.FloatRange(0.5), 10.0,

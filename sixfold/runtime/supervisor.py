@@ -40,15 +40,18 @@ from pathlib import Path
 
 import click
 
+from sixfold.client import latency
 from sixfold.runtime import partition
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_RESTART, RUNNING, STARTING, STOPPED,
                                     STOPPING, ClusterDir, hold_lock, tail)
 from sixfold.runtime.probe import probe
-from sixfold.runtime.topology import (COMPUTE, COORDINATOR, PG_USER, READER, STORAGE, TIER_MAX, WRITER,
-                                      ClusterSpec, NodeSpec, custom_endpoint_port_base, raft_address,
+from sixfold.runtime.topology import (COMPUTE, COORDINATOR, PG_USER, READER, REPLICATOR, STORAGE, TIER_MAX, WRITER,
+                                      ClusterSpec, NodeSpec, custom_endpoint_port_base, in_region, raft_address,
                                       router_addresses, storage_nodes_flag)
 
 log = logging.getLogger("sixfold.supervisor")
+
+VDL_HINT_INTERVAL_MS = 10   # with secondary regions: storage learns the writer's VDL this soon (globaldb)
 
 LOOP_INTERVAL_S = 0.1
 BACKOFF_FIRST_S = 0.5
@@ -117,14 +120,25 @@ class Supervisor:
                 "--az", str(node.az), "--listen", node.address, "--data-dir", str(self.cdir.node_data(node.name)),
                 "--gossip-interval-ms", str(self.tuning.get("gossip_interval_ms", 100)),
             ]
-        specs = [m.spec for m in self.nodes]
-        coordinators = [s for s in specs if s.kind == COORDINATOR]
+        specs = in_region([m.spec for m in self.nodes], node.region)   # a region's nodes only talk among
+        coordinators = [s for s in specs if s.kind == COORDINATOR]      # themselves (but replicators)
+        if node.kind == REPLICATOR:
+            source = in_region([m.spec for m in self.nodes], 1)
+            return [
+                self.python, "-m", "sixfold.globaldb", "--node-id", node.name, "--region", str(node.region),
+                "--az", str(node.az), "--listen", node.address, "--data-dir", str(self.cdir.node_data(node.name)),
+                "--source-storage-nodes", storage_nodes_flag(source), "--storage-nodes", storage_nodes_flag(specs),
+                "--volume-id", self.spec.volume_id, "--pages-per-segment", str(self.spec.pages_per_segment),
+            ]
         if node.kind == COORDINATOR:
-            compute = [s for s in specs if s.kind == COMPUTE]
+            # a secondary region's catalog has its replicator where the writer would be: its
+            # readers follow it, and nothing there is ever promoted (--no-failover)
+            compute = [s for s in specs if s.kind in (COMPUTE, REPLICATOR)]
             # promotion tier: readers in the order they were made (reader-1 first); the writer last
-            instances = ",".join(f"{s.name}:{s.role}:{s.az}:{promotion_tier(s, i)}={s.address}"
-                                 for i, s in enumerate(compute))
+            instances = ",".join(f"{s.name}:{WRITER if s.kind == REPLICATOR else s.role}:{s.az}:"
+                                 f"{promotion_tier(s, i)}={s.address}" for i, s in enumerate(compute))
             endpoints = router_addresses(specs)
+            secondary = ["--no-failover"] if any(s.kind == REPLICATOR for s in specs) else []
             return [
                 self.python, "-m", "sixfold.nodes.coordinator", "--listen", node.address,
                 "--raft", raft_address(node),
@@ -134,7 +148,7 @@ class Supervisor:
                 "--reader-pg-endpoint", endpoints["reader-pg"],
                 "--custom-endpoint-port-base", str(custom_endpoint_port_base(specs)),
                 "--storage-nodes", storage_nodes_flag(specs),
-                "--storage-replace-after-s", str(self.tuning.get("storage_replace_after_s", 30.0)),
+                "--storage-replace-after-s", str(self.tuning.get("storage_replace_after_s", 30.0)), *secondary,
             ]
         cmd = [
             self.python, "-m", "sixfold.nodes.compute", "--node-id", node.name, "--role", node.role,
@@ -147,7 +161,9 @@ class Supervisor:
         if coordinators:
             # a restarted instance asks the catalog for its role (the writer may have moved)
             cmd += ["--coordinators", ",".join(c.address for c in coordinators)]
-        writer = next((s for s in specs if s.role == WRITER), None)
+        writer = next((s for s in specs if s.role in (WRITER, REPLICATOR)), None)
+        if self.spec.regions > 1 and node.region == 1:   # a reader too: it may be promoted
+            cmd += ["--vdl-hint-interval-ms", str(VDL_HINT_INTERVAL_MS)]
         if node.takes_writes and writer is not None:   # a peer writer (multi-writer, MULTIWRITER.md)
             cmd[cmd.index("--role") + 1] = WRITER
             cmd += ["--multi-writer", "--writer-address", writer.address]
@@ -163,6 +179,11 @@ class Supervisor:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIXFOLD_") or k.startswith("SIXFOLD_UNSAFE_")}
         env[CLUSTER_ENV] = str(self.cdir.root)
         env["PYTHONUNBUFFERED"] = "1"
+        if node is not None:   # the RPC layer's latency table (sixfold/client/latency.py)
+            env[latency.LATENCY_FILE_ENV] = str(self.cdir.latency_file)
+            env[latency.LATENCY_REGION_ENV] = str(node.region)
+            if self.tuning.get("latency_in_region"):
+                env[latency.LATENCY_IN_REGION_ENV] = "1"
         if node is not None and node.kind == COMPUTE:
             env["SIXFOLD_PG_PASSWORD"] = self.cdir.pg_password()   # a secret: not on the command line
         return env
@@ -243,6 +264,7 @@ class Supervisor:
         groups = [
             ([m for m in self.nodes if m.spec.kind == STORAGE], "storage nodes"),
             ([m for m in self.nodes if m.spec.role == WRITER], "writer"),
+            ([m for m in self.nodes if m.spec.kind == REPLICATOR], "replicators"),
             ([m for m in self.nodes if m.spec.role == READER], "readers"),
             ([m for m in self.nodes if m.spec.kind == COORDINATOR], "coordinators"),
         ]
@@ -379,7 +401,7 @@ class Supervisor:
     def stop_all(self) -> None:
         timeout_s = float(self.tuning.get("stop_timeout_s", 10.0))
         # coordinators first: they would take stopping compute nodes for failures
-        for role in (COORDINATOR, READER, WRITER, STORAGE):
+        for role in (COORDINATOR, READER, REPLICATOR, WRITER, STORAGE):
             group = [m for m in self.nodes if m.spec.role == role and m.running]
             for m in group:
                 m.proc.send_signal(signal.SIGCONT)  # a paused node cannot act on SIGTERM

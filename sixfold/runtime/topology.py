@@ -37,6 +37,11 @@ STORAGE_PER_AZ_MAX = COMPUTE_OCTET_BASE - 1  # storage octets must stay below th
 STORAGE = "storage"
 COMPUTE = "compute"
 COORDINATOR = "coordinator"
+REPLICATOR = "replicator"   # a secondary region's log shipper (sixfold/globaldb/DESIGN.md)
+REPLICATOR_OCTET = 210
+REPLICATOR_PORT_OFFSET = 150   # from compute_port
+REGIONS_MAX = 9                # a bound; addresses allow up to 255
+PRIMARY_REGION = 1             # the region that takes writes (switchover and failover are not built yet)
 COORDINATOR_OCTET = 200
 COORDINATOR_PORT_OFFSET = 100   # from compute_port
 RAFT_PORT_OFFSET = 101
@@ -76,9 +81,9 @@ class ClusterSpec:
     def problems(self) -> list[str]:
         """Every reason this spec is impossible, each saying what to do instead."""
         found = []
-        if self.regions != 1:
-            found.append(f"--regions {self.regions}: only one region is supported for now "
-                         "(global databases with secondary regions are a later issue); use --regions 1")
+        if not 1 <= self.regions <= REGIONS_MAX:
+            found.append(f"--regions {self.regions}: a cluster has 1 to {REGIONS_MAX} regions (region 1 is the "
+                         "primary, the others are secondary regions with their own storage and readers)")
         if self.azs != AZ_COUNT:
             found.append(f"--azs {self.azs}: the volume keeps six copies over exactly {AZ_COUNT} AZs "
                          f"(two per AZ, so that losing an AZ leaves a write quorum of 4); use --azs {AZ_COUNT}")
@@ -92,6 +97,9 @@ class ClusterSpec:
             found.append(f"--readers {self.readers}: a cluster has 0 to {READERS_MAX} readers")
         if not 1 <= self.writers <= WRITERS_MAX:
             found.append(f"--writers {self.writers}: a cluster has 1 to {WRITERS_MAX} writers")
+        if self.writers > 1 and self.regions > 1:
+            found.append("--writers with --regions: several writers with secondary regions are not supported "
+                         "(the replicator ships one writer's log); use one or the other")
         for name, port in (("--storage-port", self.storage_port), ("--compute-port", self.compute_port)):
             if not 1 <= port <= 65535:
                 found.append(f"{name} {port}: a port is 1..65535")
@@ -108,6 +116,8 @@ class ClusterSpec:
                          "(custom endpoints)")
         if self.storage_port - self.compute_port in (COORDINATOR_PORT_OFFSET, RAFT_PORT_OFFSET):
             found.append("--storage-port must not be --compute-port + 100 or + 101 (the coordinators' ports)")
+        if self.regions > 1 and self.storage_port - self.compute_port == REPLICATOR_PORT_OFFSET:
+            found.append(f"--storage-port must not be --compute-port + {REPLICATOR_PORT_OFFSET} (the replicators' port)")
         if self.storage_port == self.compute_port:
             found.append("--storage-port and --compute-port must differ")
         if not self.volume_id or not all(c.isalnum() or c in "-_." for c in self.volume_id):
@@ -179,35 +189,56 @@ def storage_name(region: int, az: int, n: int) -> str:
     return f"storage-{region}-{az}-{n}"
 
 
+def reader_name(region: int, i: int) -> str:
+    """`reader-i` in the primary region (the names one-region clusters always had), `reader-R-i` elsewhere."""
+    return f"reader-{i}" if region == 1 else f"reader-{region}-{i}"
+
+
 def nodes_of(spec: ClusterSpec) -> list[NodeSpec]:
-    """Every node of the cluster, storage first (start order), then the writer, readers, coordinators."""
+    """Every node of the cluster, region by region: storage first (start order), then the writer
+    (primary region) or the replicator (secondary regions), readers, coordinators."""
     spec.validate()
-    region = 1
+    nodes = []
+    for region in range(1, spec.regions + 1):
+        nodes += _region_nodes(spec, region)
+    names = [n.name for n in nodes]
+    hosts = [n.host for n in nodes]
+    assert len(set(names)) == len(names) and len(set(hosts)) == len(hosts), "names and addresses are unique"
+    return nodes
+
+
+def _region_nodes(spec: ClusterSpec, region: int) -> list[NodeSpec]:
     nodes = [
         NodeSpec(name=storage_name(region, az, n), kind=STORAGE, role=STORAGE, region=region, az=az,
                  host=f"127.{region}.{az}.{n}", port=spec.storage_port)
         for az in range(1, spec.azs + 1)
         for n in range(1, spec.storage_per_az + 1)
     ]
-    nodes.append(NodeSpec(name="writer-1", kind=COMPUTE, role=WRITER, region=region, az=1,
-                          host=f"127.{region}.1.{COMPUTE_OCTET_BASE}", port=spec.compute_port))
-    for k in range(2, spec.writers + 1):
-        az = (k - 1) % spec.azs + 1   # writer-2 in AZ 2, writer-3 in AZ 3, writer-4 in AZ 1, ...
-        nodes.append(NodeSpec(name=f"writer-{k}", kind=COMPUTE, role=READER, region=region, az=az,
-                              host=f"127.{region}.{az}.{PEER_WRITER_OCTET_BASE + k}", port=spec.compute_port,
-                              takes_writes=True))
+    if region == 1:
+        nodes.append(NodeSpec(name="writer-1", kind=COMPUTE, role=WRITER, region=region, az=1,
+                              host=f"127.{region}.1.{COMPUTE_OCTET_BASE}", port=spec.compute_port))
+        for k in range(2, spec.writers + 1):
+            az = (k - 1) % spec.azs + 1   # writer-2 in AZ 2, writer-3 in AZ 3, writer-4 in AZ 1, ...
+            nodes.append(NodeSpec(name=f"writer-{k}", kind=COMPUTE, role=READER, region=region, az=az,
+                                  host=f"127.{region}.{az}.{PEER_WRITER_OCTET_BASE + k}", port=spec.compute_port,
+                                  takes_writes=True))
+    else:
+        nodes.append(NodeSpec(name=f"replicator-{region}", kind=REPLICATOR, role=REPLICATOR, region=region, az=1,
+                              host=f"127.{region}.1.{REPLICATOR_OCTET}",
+                              port=spec.compute_port + REPLICATOR_PORT_OFFSET))
     for i in range(1, spec.readers + 1):
         az = reader_az(i, spec.azs)
-        nodes.append(NodeSpec(name=f"reader-{i}", kind=COMPUTE, role=READER, region=region, az=az,
+        nodes.append(NodeSpec(name=reader_name(region, i), kind=COMPUTE, role=READER, region=region, az=az,
                               host=f"127.{region}.{az}.{COMPUTE_OCTET_BASE + i}", port=spec.compute_port))
     for az in range(1, spec.azs + 1):
         nodes.append(NodeSpec(name=f"coordinator-{region}-{az}", kind=COORDINATOR, role=COORDINATOR, region=region,
                               az=az, host=f"127.{region}.{az}.{COORDINATOR_OCTET}",
                               port=spec.compute_port + COORDINATOR_PORT_OFFSET))
-    names = [n.name for n in nodes]
-    hosts = [n.host for n in nodes]
-    assert len(set(names)) == len(names) and len(set(hosts)) == len(hosts), "names and addresses are unique"
     return nodes
+
+
+def in_region(nodes: list[NodeSpec], region: int) -> list[NodeSpec]:
+    return [n for n in nodes if n.region == region]
 
 
 def storage_node_infos(nodes: list[NodeSpec]) -> list[StorageNodeInfo]:
@@ -288,7 +319,9 @@ def custom_endpoint_port_base(nodes: list[NodeSpec]) -> int | None:
 def extra_listen_addresses(nodes: list[NodeSpec]) -> list[tuple[str, str]]:
     """(address, what) the cluster binds besides each node's own address: raft ports, endpoints."""
     out = [(raft_address(n), f"{n.name} raft") for n in nodes if n.kind == COORDINATOR]
-    out += [(address, f"{name} endpoint") for name, address in router_addresses(nodes).items()]
+    for region in sorted({n.region for n in nodes}):
+        out += [(address, f"region {region} {name} endpoint")
+                for name, address in router_addresses(in_region(nodes, region)).items()]
     out += [(n.pg_address, f"{n.name} PostgreSQL") for n in nodes if n.kind == COMPUTE]
     return out
 
@@ -315,6 +348,14 @@ def endpoints_of(nodes: list[NodeSpec]) -> list[Endpoint]:
         host, port = routed[name].rsplit(":", 1)
         pg_port = int(routed[f"{name}-pg"].rsplit(":", 1)[1])
         out.append(Endpoint(name, kind, host, int(port), "router", pg_port, pg_dsn(host, pg_port)))
+    for region in sorted({n.region for n in nodes} - {1}):
+        # a secondary region's readers, through its own coordinators' router
+        routed = router_addresses(in_region(nodes, region))
+        if routed:
+            host, port = routed["reader"].rsplit(":", 1)
+            pg_port = int(routed["reader-pg"].rsplit(":", 1)[1])
+            out.append(Endpoint(f"region-{region}-reader", READER, host, int(port), "router", pg_port,
+                                pg_dsn(host, pg_port)))
     out += [Endpoint(n.name, "instance", n.host, n.port, n.name, n.port + PG_PORT_OFFSET,
                      pg_dsn(n.host, n.port + PG_PORT_OFFSET)) for n in compute]
     return out
@@ -322,7 +363,7 @@ def endpoints_of(nodes: list[NodeSpec]) -> list[Endpoint]:
 
 def select_nodes(nodes: list[NodeSpec], *, names: tuple[str, ...] = (), azs: tuple[int, ...] = (),
                  writer: bool = False, readers: bool = False, storage: bool = False,
-                 all_nodes: bool = False) -> list[NodeSpec]:
+                 all_nodes: bool = False, regions: tuple[int, ...] = ()) -> list[NodeSpec]:
     """The nodes a chaos command aims at, in start order; unknown names and AZs are errors."""
     known = {n.name for n in nodes}
     unknown = [name for name in names if name not in known]
@@ -334,7 +375,7 @@ def select_nodes(nodes: list[NodeSpec], *, names: tuple[str, ...] = (), azs: tup
         raise TopologyError(f"no AZ {', '.join(map(str, bad_azs))}; the AZs are {', '.join(map(str, known_azs))}")
     chosen = [
         n for n in nodes
-        if all_nodes or n.name in names or n.az in azs or (writer and n.role == WRITER)
+        if all_nodes or n.name in names or n.az in azs or n.region in regions or (writer and n.role == WRITER)
         or (readers and n.role == READER) or (storage and n.kind == STORAGE)
     ]
     return chosen

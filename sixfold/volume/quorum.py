@@ -132,6 +132,20 @@ class VolumeTracker:
             self._pending.append(record)
         return issued
 
+    def adopt_record(self, segment: int, lsn: int, prev_lsn: int, is_cpl: bool) -> None:
+        """A record someone else issued (a secondary region mirrors the primary's log): its
+        LSN must be the next one and its backlink the segment's last, or it is not the
+        continuation of this log. Not bounded by the LAL: the mirror bounds its own window."""
+        if lsn != self.next_lsn:
+            raise ValueError(f"adopted LSN {lsn}, expected {self.next_lsn}")
+        if prev_lsn != self._tails.latest(segment):
+            raise ValueError(f"adopted LSN {lsn} of segment {segment} links back to {prev_lsn}, "
+                             f"but the segment's last LSN is {self._tails.latest(segment)}")
+        assert segment in self._pgs, f"segment {segment} has no PG yet"
+        self.next_lsn += 1
+        self._tails.add(segment, lsn)
+        self._pending.append(IssuedRecord(lsn, prev_lsn, segment, is_cpl))
+
     def segment_tail(self, segment: int) -> int:
         return self._tails.latest(segment)
 

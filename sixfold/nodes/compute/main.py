@@ -11,6 +11,7 @@ import threading
 import click
 import grpc
 
+from sixfold.client import latency
 from sixfold.client.quorum import ClientSettings
 from sixfold.nodes.compute.engine import Engine
 from sixfold.nodes.compute.multiwriter import PeerBackend, PeerWriterVolume, PrimaryBackend
@@ -58,7 +59,7 @@ class _Placeholder:
 def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | None:
     """(writer name, writer address) from the first coordinator that answers; None if none does."""
     for address in filter(None, (a.strip() for a in spec.split(","))):
-        with grpc.insecure_channel(address) as channel:
+        with latency.sync_channel(address) as channel:
             try:
                 catalog = coordinator_pb2_grpc.CoordinatorStub(channel).GetCatalog(copb.CatalogRequest(),
                                                                                     timeout=timeout_s)
@@ -107,6 +108,11 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
               help="Writer only: one of several writers on the volume (sixfold/nodes/compute/MULTIWRITER.md). "
                    "Without --writer-address it is the primary (runs recovery and the adjudicator); with "
                    "it, a peer writer that follows the primary's redo stream and commits through it.")
+@click.option("--vdl-hint-interval-ms", envvar="SIXFOLD_VDL_HINT_INTERVAL_MS", type=click.IntRange(0, 10_000),
+              default=0, show_default=True,
+              help="With secondary regions: tell storage a new VDL this long after the writer's last batch even "
+                   "when there is nothing else to send, so that the last commit before a quiet spell is shipped "
+                   "too (0: only with the next batch).")
 @click.option("--pg-listen", envvar="SIXFOLD_PG_LISTEN", default="",
               help="HOST:PORT for the PostgreSQL wire protocol (off when empty; `sixfold up` uses the "
                    "instance's address and compute port + 1000).")
@@ -122,7 +128,7 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
                    "SSLRequest is refused and clients fall back to plain TCP or fail (sslmode=require).")
 def compute_node(node_id, role, region, az, listen, storage_nodes, writer_address, volume_id,
                  pages_per_segment, cache_pages, coordinators, commit_timeout_s, idle_in_transaction_timeout_s,
-                 fault_promote_delay_s, multi_writer, pg_listen,
+                 fault_promote_delay_s, multi_writer, vdl_hint_interval_ms, pg_listen,
                  pg_auth, pg_user, pg_password, pg_tls) -> None:
     """Run a compute node: SQLite on the shared Sixfold volume."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -132,7 +138,8 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
         raise click.BadParameter("SCRAM needs a password: set SIXFOLD_PG_PASSWORD (or --pg-auth trust)",
                                  param_hint="--pg-password")
     settings = ClientSettings(volume_id=volume_id, pages_per_segment=pages_per_segment,
-                              commit_timeout_s=commit_timeout_s, local_az=az)
+                              commit_timeout_s=commit_timeout_s, local_az=az,
+                              vdl_hint_interval_s=vdl_hint_interval_ms / 1000)
     if coordinators:
         # a restarted instance asks the catalog what it is now: after a failover the old
         # writer must come back as a reader (opening the volume as writer would fence the new one)

@@ -66,11 +66,42 @@ class RedoHub:
         self._subscribers.add(queue)
         return queue
 
+    def drop_subscribers(self) -> None:
+        """Every subscriber starts again (a secondary region's replicator: the primary's epoch moved)."""
+        for queue in self._subscribers:
+            queue.put_nowait(None)
+        self._subscribers.clear()
+
     def unsubscribe(self, queue: asyncio.Queue) -> None:
         self._subscribers.discard(queue)
 
     def oldest_reader_lsn(self) -> int | None:
         return min(self.reader_read_lsns.values(), default=None)
+
+
+async def serve_redo(hub: RedoHub, request_iterator):
+    """One subscriber's SubscribeRedo stream: the hub's batches out, its read points in."""
+    queue = hub.subscribe()
+    reader_id = None
+
+    async def read_subscriptions():
+        nonlocal reader_id
+        async for sub in request_iterator:
+            reader_id = sub.reader_id
+            hub.reader_read_lsns[sub.reader_id] = sub.oldest_read_lsn
+
+    listener = asyncio.ensure_future(read_subscriptions())
+    try:
+        while True:
+            batch = await queue.get()
+            if batch is None:
+                return  # dropped for falling behind; the reader resubscribes
+            yield batch
+    finally:
+        listener.cancel()
+        hub.unsubscribe(queue)
+        if reader_id:
+            hub.reader_read_lsns.pop(reader_id, None)
 
 
 class LagWindow:

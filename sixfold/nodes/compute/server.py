@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import grpc
 
+from sixfold.client import latency
 from sixfold import unsafe
 from sixfold.nodes.compute.engine import Engine, SqlError, INTERNAL
 from sixfold.nodes.compute.multiwriter import PrimaryBackend, serve_commit
-from sixfold.nodes.compute.redo import RedoHub
+from sixfold.nodes.compute.redo import RedoHub, serve_redo
 from sixfold.nodes.compute.values import from_pb, to_pb
 from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume
 from sixfold.client.membership import MembershipFenced
@@ -308,27 +309,8 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         if self.hub is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 "this node is not the writer; subscribe to the writer's redo stream")
-        queue = self.hub.subscribe()
-        reader_id = None
-
-        async def read_subscriptions():
-            nonlocal reader_id
-            async for sub in request_iterator:
-                reader_id = sub.reader_id
-                self.hub.reader_read_lsns[sub.reader_id] = sub.oldest_read_lsn
-
-        listener = asyncio.ensure_future(read_subscriptions())
-        try:
-            while True:
-                batch = await queue.get()
-                if batch is None:
-                    return  # dropped for falling behind; the reader resubscribes
-                yield batch
-        finally:
-            listener.cancel()
-            self.hub.unsubscribe(queue)
-            if reader_id:
-                self.hub.reader_read_lsns.pop(reader_id, None)
+        async for batch in serve_redo(self.hub, request_iterator):
+            yield batch
 
     async def Status(self, request, context):
         volume = self.engine.volume
@@ -360,7 +342,7 @@ async def follow_writer(volume: ReaderVolume, writer_address: str, reader_id: st
     from sixfold.client.channels import CHANNEL_OPTIONS
 
     while not stop.is_set():
-        channel = grpc.aio.insecure_channel(writer_address, options=CHANNEL_OPTIONS)
+        channel = latency.aio_channel(writer_address, options=CHANNEL_OPTIONS)
         stub = compute_pb2_grpc.ComputeStub(channel)
         outgoing: asyncio.Queue = asyncio.Queue()
 

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from sixfold.client import latency
 from sixfold.nodes.coordinator.catalog import FENCED, READER, WRITER, Catalog
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import compute_pb2_grpc
@@ -41,7 +42,7 @@ class FailoverError(Exception):
 
 
 def _stub(address: str):
-    channel = grpc.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+    channel = latency.sync_channel(address, options=[("grpc.enable_retries", 0)])
     return channel, compute_pb2_grpc.ComputeStub(channel)
 
 
@@ -92,6 +93,7 @@ class Controller:
         self.stop = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="health")
         self.was_leader = False
+        self.failover_enabled = True   # off in a secondary region (its "writer" is the replicator)
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="control", daemon=True).start()
@@ -144,7 +146,7 @@ class Controller:
         if status is not None and status.role == WRITER:
             self.stall, stalled_s = stall_step(self.stall, status.vdl, status.issued_lsn, time.monotonic())
         isolated = stalled_s >= WRITER_STALL_S
-        if lost or fenced or isolated:
+        if (lost or fenced or isolated) and self.failover_enabled:
             if lost:
                 reason = f"writer {writer} did not answer {FAILURES_TO_LOST} health checks"
             elif fenced:

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from sixfold.client import latency
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import compute_pb2_grpc
 from sixfold.rpc import storage_pb2 as spb
@@ -41,7 +42,7 @@ OK, UNREACHABLE, REPLACING, REPLACED = "ok", "unreachable", "replacing", "replac
 
 
 def storage_health(address: str, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
-    with grpc.insecure_channel(address, options=[("grpc.enable_retries", 0)]) as channel:
+    with latency.sync_channel(address, options=[("grpc.enable_retries", 0)]) as channel:
         try:
             reply = storage_pb2_grpc.StorageStub(channel).Health(spb.HealthRequest(), timeout=timeout_s)
         except grpc.RpcError:
@@ -123,7 +124,7 @@ class StorageHealer:
         writer = snap["instances"].get(snap["writer"])
         if writer is None or writer.get("health") != "ok":
             return {"detail": "waiting for a healthy writer"}
-        with grpc.insecure_channel(writer["address"], options=[("grpc.enable_retries", 0)]) as channel:
+        with latency.sync_channel(writer["address"], options=[("grpc.enable_retries", 0)]) as channel:
             try:
                 reply = compute_pb2_grpc.ComputeStub(channel).ReplaceStorageNode(
                     cpb.ReplaceStorageNodeRequest(old_address=node["address"], healthy_addresses=sorted(healthy)),

@@ -20,6 +20,7 @@ import grpc
 
 from pysyncobj import SyncObjException
 
+from sixfold.client import latency
 from sixfold.nodes.coordinator.catalog import CUSTOM_ENDPOINTS_MAX, Catalog
 from sixfold.nodes.coordinator.control import RAFT_WRITE_TIMEOUT_S, Controller, FailoverError
 from sixfold.nodes.coordinator.router import (PG_SUFFIX, Router, custom_addresses, custom_targets,
@@ -170,7 +171,7 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             target = self.grpc_of_raft.get(leader)
             if not target:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "no coordinator leader right now; retry")
-            async with grpc.aio.insecure_channel(target) as channel:
+            async with latency.aio_channel(target) as channel:
                 return await coordinator_pb2_grpc.CoordinatorStub(channel).Failover(request, timeout=120)
         loop = asyncio.get_running_loop()
         try:
@@ -208,9 +209,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 @click.option("--storage-replace-after-s", envvar="SIXFOLD_STORAGE_REPLACE_AFTER_S", type=click.FloatRange(0.5),
               default=REPLACE_AFTER_S_DEFAULT, show_default=True,
               help="How long a storage node may stay unreachable before its PGs get a replacement member.")
+@click.option("--no-failover", is_flag=True, envvar="SIXFOLD_NO_FAILOVER",
+              help="A secondary region's coordinators: the 'writer' is the region's replicator, and no reader is "
+                   "ever promoted here (a region changes roles only by `sixfold region switchover|failover`).")
 def coordinator(listen, raft_address, replicas, instances, writer_endpoint, reader_endpoint,
                 custom_endpoint_port_base, writer_pg_endpoint, reader_pg_endpoint, storage_nodes,
-                storage_replace_after_s) -> None:
+                storage_replace_after_s, no_failover) -> None:
     """Run one region coordinator replica: catalog, health checks, failover, endpoint router."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s.%(msecs)03d %(levelname)s coordinator {listen} %(name)s: %(message)s",
@@ -225,6 +229,7 @@ def coordinator(listen, raft_address, replicas, instances, writer_endpoint, read
         raise click.BadParameter("--replicas must include this replica's --raft address", param_hint="--replicas")
     catalog = Catalog(raft_address, [r for _, r in pairs if r != raft_address])
     controller = Controller(catalog, seed, writer)
+    controller.failover_enabled = not no_failover
     endpoints = {k: v for k, v in (("writer", writer_endpoint), ("reader", reader_endpoint)) if v}
     pg_endpoints = {k: v for k, v in (("writer-pg", writer_pg_endpoint), ("reader-pg", reader_pg_endpoint)) if v}
     service = CoordinatorService(catalog, controller, raft_address, {r: g for g, r in pairs}, endpoints,
@@ -260,7 +265,8 @@ def coordinator(listen, raft_address, replicas, instances, writer_endpoint, read
         catalog.destroy()
         raise click.ClickException(failure[0])
     controller.start()
-    StorageHealer(catalog, storage, storage_replace_after_s, controller.pool).start(controller.stop)
+    if not no_failover:   # a secondary region's storage is written by its replicator, which replaces no node
+        StorageHealer(catalog, storage, storage_replace_after_s, controller.pool).start(controller.stop)
     log.info("coordinator serving on %s (raft %s; endpoints %s)", listen, raft_address, endpoints or "none")
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

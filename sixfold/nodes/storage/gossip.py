@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from sixfold.client import latency
 from sixfold.nodes.storage.node import Key, StorageNode, history_of
 from sixfold.nodes.storage.replica import Code, Meta, SegmentReplica, split_records
 from sixfold.nodes.storage.server import MESSAGE_MAX_BYTES
@@ -112,7 +113,7 @@ class Gossiper:
     def _stub(self, address: str) -> pb_grpc.StorageStub:
         stub = self._stubs.get(address)
         if stub is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(
+            channel = self._channels[address] = latency.aio_channel(
                 address,
                 options=[
                     ("grpc.max_receive_message_length", MESSAGE_MAX_BYTES),

@@ -50,6 +50,11 @@ from sixfold.volume.records import PAGE_SIZE_BYTES, RecordError, RecordKind, app
 
 log = logging.getLogger("sixfold.storage.node")
 
+# A secondary region's replicator keeps asking (sixfold/globaldb); records it has not shipped are
+# kept while it asked within this long (a region cut off for longer needs a resync from pages)
+SHIPPING_RETAIN_S = 600.0
+SHIPPING_REPLICATORS_MAX = 64
+
 Key = tuple[str, int]
 SEGMENT_MAX = 2**32 - 1
 
@@ -136,6 +141,9 @@ class StorageNode:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.replicas: dict[Key, SegmentReplica] = {}
+        self.vdl_hint_unix_s: dict[Key, float] = {}   # when each replica's vdl_hint last moved (wall clock)
+        # secondary regions' replicators: (volume, replicator) -> (shipped LSN, when heard, monotonic s)
+        self.shipping: dict[tuple[str, str], tuple[int, float]] = {}
         self.log: GroupCommitLog | None = None
         self.store: PageStore | None = None
         self.started_s = time.monotonic()
@@ -286,7 +294,8 @@ class StorageNode:
                 self.replicas[replica.key] = replica
                 log.info("created replica %s/%d members=%s", replica.volume_id, replica.segment, list(sa.members))
             changes = replica.apply_append(plan)
-            replica.note_hints(req.vdl_hint, req.min_read_lsn)
+            if replica.note_hints(req.vdl_hint, req.min_read_lsn):
+                self.vdl_hint_unix_s[replica.key] = time.time()   # replication lag is measured from it
             touched.add(replica.key)
             # the writer's bytes as they came when nothing was filtered out: no re-join
             blob = sa.records if len(plan.fresh) + len(plan.upgrades) == len(incoming) else None
@@ -304,6 +313,7 @@ class StorageNode:
             if replica.epoch == req.volume_epoch and replica.meta.owner == req.writer_id:
                 if replica.note_hints(req.vdl_hint, req.min_read_lsn):
                     self._dirty.add(replica.key)
+                    self.vdl_hint_unix_s[replica.key] = time.time()
         return self._persist([], stream)
 
     def _persist(
@@ -630,12 +640,25 @@ class StorageNode:
         if deleted:
             log.info("deleted %d log file(s) below %s: their contents are in the page store", deleted, checkpoint)
 
+    def note_shipping(self, volume_id: str, replicator: str, shipped_lsn: int) -> None:
+        if len(self.shipping) < SHIPPING_REPLICATORS_MAX or (volume_id, replicator) in self.shipping:
+            self.shipping[(volume_id, replicator)] = (shipped_lsn, time.monotonic())
+
+    def shipping_floor(self, volume_id: str, now_s: float) -> int | None:
+        """The lowest LSN a secondary region still needs records above (None: none asked lately)."""
+        floors = [lsn for (volume, _), (lsn, heard_s) in self.shipping.items()
+                  if volume == volume_id and now_s - heard_s <= SHIPPING_RETAIN_S]
+        return min(floors, default=None)
+
     async def _gc_once(self) -> None:
         now_s = time.monotonic()
         fresh_s = self.config.peer_scl_fresh_ms / 1000
         for replica in list(self.replicas.values()):
             horizon = replica.versions_gc_horizon()
             floor = replica.records_gc_floor(self.config.address, now_s, fresh_s)
+            shipped = self.shipping_floor(replica.volume_id, now_s)
+            if shipped is not None:   # a secondary region resumes from there: keep what is above it
+                floor = min(floor, shipped + 1)
             if horizon <= replica.oldest_version_lsn and floor <= replica.records_gc_lsn:
                 continue
             horizon = max(horizon, replica.oldest_version_lsn)

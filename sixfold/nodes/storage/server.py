@@ -28,8 +28,9 @@ MESSAGE_MAX_BYTES = 16 * 1024 * 1024
 STREAM_INFLIGHT_MAX = 1024  # batches of one stream queued but not yet acknowledged
 
 
-def segment_state(replica: SegmentReplica) -> pb.SegmentState:
+def segment_state(replica: SegmentReplica, vdl_hint_unix_s: float = 0.0) -> pb.SegmentState:
     return pb.SegmentState(
+        vdl_hint_unix_s=vdl_hint_unix_s,
         segment=replica.segment,
         volume_epoch=replica.epoch,
         epoch_owner=replica.meta.owner,
@@ -223,9 +224,12 @@ class StorageServicer(pb_grpc.StorageServicer):
         )
 
     async def GetSegmentState(self, request, context):
+        if request.shipping_to:
+            self.node.note_shipping(request.volume_id, request.shipping_to, request.shipped_lsn)
         wanted = set(request.segments)
+        stamps = self.node.vdl_hint_unix_s
         states = [
-            segment_state(replica)
+            segment_state(replica, stamps.get(replica.key, 0.0))
             for (volume_id, segment), replica in sorted(self.node.replicas.items())
             if volume_id == request.volume_id and (not wanted or segment in wanted)
         ]
@@ -238,7 +242,8 @@ class StorageServicer(pb_grpc.StorageServicer):
         )
         return pb.FetchRecordsResponse(
             error=int(result.code), detail=result.detail, records=result.records, has_more=result.has_more,
-            state=segment_state(result.replica) if result.replica is not None else None,
+            state=segment_state(result.replica, self.node.vdl_hint_unix_s.get(result.replica.key, 0.0))
+            if result.replica is not None else None,
         )
 
     # ------------------------------------------------------------ fencing
