@@ -20,7 +20,7 @@ import pytest
 
 import sixfold
 from sixfold.nodes.coordinator.catalog import check_custom_endpoint
-from sixfold.nodes.coordinator.control import stall_step
+from sixfold.nodes.coordinator.control import stall_step, storage_may_lack_quorum
 from sixfold.nodes.coordinator.router import custom_addresses, custom_targets, reader_targets, writer_target
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import coordinator_pb2 as copb
@@ -277,3 +277,12 @@ def test_writer_stall_is_pure():
     state, stalled = stall_step(state, vdl=11, issued_lsn=13, now_s=5.0)
     assert state == (11, 5.0) and stalled == 0.0                # VDL moved: a slow quorum, not a lost one
     assert stall_step(state, vdl=13, issued_lsn=13, now_s=9.0) == (None, 0.0)
+
+
+def test_a_stall_is_not_the_writers_fault_while_storage_lacks_a_quorum():
+    def storage(*healths):
+        return {f"s{i}": {"health": h} for i, h in enumerate(healths)}
+    assert not storage_may_lack_quorum({})                                   # no storage view: the stall rule holds
+    assert not storage_may_lack_quorum(storage("ok", "ok", "ok", "ok", "unreachable", "unreachable"))  # an AZ
+    assert not storage_may_lack_quorum(storage("ok", "ok", "ok", "replaced", "unreachable", "unreachable"))
+    assert storage_may_lack_quorum(storage("ok", "ok", "ok", "unreachable", "unreachable", "replacing"))  # AZ + 1

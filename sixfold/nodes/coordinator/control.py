@@ -68,6 +68,18 @@ def stall_step(previous: tuple[int, float] | None, vdl: int, issued_lsn: int,
     return previous, now_s - previous[1]
 
 
+STORAGE_DOWN_FOR_NO_QUORUM = 3   # 3 of a PG's 6 copies down: no write quorum (4 of 6) for anyone
+
+
+def storage_may_lack_quorum(storage: dict[str, dict]) -> bool:
+    """True when enough storage nodes are down (as the coordinators' storage checks see them) that
+    some PG may have no write quorum. A writer stalled then is not cut off: no other instance
+    could commit either, and failing it over would only fence it (conservative: with more than
+    two nodes per AZ, three down nodes need not share a PG)."""
+    down = [name for name, node in storage.items() if node.get("health") not in ("ok", "replaced")]
+    return len(down) >= STORAGE_DOWN_FOR_NO_QUORUM
+
+
 def choose_target(snap: dict, statuses: dict, exclude: str, wanted: str = "") -> str | None:
     """Promotion tier first, then least lag (highest VDL), then name; only healthy readers."""
     candidates = []
@@ -145,7 +157,7 @@ class Controller:
         stalled_s = 0.0
         if status is not None and status.role == WRITER:
             self.stall, stalled_s = stall_step(self.stall, status.vdl, status.issued_lsn, time.monotonic())
-        isolated = stalled_s >= WRITER_STALL_S
+        isolated = stalled_s >= WRITER_STALL_S and not storage_may_lack_quorum(snap.get("storage") or {})
         if (lost or fenced or isolated) and self.failover_enabled:
             if lost:
                 reason = f"writer {writer} did not answer {FAILURES_TO_LOST} health checks"
