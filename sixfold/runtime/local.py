@@ -433,11 +433,29 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
         else:
             to_probe.append((len(rows), entry["kind"], entry["address"]))
         rows.append(row)
+    fill_probed_rows(rows, entries, to_probe, volume_id, state.get("state") == STARTING, timeout_s)
+    recorded = state.get("state")
+    cluster = {
+        "data_dir": str(cdir.root),
+        "state": recorded if running or recorded in (STOPPED, FAILED) else "stale",
+        "supervisor_pid": state.get("supervisor_pid") if running else None,
+        "supervisor_running": running, "volume_id": volume_id, "spec": state["spec"],
+        "message": "" if running else describe_not_running(cdir, state),
+    }
+    return {"cluster": cluster, "nodes": rows}
+
+
+def fill_probed_rows(rows: list[dict], entries: list[dict], to_probe: list[tuple[int, str, str]], volume_id: str,
+                     cluster_starting: bool, timeout_s: float) -> None:
+    """Asks the nodes in `to_probe` ((row index, kind, address)) how they are and fills in their rows.
+
+    Every runtime decides itself which nodes run (processes, containers); this part is shared.
+    """
     results = probe_many([(k, a) for _, k, a in to_probe], volume_id, timeout_s)
     for (i, kind, _), result in zip(to_probe, results):
         row = rows[i]
         if not result.get("reachable"):
-            starting = entries[i].get("state") == "starting" or state.get("state") == STARTING
+            starting = entries[i].get("state") == "starting" or cluster_starting
             row.update(health="starting" if starting else "unreachable", detail=result.get("error", ""))
             continue
         if kind == COORDINATOR:
@@ -462,22 +480,17 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
                        commits=result["commits"], sessions=result["sessions"])
         if row["partitioned_from"]:
             row["detail"] = f"cut off from {len(row['partitioned_from'])} node(s) (chaos partition)"
-    recorded = state.get("state")
-    cluster = {
-        "data_dir": str(cdir.root),
-        "state": recorded if running or recorded in (STOPPED, FAILED) else "stale",
-        "supervisor_pid": state.get("supervisor_pid") if running else None,
-        "supervisor_running": running, "volume_id": volume_id, "spec": state["spec"],
-        "message": "" if running else describe_not_running(cdir, state),
-    }
-    return {"cluster": cluster, "nodes": rows}
 
 
 def endpoints(cdir: ClusterDir) -> list[Endpoint]:
     """The router's writer and reader endpoints (their target is the current writer or the
     readers, when a coordinator answers), the custom endpoints, then one per instance."""
     nodes = node_specs(require(cdir))
-    out = endpoints_of(nodes)
+    return with_catalog(cdir, nodes, endpoints_of(nodes))
+
+
+def with_catalog(cdir: ClusterDir, nodes: list[NodeSpec], out: list[Endpoint]) -> list[Endpoint]:
+    """The endpoints with their live targets and the custom endpoints, when a coordinator answers."""
     catalog = _catalog(nodes)
     if catalog is not None:
         targets = {e["name"]: ",".join(e["targets"]) for e in catalog["endpoints"]}

@@ -43,10 +43,9 @@ import click
 from sixfold.runtime import partition
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_RESTART, RUNNING, STARTING, STOPPED,
                                     STOPPING, ClusterDir, hold_lock, tail)
-from sixfold.runtime.probe import probe
-from sixfold.runtime.topology import (COMPUTE, COORDINATOR, PG_USER, READER, STORAGE, TIER_MAX, WRITER,
-                                      ClusterSpec, NodeSpec, custom_endpoint_port_base, raft_address,
-                                      router_addresses, storage_nodes_flag)
+from sixfold.runtime.probe import probe, ready
+from sixfold.runtime.commands import node_args
+from sixfold.runtime.topology import COMPUTE, COORDINATOR, READER, STORAGE, WRITER, ClusterSpec, NodeSpec
 
 log = logging.getLogger("sixfold.supervisor")
 
@@ -79,14 +78,6 @@ class Managed:
         return self.proc is not None and self.proc.poll() is None
 
 
-def promotion_tier(node: NodeSpec, position: int) -> int:
-    """Its own tier if it was given one (`sixfold replica add --tier`); else readers in the order
-    they were made (reader-1 first), the writer last."""
-    if node.tier >= 0:
-        return node.tier
-    return min(position, TIER_MAX) if node.role == READER else TIER_MAX
-
-
 class StartFailed(Exception):
     def __init__(self, node: str, message: str) -> None:
         super().__init__(message)
@@ -111,46 +102,8 @@ class Supervisor:
     # ------------------------------------------------------------ commands
 
     def node_command(self, node: NodeSpec) -> list[str]:
-        if node.kind == STORAGE:
-            return [
-                self.python, "-m", "sixfold.nodes.storage", "--node-id", node.name, "--region", str(node.region),
-                "--az", str(node.az), "--listen", node.address, "--data-dir", str(self.cdir.node_data(node.name)),
-                "--gossip-interval-ms", str(self.tuning.get("gossip_interval_ms", 100)),
-            ]
-        specs = [m.spec for m in self.nodes]
-        coordinators = [s for s in specs if s.kind == COORDINATOR]
-        if node.kind == COORDINATOR:
-            compute = [s for s in specs if s.kind == COMPUTE]
-            # promotion tier: readers in the order they were made (reader-1 first); the writer last
-            instances = ",".join(f"{s.name}:{s.role}:{s.az}:{promotion_tier(s, i)}={s.address}"
-                                 for i, s in enumerate(compute))
-            endpoints = router_addresses(specs)
-            return [
-                self.python, "-m", "sixfold.nodes.coordinator", "--listen", node.address,
-                "--raft", raft_address(node),
-                "--replicas", ",".join(f"{c.address}@{raft_address(c)}" for c in coordinators),
-                "--instances", instances, "--writer-endpoint", endpoints["writer"],
-                "--reader-endpoint", endpoints["reader"], "--writer-pg-endpoint", endpoints["writer-pg"],
-                "--reader-pg-endpoint", endpoints["reader-pg"],
-                "--custom-endpoint-port-base", str(custom_endpoint_port_base(specs)),
-                "--storage-nodes", storage_nodes_flag(specs),
-                "--storage-replace-after-s", str(self.tuning.get("storage_replace_after_s", 30.0)),
-            ]
-        cmd = [
-            self.python, "-m", "sixfold.nodes.compute", "--node-id", node.name, "--role", node.role,
-            "--region", str(node.region), "--az", str(node.az), "--listen", node.address,
-            "--storage-nodes", storage_nodes_flag(specs), "--volume-id", self.spec.volume_id,
-            "--pages-per-segment", str(self.spec.pages_per_segment),
-            "--commit-timeout-s", str(self.tuning.get("commit_timeout_s", 10.0)),
-            "--pg-listen", node.pg_address, "--pg-user", PG_USER,
-        ]
-        if coordinators:
-            # a restarted instance asks the catalog for its role (the writer may have moved)
-            cmd += ["--coordinators", ",".join(c.address for c in coordinators)]
-        writer = next((s for s in specs if s.role == WRITER), None)
-        if node.role == READER and writer is not None:   # (the first writer may have been removed as a
-            cmd += ["--writer-address", writer.address]  # reader: then the catalog says who the writer is)
-        return cmd
+        return [self.python, *node_args(node, [m.spec for m in self.nodes], self.spec, self.tuning,
+                                        str(self.cdir.node_data(node.name)))]
 
     def child_env(self, node: NodeSpec | None = None) -> dict[str, str]:
         # the nodes read their flags from SIXFOLD_* variables too: none of the user's may leak in,
@@ -219,9 +172,7 @@ class Supervisor:
                     m.last_exit_code = code
                     m.state = "failed"
                     raise StartFailed(m.name, f"{m.name} exited with code {code} while starting")
-                result = probe(m.spec.kind, m.spec.address, self.spec.volume_id, timeout_s=0.5)
-                if (result.get("reachable") and (m.spec.kind != STORAGE or result.get("serving"))
-                        and (m.spec.kind != COORDINATOR or result.get("writer"))):
+                if ready(m.spec.kind, probe(m.spec.kind, m.spec.address, self.spec.volume_id, timeout_s=0.5)):
                     pending.remove(m)
                     m.state = "running"
                     healthy += 1
