@@ -72,6 +72,10 @@ def require(cdir: ClusterDir) -> dict:
 
 def require_running(cdir: ClusterDir) -> dict:
     state = require(cdir)
+    if state.get("runtime") == "docker":   # no supervisor: its containers tell (failover, endpoints work alike)
+        from sixfold.runtime import docker
+
+        return docker.require_running(cdir)
     if not cdir.supervisor_running():
         raise RuntimeFailure(f"the cluster in {cdir.root} is not running ({describe_not_running(cdir, state)}); "
                              f"start it with `sixfold up --data-dir {cdir.root}`")
@@ -605,6 +609,7 @@ def add_replica(cdir: ClusterDir, az: int | None = None, tier: int | None = None
 
     with cdir.cli_locked():
         state = require_running(cdir)
+        _refuse_in_docker(state, "adding a replica")
         spec = ClusterSpec.from_dict(state["spec"])
         nodes = node_specs(state)
         _refuse_while_partitioned(cdir)
@@ -647,6 +652,7 @@ def remove_replica(cdir: ClusterDir, name: str, progress: Progress = _quiet) -> 
 
     with cdir.cli_locked():
         state = require_running(cdir)
+        _refuse_in_docker(state, "removing a replica")
         nodes = node_specs(state)
         by_name = {n.name: n for n in nodes}
         if by_name.get(name) is None or by_name[name].kind != COMPUTE:
@@ -660,6 +666,11 @@ def remove_replica(cdir: ClusterDir, name: str, progress: Progress = _quiet) -> 
         cdir.post_request({"action": "remove-node", "name": name})
         _wait_for(cdir, lambda: name not in _current(cdir), f"the supervisor to stop {name}")
     return {"name": name, "removed": True}
+
+
+def _refuse_in_docker(state: dict, what: str) -> None:
+    if state.get("runtime") == "docker":
+        raise UsageProblem(f"{what} is not in the docker runtime yet (the local runtime has it)")
 
 
 def _refuse_while_partitioned(cdir: ClusterDir) -> None:

@@ -63,7 +63,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Where the cluster keeps its state, node data and logs "
             "[default: $XDG_DATA_HOME/sixfold/default or ~/.local/share/sixfold/default].", "cli"),
     Setting("runtime", click.Choice(["local", "docker"]), "local",
-            "How nodes run: local processes (docker comes with a later issue).", "cli"),
+            "How nodes run: local processes, or one Docker container per node (`sixfold image build` first).",
+            "cli"),
+    Setting("image", str, "", "docker runtime: the image to run [default: the one `sixfold image build` made for "
+            "this source tree, else sixfold:latest].", "docker"),
+    Setting("docker_subnet", str, "10.201.0.0/16",
+            "docker runtime: region R's network is the /16 R - 1 above this one; AZ N is its .N.0/24 block.",
+            "docker"),
     Setting("regions", int, 1, "Regions (1 for now; secondary regions are a later issue).", "cluster"),
     Setting("azs", int, 3, "Availability zones: exactly 3 (six copies, two per AZ).", "cluster"),
     Setting("storage_per_az", int, 2, "Storage nodes per AZ (at least 2).", "cluster"),
