@@ -2,7 +2,8 @@
 
 Each row gives a setting's name, type, default and help; the command-line flag
 (`--storage-per-az`) and the environment variable (`SIXFOLD_STORAGE_PER_AZ`) are
-derived from the name, and so will the Kubernetes manifests be. `sixfold up`
+derived from the name, and so are the Kubernetes manifests' environment variables
+(k8s_manifests.py: every setting with `nodes` goes into the ConfigMap sixfold-settings). `sixfold up`
 builds its options from this table (`click_options`), `sixfold settings` prints
 it, and the README's table is made from it.
 
@@ -29,6 +30,9 @@ class Setting:
     default: Any
     help: str
     scope: str  # "cluster": stored with the cluster and fixed once it exists; "tuning": may change per start; "cli"
+    # the node kinds whose command reads this setting (same flag, same variable): the Kubernetes
+    # manifests pass these to the pods as environment variables (k8s_manifests.py)
+    nodes: tuple[str, ...] = ()
 
     @property
     def flag(self) -> str:
@@ -77,16 +81,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("writers", int, 1, "Writer instances (1 for now; multi-master is a later issue).", "cluster"),
     Setting("storage_port", int, 7100, "Port of every storage node (each node has its own address).", "cluster"),
     Setting("compute_port", int, 7200, "Port of every compute instance (each has its own address).", "cluster"),
-    Setting("volume_id", str, "vol-1", "Name of the shared volume.", "cluster"),
+    Setting("volume_id", str, "vol-1", "Name of the shared volume.", "cluster", ("compute",)),
     Setting("pages_per_segment", click.IntRange(1, 1 << 20), 256,
-            "Pages per segment (one protection group per segment); fixed once the volume exists.", "cluster"),
+            "Pages per segment (one protection group per segment); fixed once the volume exists.", "cluster",
+            ("compute",)),
     Setting("commit_timeout_s", click.FloatRange(0.1), 10.0,
-            "How long a commit waits for a write quorum before it reports an unknown outcome.", "tuning"),
+            "How long a commit waits for a write quorum before it reports an unknown outcome.", "tuning",
+            ("compute",)),
     Setting("gossip_interval_ms", click.IntRange(10, 60_000), 100,
-            "How often storage nodes compare notes with their peers.", "tuning"),
+            "How often storage nodes compare notes with their peers.", "tuning", ("storage",)),
     Setting("storage_replace_after_s", click.FloatRange(0.5), 30.0,
             "How long a storage node may stay unreachable before the coordinators have each of its PGs "
-            "re-replicated to another node of its AZ (needs --storage-per-az 3 or more).", "tuning"),
+            "re-replicated to another node of its AZ (needs --storage-per-az 3 or more).", "tuning",
+            ("coordinator",)),
     Setting("start_timeout_s", click.FloatRange(1), 90.0,
             "How long `up` waits for the cluster to become healthy.", "tuning"),
     Setting("stop_timeout_s", click.FloatRange(0.5), 10.0,
