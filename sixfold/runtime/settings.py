@@ -127,6 +127,6 @@ def markdown_table() -> str:
     """The README's settings table."""
     rows = ["| flag | environment variable | default | what it is |", "|---|---|---|---|"]
     for s in SETTINGS:
-        default = "(per user)" if s.default is None else f"`{s.default}`"
+        default = "(per user)" if s.default is None else "(see help)" if s.default == "" else f"`{s.default}`"
         rows.append(f"| `{s.flag}` | `{s.env}` | {default} | {s.help} |")
     return "\n".join(rows)
