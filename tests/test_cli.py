@@ -173,7 +173,7 @@ def test_bad_flags_exit_2(args, tmp_path):
     (["--readers", "16"], "0 to 15"),
     (["--writers", "2"], "multi-master"),
     (["--regions", "2"], "later issue"),
-    (["--runtime", "docker"], "not available yet"),
+    (["--runtime", "docker", "--docker-subnet", "10.201.0.0/24"], "give a /16"),
     (["--storage-port", "7000", "--compute-port", "7000"], "must differ"),
 ])
 def test_impossible_topologies_exit_2_and_touch_nothing(args, words, tmp_path):

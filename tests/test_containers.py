@@ -131,3 +131,17 @@ def test_image_build_reuses_what_exists(project_image):
     again = image.build()
     assert again.image == project_image
     assert not again.base_built and not again.image_built, again
+
+
+def test_down_removes_what_a_deleted_data_dir_left_running(project_image, tmp_path):
+    """The data dir is gone (deleted under a running cluster): `down` still finds its Docker objects."""
+    data_dir = tmp_path / "gone"
+    cluster_id = ClusterDir.at(data_dir).cluster_id
+    subprocess.run(["docker", "network", "create", "--label", f"{docker.LABEL_CLUSTER}={cluster_id}",
+                    f"sixfold-{cluster_id}-region-1"], check=True, capture_output=True)
+    try:
+        down = run("down", "--data-dir", data_dir)
+        assert down.returncode == 0 and "removed 1 container(s) and network(s)" in down.stdout, down.stdout
+        assert docker.leftovers(cluster_id) == [] and not data_dir.exists()
+    finally:
+        subprocess.run(["docker", "network", "rm", f"sixfold-{cluster_id}-region-1"], capture_output=True)

@@ -96,16 +96,17 @@ def network_name(cluster_id: str, region: int) -> str:
 
 
 def inspect_states(names: list[str]) -> dict[str, dict]:
-    """name -> {"status": running|paused|exited|restarting|..., "pid": int} for the containers that exist."""
+    """name -> {"status": running|paused|exited|restarting|..., "pid", "exit_code", "restarts"} for the
+    containers that exist (restarts: by the restart policy, after a crash)."""
     if not names:
         return {}
-    run = docker("inspect", "--format", "{{json .Name}} {{json .State}}", *names, check=False)
+    run = docker("inspect", "--format", "{{json .Name}} {{.RestartCount}} {{json .State}}", *names, check=False)
     out = {}
     for line in run.stdout.splitlines():
-        name, _, state = line.partition(" ")
+        name, restarts, state = line.split(" ", 2)
         state = json.loads(state)
         out[json.loads(name).lstrip("/")] = {"status": state.get("Status", ""), "pid": state.get("Pid") or None,
-                                             "exit_code": state.get("ExitCode"),
+                                             "exit_code": state.get("ExitCode"), "restarts": int(restarts),
                                              "restarting": state.get("Restarting", False)}
     return out
 
@@ -343,7 +344,22 @@ def _remove_everything(cdir: ClusterDir) -> None:
         docker("network", "rm", *networks)
 
 
+def orphans(cdir: ClusterDir) -> list[str]:
+    """Containers and networks labelled with this data dir's cluster id ([] when Docker does not answer)."""
+    try:
+        return leftovers(cdir.cluster_id)
+    except RuntimeFailure:
+        return []
+
+
 def down(cdir: ClusterDir, purge: bool = False, progress: Progress = _quiet) -> DownResult:
+    if not cdir.state_file.exists():
+        left = orphans(cdir)
+        if not left:
+            return DownResult(False, [f"no cluster in {cdir.root}: nothing to stop"])
+        _remove_everything(cdir)
+        return DownResult(True, [f"no cluster.json in {cdir.root}, but removed {len(left)} container(s) and "
+                                 "network(s) of a docker cluster that ran there"])
     messages = []
     with cdir.cli_locked():
         state = load(cdir)
@@ -398,7 +414,7 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
         c = containers.get(entry["container"], {})
         row = {k: entry.get(k) for k in ("name", "kind", "role", "region", "az", "address")}
         row.update(pid=c.get("pid") if c.get("status") in ("running", "paused") else None, health="", epoch=None,
-                   scl=None, vdl=None, replica_lag_ms_p50=None, replica_lag_ms_p99=None, detail="", restarts=0,
+                   scl=None, vdl=None, replica_lag_ms_p50=None, replica_lag_ms_p99=None, detail="", restarts=c.get("restarts", 0),
                    partitioned_from=[], container=entry["container"])
         if not is_running:
             row["health"] = "stopped"

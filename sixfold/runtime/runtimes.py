@@ -8,6 +8,7 @@ Both modules have the same operations with the same signatures and results.
 
 from __future__ import annotations
 
+import shutil
 from types import ModuleType
 
 from sixfold.runtime import local
@@ -23,4 +24,9 @@ def of(cdir: ClusterDir) -> ModuleType:
         from sixfold.runtime import docker
 
         return docker
+    if state is None and shutil.which("docker"):
+        from sixfold.runtime import docker
+
+        if docker.orphans(cdir):   # containers of a data dir that was deleted under them: `down` removes them
+            return docker
     return local
