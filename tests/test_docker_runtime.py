@@ -56,3 +56,12 @@ def test_runtimes_pick_the_module_from_cluster_json(tmp_path):
     assert runtimes.of(cdir) is local
     cdir.write_state({"format": STATE_FORMAT, "runtime": "docker", "spec": {}, "nodes": []})
     assert runtimes.of(cdir) is docker
+
+
+def test_a_local_up_refuses_a_data_dir_that_holds_a_docker_cluster(tmp_path):
+    from sixfold.runtime.layout import STATE_FORMAT, ClusterDir
+
+    cdir = ClusterDir.at(tmp_path / "d")
+    cdir.write_state({"format": STATE_FORMAT, "runtime": "docker", "spec": {}, "nodes": []})
+    result = CliRunner().invoke(cli, ["up", "--data-dir", str(cdir.root)])
+    assert result.exit_code == 2 and "holds a docker cluster" in result.output

@@ -63,6 +63,9 @@ def up(ctx: click.Context, data_dir: Path | None, as_json: bool, **params) -> No
         start = functools.partial(docker.up, image=container_options["image"],
                                   subnet=container_options["docker_subnet"])
     else:
+        if runtimes.of(cdir) is not local:
+            raise CliError(f"{cdir.root} holds a docker cluster: use `sixfold up --runtime docker`, or another "
+                           "--data-dir for a local one", 2)
         if explicit & set(container_options):
             raise CliError(f"{', '.join(sorted('--' + n.replace('_', '-') for n in explicit & set(container_options)))}"
                            " only apply with --runtime docker", 2)
