@@ -196,7 +196,24 @@ def build(progress: Progress = _quiet, rebuild_base: bool = False, mirror: str =
     else:
         progress(f"image {tag} is up to date with the source: reused")
     _run(["docker", "tag", tag, f"{IMAGE_REPOSITORY}:latest"], "docker tag", 60)
+    if image_built:
+        removed = remove_older_images(tag)
+        if removed:
+            progress(f"removed {len(removed)} image(s) of older source trees: {', '.join(removed)}")
     return BuildResult(tag, base, base_built, image_built, round(time.monotonic() - t0, 2))
+
+
+def remove_older_images(keep: str) -> list[str]:
+    """Project images of earlier source trees (each is a few hundred MB). Docker refuses to remove
+    one a container still uses, and that one stays."""
+    listed = subprocess.run(["docker", "images", IMAGE_REPOSITORY, "--filter", f"label={SOURCE_LABEL}",
+                             "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, timeout=60)
+    removed = []
+    for tag in listed.stdout.split():
+        if tag not in (keep, f"{IMAGE_REPOSITORY}:latest", f"{IMAGE_REPOSITORY}:<none>"):
+            if subprocess.run(["docker", "rmi", tag], capture_output=True, timeout=120).returncode == 0:
+                removed.append(tag)
+    return removed
 
 
 def current_image() -> str | None:
