@@ -40,3 +40,18 @@ def compute_cluster(storage_cluster, tmp_path):
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture(scope="session")
+def project_image() -> str:
+    """The project's container image for this source tree, built once per session (reused when it exists).
+
+    Skips only when no Docker engine can run here (the reason says why); `.ci/run` installs
+    and starts one, so in CI these tests run.
+    """
+    from sixfold.runtime import image
+
+    reason = image.docker_available()
+    if reason:
+        pytest.skip(f"no Docker engine: {reason}")
+    return image.build().image

@@ -175,7 +175,7 @@ def test_bad_flags_exit_2(args, tmp_path):
     (["--writers", "9"], "1 to 8 writers"),
     (["--regions", "10"], "1 to 9 regions"),
     (["--writers", "2", "--regions", "2"], "secondary regions"),
-    (["--runtime", "docker"], "not available yet"),
+    (["--runtime", "docker", "--docker-subnet", "10.201.0.0/24"], "give a /16"),
     (["--storage-port", "7000", "--compute-port", "7000"], "must differ"),
 ])
 def test_impossible_topologies_exit_2_and_touch_nothing(args, words, tmp_path):

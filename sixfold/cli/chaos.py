@@ -15,7 +15,7 @@ from sixfold.cli.chaos_latency import latency_cmd
 from sixfold.cli.chaos_run import run_cmd
 from sixfold.cli.common import (CONTEXT, CliError, cluster_dir, data_dir_option, json_option, out, print_json,
                                 reports_errors)
-from sixfold.runtime import local
+from sixfold.runtime import local, runtimes
 from sixfold.runtime.topology import NodeSpec, TopologyError, select_nodes
 
 TARGET_HELP = "say which nodes: --node NAME, --az N, --writer, --readers, --storage or --all"
@@ -107,7 +107,7 @@ def _action(name: str, help_text: str, waits: bool = False, default_all: bool = 
                 as_json: bool, wait: bool = True, timeout_s: float = local.NODE_READY_TIMEOUT_S) -> None:
         cdir = cluster_dir(data_dir)
         targets = resolve_targets(cdir, node_names, azs, region, writer, readers, storage, all_nodes, default_all)
-        report(local.chaos(cdir, name, targets, wait=wait, timeout_s=timeout_s), as_json, cdir)
+        report(runtimes.of(cdir).chaos(cdir, name, targets, wait=wait, timeout_s=timeout_s), as_json, cdir)
 
     if waits:
         command = click.option("--timeout-s", type=click.FloatRange(1), default=local.NODE_READY_TIMEOUT_S,
@@ -152,7 +152,7 @@ def partition_cmd(data_dir, node_names, azs, region, writer, readers, storage, a
                                   azs=tuple(from_azs))
         except TopologyError as exc:
             raise CliError(str(exc), 2) from None
-    report(local.chaos(cdir, "partition", targets, others=others), as_json, cdir)
+    report(runtimes.of(cdir).chaos(cdir, "partition", targets, others=others), as_json, cdir)
 
 
 @chaos.command("log", context_settings=CONTEXT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -10,7 +11,7 @@ from rich.table import Table
 
 from sixfold.cli.common import (CONTEXT, CliError, cluster_dir, data_dir_option, err, json_option, out,
                                 print_json, progress_printer, reports_errors)
-from sixfold.runtime import local
+from sixfold.runtime import local, runtimes
 from sixfold.runtime.settings import SETTINGS, click_options, values_of
 from sixfold.runtime.topology import ClusterSpec, Endpoint
 
@@ -44,15 +45,31 @@ def up(ctx: click.Context, data_dir: Path | None, as_json: bool, **params) -> No
 
     Running `up` on a running cluster is fine (it says so); on a stopped one it
     starts it again with its data.
+
+    --runtime docker runs each node in a container of the image `sixfold image build`
+    makes, one Docker network per region (AZ N = the address block .N.0/24 and the
+    container label org.sixfold.az=N); status, endpoints, sql, chaos and down work the same.
     """
-    if params.pop("runtime") != "local":
-        raise CliError("--runtime docker is not available yet (it comes with the containers issue); "
-                       "use --runtime local", 2)
+    runtime = params.pop("runtime")
+    container_options = values_of("docker", params)
     explicit = {name for name in params if ctx.get_parameter_source(name) not in
                 (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None)}
     spec = ClusterSpec.from_dict(values_of("cluster", params))
     tuning = values_of("tuning", params)
     cdir = cluster_dir(data_dir)
+    if runtime == "docker":
+        from sixfold.runtime import docker
+
+        start = functools.partial(docker.up, image=container_options["image"],
+                                  subnet=container_options["docker_subnet"])
+    else:
+        if runtimes.of(cdir) is not local:
+            raise CliError(f"{cdir.root} holds a docker cluster: use `sixfold up --runtime docker`, or another "
+                           "--data-dir for a local one", 2)
+        if explicit & set(container_options):
+            raise CliError(f"{', '.join(sorted('--' + n.replace('_', '-') for n in explicit & set(container_options)))}"
+                           " only apply with --runtime docker", 2)
+        start = local.up
     if err.is_terminal and not as_json:
         with err.status("starting the cluster") as spinner:
             def progress(message: str) -> None:
@@ -61,9 +78,9 @@ def up(ctx: click.Context, data_dir: Path | None, as_json: bool, **params) -> No
                 else:
                     spinner.update(f"starting the cluster: {message}")
 
-            result = local.up(cdir, spec, tuning, explicit, progress=progress)
+            result = start(cdir, spec, tuning, explicit, progress=progress)
     else:
-        result = local.up(cdir, spec, tuning, explicit, progress=progress_printer(not as_json))
+        result = start(cdir, spec, tuning, explicit, progress=progress_printer(not as_json))
     if as_json:
         print_json({"started": result.started, "data_dir": str(result.data_dir),
                     "elapsed_s": round(result.elapsed_s, 2), "notes": result.notes,
@@ -96,7 +113,8 @@ def down(data_dir: Path | None, purge: bool, keep_data: bool, as_json: bool) -> 
     """
     if purge and keep_data:
         raise CliError("--purge and --keep-data contradict each other; pick one", 2)
-    result = local.down(cluster_dir(data_dir), purge=purge, progress=progress_printer(not as_json))
+    cdir = cluster_dir(data_dir)
+    result = runtimes.of(cdir).down(cdir, purge=purge, progress=progress_printer(not as_json))
     if as_json:
         print_json({"was_running": result.was_running, "purged": result.purged, "messages": result.messages})
         return
@@ -127,13 +145,16 @@ def status(data_dir: Path | None, as_json: bool) -> None:
     stopped or there is none. --json prints a list of node objects.
     """
     cdir = cluster_dir(data_dir)
-    report = local.status(cdir)
+    report = runtimes.of(cdir).status(cdir)
     cluster, nodes = report["cluster"], report["nodes"]
     if as_json:
         print_json(nodes)
     else:
         head = f"cluster [bold]{cluster['state']}[/bold] in {cluster['data_dir']} (volume {cluster['volume_id']}"
-        head += f", supervisor pid {cluster['supervisor_pid']})" if cluster["supervisor_running"] else ")"
+        if cluster.get("runtime") == "docker":
+            head += f", docker image {cluster['image']})"
+        else:
+            head += f", supervisor pid {cluster['supervisor_pid']})" if cluster["supervisor_running"] else ")"
         out.print(head)
         if cluster["message"]:
             out.print(f"[yellow]{cluster['message']}[/yellow]; `sixfold up` starts it, `sixfold down` cleans up")
@@ -187,7 +208,8 @@ def endpoints(data_dir: Path | None, as_json: bool) -> None:
     PostgreSQL clients (psql, psycopg, pgbench, ...); --json adds a ready-to-use `dsn`
     with the cluster's password (kept in DATA_DIR/pg_password).
     """
-    eps = local.endpoints(cluster_dir(data_dir))
+    cdir = cluster_dir(data_dir)
+    eps = runtimes.of(cdir).endpoints(cdir)
     if as_json:
         print_json([e.to_dict() for e in eps])
     else:

@@ -26,6 +26,7 @@ COMMANDS = {
     "chaos": "sixfold.cli.chaos:chaos",
     "demo": "sixfold.cli.demo:demo",
     "settings": "sixfold.cli.cluster:settings",
+    "image": "sixfold.cli.image:image",
     "storage-node": "sixfold.nodes.storage.main:storage_node",
     "compute-node": "sixfold.nodes.compute.main:compute_node",
     "coordinator": "sixfold.nodes.coordinator.main:coordinator",

@@ -14,7 +14,7 @@ import sixfold
 from sixfold.cli.common import (CONTEXT, CliError, cluster_dir, data_dir_option, err, json_option, out,
                                 print_json, reports_errors)
 from sixfold.dbapi import Error as DbError
-from sixfold.runtime import local
+from sixfold.runtime import runtimes
 
 ROWS_SHOWN_MAX = 10_000  # the table shows this many rows; --json has them all
 REPL_BUFFER_MAX = 1 << 20
@@ -87,7 +87,7 @@ def sql(data_dir: Path | None, endpoint: str, commands: tuple[str, ...], timeout
     fails (with -c, the rest are not run).
     """
     cdir = cluster_dir(data_dir)
-    address, described = local.resolve_endpoint(cdir, endpoint)
+    address, described = runtimes.of(cdir).resolve_endpoint(cdir, endpoint)
     try:
         conn = sixfold.connect(address, autocommit=True, timeout_s=timeout_s)
     except DbError as exc:

@@ -75,6 +75,10 @@ def require(cdir: ClusterDir) -> dict:
 
 def require_running(cdir: ClusterDir) -> dict:
     state = require(cdir)
+    if state.get("runtime") == "docker":   # no supervisor: its containers tell (failover, endpoints work alike)
+        from sixfold.runtime import docker
+
+        return docker.require_running(cdir)
     if not cdir.supervisor_running():
         raise RuntimeFailure(f"the cluster in {cdir.root} is not running ({describe_not_running(cdir, state)}); "
                              f"start it with `sixfold up --data-dir {cdir.root}`")
@@ -436,11 +440,32 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
         else:
             to_probe.append((len(rows), entry["kind"], entry["address"]))
         rows.append(row)
+    fill_probed_rows(rows, entries, to_probe, volume_id, state.get("state") == STARTING, timeout_s)
+    recorded = state.get("state")
+    cluster = {
+        "data_dir": str(cdir.root),
+        "state": recorded if running or recorded in (STOPPED, FAILED) else "stale",
+        "supervisor_pid": state.get("supervisor_pid") if running else None,
+        "supervisor_running": running, "volume_id": volume_id, "spec": state["spec"],
+        "message": "" if running else describe_not_running(cdir, state),
+    }
+    regions = sorted({int(r["region"]) for r in rows})
+    if len(regions) > 1:
+        cluster["regions"] = [region_summary(r, rows) for r in regions]
+    return {"cluster": cluster, "nodes": rows}
+
+
+def fill_probed_rows(rows: list[dict], entries: list[dict], to_probe: list[tuple[int, str, str]], volume_id: str,
+                     cluster_starting: bool, timeout_s: float) -> None:
+    """Asks the nodes in `to_probe` ((row index, kind, address)) how they are and fills in their rows.
+
+    Every runtime decides itself which nodes run (processes, containers); this part is shared.
+    """
     results = probe_many([(k, a) for _, k, a in to_probe], volume_id, timeout_s)
     for (i, kind, _), result in zip(to_probe, results):
         row = rows[i]
         if not result.get("reachable"):
-            starting = entries[i].get("state") == "starting" or state.get("state") == STARTING
+            starting = entries[i].get("state") == "starting" or cluster_starting
             row.update(health="starting" if starting else "unreachable", detail=result.get("error", ""))
             continue
         if kind == COORDINATOR:
@@ -479,18 +504,6 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
                                      if unheard_s is None or unheard_s > PRIMARY_SILENT_S else ""))
         if row["partitioned_from"]:
             row["detail"] = f"cut off from {len(row['partitioned_from'])} node(s) (chaos partition)"
-    recorded = state.get("state")
-    cluster = {
-        "data_dir": str(cdir.root),
-        "state": recorded if running or recorded in (STOPPED, FAILED) else "stale",
-        "supervisor_pid": state.get("supervisor_pid") if running else None,
-        "supervisor_running": running, "volume_id": volume_id, "spec": state["spec"],
-        "message": "" if running else describe_not_running(cdir, state),
-    }
-    regions = sorted({int(r["region"]) for r in rows})
-    if len(regions) > 1:
-        cluster["regions"] = [region_summary(r, rows) for r in regions]
-    return {"cluster": cluster, "nodes": rows}
 
 
 def region_summary(region: int, rows: list[dict]) -> dict:
@@ -512,7 +525,11 @@ def endpoints(cdir: ClusterDir) -> list[Endpoint]:
     """The router's writer and reader endpoints (their target is the current writer or the
     readers, when a coordinator answers), the custom endpoints, then one per instance."""
     nodes = node_specs(require(cdir))
-    out = endpoints_of(nodes)
+    return with_catalog(cdir, nodes, endpoints_of(nodes))
+
+
+def with_catalog(cdir: ClusterDir, nodes: list[NodeSpec], out: list[Endpoint]) -> list[Endpoint]:
+    """The endpoints with their live targets and the custom endpoints, when a coordinator answers."""
     catalog = _catalog(nodes)
     if catalog is not None:
         targets = {e["name"]: ",".join(e["targets"]) for e in catalog["endpoints"]}
@@ -629,6 +646,7 @@ def add_replica(cdir: ClusterDir, az: int | None = None, tier: int | None = None
 
     with cdir.cli_locked():
         state = require_running(cdir)
+        _refuse_in_docker(state, "adding a replica")
         spec = ClusterSpec.from_dict(state["spec"])
         nodes = node_specs(state)
         _refuse_while_partitioned(cdir)
@@ -686,6 +704,7 @@ def remove_replica(cdir: ClusterDir, name: str, progress: Progress = _quiet) -> 
 
     with cdir.cli_locked():
         state = require_running(cdir)
+        _refuse_in_docker(state, "removing a replica")
         nodes = node_specs(state)
         by_name = {n.name: n for n in nodes}
         if by_name.get(name) is None or by_name[name].kind != COMPUTE:
@@ -699,6 +718,11 @@ def remove_replica(cdir: ClusterDir, name: str, progress: Progress = _quiet) -> 
         cdir.post_request({"action": "remove-node", "name": name})
         _wait_for(cdir, lambda: name not in _current(cdir), f"the supervisor to stop {name}")
     return {"name": name, "removed": True}
+
+
+def _refuse_in_docker(state: dict, what: str) -> None:
+    if state.get("runtime") == "docker":
+        raise UsageProblem(f"{what} is not in the docker runtime yet (the local runtime has it)")
 
 
 def _refuse_while_partitioned(cdir: ClusterDir) -> None:

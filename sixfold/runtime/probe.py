@@ -117,3 +117,10 @@ def probe_many(targets: list[tuple[str, str]], volume_id: str, timeout_s: float 
         return []
     with ThreadPoolExecutor(max_workers=min(PROBE_THREADS_MAX, len(targets))) as pool:
         return list(pool.map(lambda t: probe(t[0], t[1], volume_id, timeout_s), targets))
+
+
+def ready(kind: str, result: dict) -> bool:
+    """A probed node is ready for the next start step: it answers, a storage node serves, a
+    coordinator knows the writer (its catalog is loaded)."""
+    return bool(result.get("reachable") and (kind != "storage" or result.get("serving"))
+                and (kind != "coordinator" or result.get("writer")))

@@ -2,7 +2,8 @@
 
 Each row gives a setting's name, type, default and help; the command-line flag
 (`--storage-per-az`) and the environment variable (`SIXFOLD_STORAGE_PER_AZ`) are
-derived from the name, and so will the Kubernetes manifests be. `sixfold up`
+derived from the name, and so are the Kubernetes manifests' environment variables
+(k8s_manifests.py: every setting with `nodes` goes into the ConfigMap sixfold-settings). `sixfold up`
 builds its options from this table (`click_options`), `sixfold settings` prints
 it, and the README's table is made from it.
 
@@ -29,6 +30,9 @@ class Setting:
     default: Any
     help: str
     scope: str  # "cluster": stored with the cluster and fixed once it exists; "tuning": may change per start; "cli"
+    # the node kinds whose command reads this setting (same flag, same variable): the Kubernetes
+    # manifests pass these to the pods as environment variables (k8s_manifests.py)
+    nodes: tuple[str, ...] = ()
 
     @property
     def flag(self) -> str:
@@ -63,7 +67,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Where the cluster keeps its state, node data and logs "
             "[default: $XDG_DATA_HOME/sixfold/default or ~/.local/share/sixfold/default].", "cli"),
     Setting("runtime", click.Choice(["local", "docker"]), "local",
-            "How nodes run: local processes (docker comes with a later issue).", "cli"),
+            "How nodes run: local processes, or one Docker container per node (`sixfold image build` first).",
+            "cli"),
+    Setting("image", str, "", "docker runtime: the image to run [default: the one `sixfold image build` made for "
+            "this source tree, else sixfold:latest].", "docker"),
+    Setting("docker_subnet", str, "10.201.0.0/16",
+            "docker runtime: region R's network is the /16 R - 1 above this one; AZ N is its .N.0/24 block.",
+            "docker"),
     Setting("regions", int, 1, "Regions: region 1 is the primary (the writer); each other region has its own "
             "storage, readers, coordinators and a replicator shipping the primary's log to it.", "cluster"),
     Setting("azs", int, 3, "Availability zones: exactly 3 (six copies, two per AZ).", "cluster"),
@@ -73,16 +83,19 @@ SETTINGS: tuple[Setting, ...] = (
             "(multi-writer, snapshot isolation; see sixfold/nodes/compute/MULTIWRITER.md).", "cluster"),
     Setting("storage_port", int, 7100, "Port of every storage node (each node has its own address).", "cluster"),
     Setting("compute_port", int, 7200, "Port of every compute instance (each has its own address).", "cluster"),
-    Setting("volume_id", str, "vol-1", "Name of the shared volume.", "cluster"),
+    Setting("volume_id", str, "vol-1", "Name of the shared volume.", "cluster", ("compute",)),
     Setting("pages_per_segment", click.IntRange(1, 1 << 20), 256,
-            "Pages per segment (one protection group per segment); fixed once the volume exists.", "cluster"),
+            "Pages per segment (one protection group per segment); fixed once the volume exists.", "cluster",
+            ("compute",)),
     Setting("commit_timeout_s", click.FloatRange(0.1), 10.0,
-            "How long a commit waits for a write quorum before it reports an unknown outcome.", "tuning"),
+            "How long a commit waits for a write quorum before it reports an unknown outcome.", "tuning",
+            ("compute",)),
     Setting("gossip_interval_ms", click.IntRange(10, 60_000), 100,
-            "How often storage nodes compare notes with their peers.", "tuning"),
+            "How often storage nodes compare notes with their peers.", "tuning", ("storage",)),
     Setting("storage_replace_after_s", click.FloatRange(0.5), 30.0,
             "How long a storage node may stay unreachable before the coordinators have each of its PGs "
-            "re-replicated to another node of its AZ (needs --storage-per-az 3 or more).", "tuning"),
+            "re-replicated to another node of its AZ (needs --storage-per-az 3 or more).", "tuning",
+            ("coordinator",)),
     Setting("latency_in_region", click.BOOL, False,
             "Pass calls inside a region through the RPC latency layer too, so that `chaos latency --from R "
             "--to R` and the latency nemesis can slow them (about 40 us of CPU per stream message: off by "
@@ -120,6 +133,6 @@ def markdown_table() -> str:
     """The README's settings table."""
     rows = ["| flag | environment variable | default | what it is |", "|---|---|---|---|"]
     for s in SETTINGS:
-        default = "(per user)" if s.default is None else f"`{s.default}`"
+        default = "(per user)" if s.default is None else "(see help)" if s.default == "" else f"`{s.default}`"
         rows.append(f"| `{s.flag}` | `{s.env}` | {default} | {s.help} |")
     return "\n".join(rows)

@@ -44,14 +44,13 @@ from sixfold.client import latency
 from sixfold.runtime import partition
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_RESTART, RUNNING, STARTING, STOPPED,
                                     STOPPING, ClusterDir, hold_lock, tail)
-from sixfold.runtime.probe import probe
-from sixfold.runtime.topology import (COMPUTE, COORDINATOR, PG_USER, READER, REPLICATOR, STORAGE, TIER_MAX, WRITER,
-                                      ClusterSpec, NodeSpec, custom_endpoint_port_base, in_region, raft_address,
-                                      router_addresses, storage_nodes_flag)
+from sixfold.runtime.probe import probe, ready
+from sixfold.runtime.commands import node_args
+from sixfold.runtime.topology import (COMPUTE, COORDINATOR, READER, REPLICATOR, STORAGE, WRITER, ClusterSpec,
+                                      NodeSpec)
 
 log = logging.getLogger("sixfold.supervisor")
 
-VDL_HINT_INTERVAL_MS = 10   # with secondary regions: storage learns the writer's VDL this soon (globaldb)
 
 LOOP_INTERVAL_S = 0.1
 BACKOFF_FIRST_S = 0.5
@@ -82,14 +81,6 @@ class Managed:
         return self.proc is not None and self.proc.poll() is None
 
 
-def promotion_tier(node: NodeSpec, position: int) -> int:
-    """Its own tier if it was given one (`sixfold replica add --tier`); else readers in the order
-    they were made (reader-1 first), the writer last."""
-    if node.tier >= 0:
-        return node.tier
-    return min(position, TIER_MAX) if node.role == READER else TIER_MAX
-
-
 class StartFailed(Exception):
     def __init__(self, node: str, message: str) -> None:
         super().__init__(message)
@@ -114,64 +105,8 @@ class Supervisor:
     # ------------------------------------------------------------ commands
 
     def node_command(self, node: NodeSpec) -> list[str]:
-        if node.kind == STORAGE:
-            return [
-                self.python, "-m", "sixfold.nodes.storage", "--node-id", node.name, "--region", str(node.region),
-                "--az", str(node.az), "--listen", node.address, "--data-dir", str(self.cdir.node_data(node.name)),
-                "--gossip-interval-ms", str(self.tuning.get("gossip_interval_ms", 100)),
-            ]
-        specs = in_region([m.spec for m in self.nodes], node.region)   # a region's nodes only talk among
-        coordinators = [s for s in specs if s.kind == COORDINATOR]      # themselves (but replicators)
-        if node.kind == REPLICATOR:
-            source = in_region([m.spec for m in self.nodes], 1)
-            return [
-                self.python, "-m", "sixfold.globaldb", "--node-id", node.name, "--region", str(node.region),
-                "--az", str(node.az), "--listen", node.address, "--data-dir", str(self.cdir.node_data(node.name)),
-                "--source-storage-nodes", storage_nodes_flag(source), "--storage-nodes", storage_nodes_flag(specs),
-                "--volume-id", self.spec.volume_id, "--pages-per-segment", str(self.spec.pages_per_segment),
-            ]
-        if node.kind == COORDINATOR:
-            # a secondary region's catalog has its replicator where the writer would be: its
-            # readers follow it, and nothing there is ever promoted (--no-failover)
-            compute = [s for s in specs if s.kind in (COMPUTE, REPLICATOR)]
-            # promotion tier: readers in the order they were made (reader-1 first); the writer last
-            instances = ",".join(f"{s.name}:{WRITER if s.kind == REPLICATOR else s.role}:{s.az}:"
-                                 f"{promotion_tier(s, i)}={s.address}" for i, s in enumerate(compute))
-            endpoints = router_addresses(specs)
-            secondary = ["--no-failover"] if any(s.kind == REPLICATOR for s in specs) else []
-            return [
-                self.python, "-m", "sixfold.nodes.coordinator", "--listen", node.address,
-                "--raft", raft_address(node),
-                "--replicas", ",".join(f"{c.address}@{raft_address(c)}" for c in coordinators),
-                "--instances", instances, "--writer-endpoint", endpoints["writer"],
-                "--reader-endpoint", endpoints["reader"], "--writer-pg-endpoint", endpoints["writer-pg"],
-                "--reader-pg-endpoint", endpoints["reader-pg"],
-                "--custom-endpoint-port-base", str(custom_endpoint_port_base(specs)),
-                "--storage-nodes", storage_nodes_flag(specs),
-                "--storage-replace-after-s", str(self.tuning.get("storage_replace_after_s", 30.0)), *secondary,
-            ]
-        cmd = [
-            self.python, "-m", "sixfold.nodes.compute", "--node-id", node.name, "--role", node.role,
-            "--region", str(node.region), "--az", str(node.az), "--listen", node.address,
-            "--storage-nodes", storage_nodes_flag(specs), "--volume-id", self.spec.volume_id,
-            "--pages-per-segment", str(self.spec.pages_per_segment),
-            "--commit-timeout-s", str(self.tuning.get("commit_timeout_s", 10.0)),
-            "--pg-listen", node.pg_address, "--pg-user", PG_USER,
-        ]
-        if coordinators:
-            # a restarted instance asks the catalog for its role (the writer may have moved)
-            cmd += ["--coordinators", ",".join(c.address for c in coordinators)]
-        writer = next((s for s in specs if s.role in (WRITER, REPLICATOR)), None)
-        if self.spec.regions > 1 and node.region == 1:   # a reader too: it may be promoted
-            cmd += ["--vdl-hint-interval-ms", str(VDL_HINT_INTERVAL_MS)]
-        if node.takes_writes and writer is not None:   # a peer writer (multi-writer, MULTIWRITER.md)
-            cmd[cmd.index("--role") + 1] = WRITER
-            cmd += ["--multi-writer", "--writer-address", writer.address]
-        elif node.role == WRITER and self.spec.writers > 1:
-            cmd += ["--multi-writer"]   # the primary: runs the adjudicator
-        elif node.role == READER and writer is not None:   # (the first writer may have been removed as a
-            cmd += ["--writer-address", writer.address]  # reader: then the catalog says who the writer is)
-        return cmd
+        return [self.python, *node_args(node, [m.spec for m in self.nodes], self.spec, self.tuning,
+                                        str(self.cdir.node_data(node.name)))]
 
     def child_env(self, node: NodeSpec | None = None) -> dict[str, str]:
         # the nodes read their flags from SIXFOLD_* variables too: none of the user's may leak in,
@@ -245,9 +180,7 @@ class Supervisor:
                     m.last_exit_code = code
                     m.state = "failed"
                     raise StartFailed(m.name, f"{m.name} exited with code {code} while starting")
-                result = probe(m.spec.kind, m.spec.address, self.spec.volume_id, timeout_s=0.5)
-                if (result.get("reachable") and (m.spec.kind != STORAGE or result.get("serving"))
-                        and (m.spec.kind != COORDINATOR or result.get("writer"))):
+                if ready(m.spec.kind, probe(m.spec.kind, m.spec.address, self.spec.volume_id, timeout_s=0.5)):
                     pending.remove(m)
                     m.state = "running"
                     healthy += 1
