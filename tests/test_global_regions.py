@@ -45,7 +45,12 @@ def wait_rows(address: str, sql: str, expected: list, timeout_s: float = SHIPPED
     started = time.monotonic()
     last = None
     while time.monotonic() - started < timeout_s:
-        last = rows_in(address, sql)
+        try:
+            last = rows_in(address, sql)
+        except sixfold.dbapi.ProgrammingError as exc:
+            if "no such table" not in str(exc):
+                raise
+            last = str(exc)   # the CREATE TABLE itself has not been shipped yet
         if last == expected:
             return time.monotonic() - started
         time.sleep(0.05)
