@@ -12,6 +12,7 @@ ever visible to them, on the writer as on readers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -50,6 +51,7 @@ COMMIT_UNKNOWN = "commit_unknown"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL = "internal"
 CANCELED = "canceled"
+SESSION_CLOSED = "no_session"   # the same code the service uses for an unknown session
 # SERIALIZATION_FAILURE (imported): multi-writer, lost a page conflict; retry (SQLSTATE 40001)
 # an autocommit statement that lost a conflict runs again at a newer snapshot: nothing of it
 # reached the client, so this is safe; bounded, with a short random back-off
@@ -150,6 +152,9 @@ class Engine:
         self.backend = backend
         self.vfs = MultiWriterVFS(volume, backend) if backend is not None else SixfoldVFS(volume, writer)
         self._write_lock = threading.Lock()
+        # who holds the write lock and since when: a BUSY error names it (what blocks you)
+        self._writer_holder: Session | None = None
+        self._writer_since = 0.0
         self._pool: queue.Queue[apsw.Connection] = queue.Queue()
         self._all: list[apsw.Connection] = []
         self.writer_conn: apsw.Connection | None = None
@@ -203,16 +208,29 @@ class Engine:
                 pass
 
     # --- used by sessions -------------------------------------------------------
-    def acquire_writer(self) -> None:
+    def acquire_writer(self, session: "Session") -> None:
         if not self.is_writer:
             raise SqlError(READ_ONLY, "read-only: this is a reader instance; send writes to the writer endpoint")
         if self.fenced:
             raise SqlError(FENCED, self.fenced)
         if not self._write_lock.acquire(timeout=self.busy_timeout_s):
-            raise SqlError(BUSY, f"another session held the write lock for {self.busy_timeout_s:.0f} s; retry")
+            raise SqlError(BUSY, f"another session held the write lock for {self.busy_timeout_s:.0f} s "
+                                 f"({self.describe_writer_holder()}); retry")
+        self._writer_holder, self._writer_since = session, time.monotonic()
 
     def release_writer(self) -> None:
+        self._writer_holder = None
         self._write_lock.release()
+
+    def describe_writer_holder(self) -> str:
+        holder, since = self._writer_holder, self._writer_since
+        if holder is None:
+            return "it was just released"
+        now = time.monotonic()
+        doing = (f"running {holder.last_sql[:60]!r} for {now - holder.running_since:.1f} s"
+                 if holder.running_conn is not None else
+                 f"idle in a transaction after {holder.last_sql[:60]!r}")
+        return f"held for {now - since:.1f} s by a session {doing}"
 
     def acquire_snapshot(self) -> apsw.Connection:
         try:
@@ -251,6 +269,14 @@ class Session:
         self._holding_writer = False
         self._snapshot: apsw.Connection | None = None   # bound during a read transaction
         self.running_conn: apsw.Connection | None = None   # the connection a statement runs on (cancel)
+        self.last_sql = ""            # for BUSY errors: what the holder of the write lock is doing
+        self.running_since = 0.0
+        # close() may come from another thread while a statement runs (a client that gave up
+        # on it): the statement's own thread then ends the session when it returns, so a
+        # write lock it gets after the close is given back (nobody could reap it later)
+        self._state_lock = threading.Lock()
+        self._running = 0
+        self._closed = False
 
     @property
     def in_transaction(self) -> bool:
@@ -275,19 +301,43 @@ class Session:
 
     def describe(self, sql: str, bindings_count: int) -> list[tuple[str, str | None]]:
         """(name, declared type) of each result column, from preparing `sql` without running it."""
-        return self.with_connection(lambda conn: describe_on(conn, sql, bindings_count))
+        with self._statement():
+            return self.with_connection(lambda conn: describe_on(conn, sql, bindings_count))
+
+    @contextlib.contextmanager
+    def _statement(self):
+        with self._state_lock:
+            if self._closed:
+                raise SqlError(SESSION_CLOSED, "this session was closed; open a new one")
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._state_lock:
+                self._running -= 1
+                end_now = self._closed and not self._running
+            if end_now:
+                self._end()
 
     def execute_many(self, sql: str, rows: list) -> Result:
         """One write statement for many parameter rows (COPY FROM)."""
+        with self._statement():
+            return self._execute_many(sql, rows)
+
+    def _execute_many(self, sql: str, rows: list) -> Result:
         try:
             if not self._holding_writer:
-                self.engine.acquire_writer()
+                self.engine.acquire_writer(self)
                 self._holding_writer = True
             return self._on_writer(sql, rows, many=True)
         except Exception as exc:
             raise map_error(exc) from exc
 
     def execute(self, sql: str, params=None) -> Result:
+        with self._statement():
+            return self._execute(sql, params)
+
+    def _execute(self, sql: str, params) -> Result:
         try:
             if self._holding_writer:
                 return self._on_writer(sql, params)
@@ -302,7 +352,7 @@ class Session:
                     # e.g. WITH ... INSERT: it writes after all; nothing was changed on the snapshot
             if self.engine.backend is not None:
                 return self._autocommit_with_retries(sql, params)
-            self.engine.acquire_writer()
+            self.engine.acquire_writer(self)
             self._holding_writer = True
             return self._on_writer(sql, params)
         except Exception as exc:
@@ -313,7 +363,7 @@ class Session:
         this node has seen the winner (on_writer_failure refreshed its pages). A statement that
         opens a transaction (BEGIN) cannot conflict here: its commit comes with a later statement."""
         for attempt in range(AUTOCOMMIT_CONFLICT_ATTEMPTS):
-            self.engine.acquire_writer()
+            self.engine.acquire_writer(self)
             self._holding_writer = True
             try:
                 return self._on_writer(sql, params)
@@ -347,6 +397,7 @@ class Session:
         engine = self.engine
         conn, file = engine.writer_conn, engine.writer_file
         assert conn is not None and file is not None
+        self.last_sql, self.running_since = sql, time.monotonic()
         self.running_conn = conn
         try:
             result = _run(conn, sql, params, many)
@@ -381,7 +432,17 @@ class Session:
             self.engine.release_writer()
 
     def close(self) -> None:
-        """Rolls back an open transaction and gives its connection back."""
+        """Rolls back an open transaction and gives its connection back; if a statement is
+        running (on another thread), that statement's thread does it when it returns."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._running:
+                return
+        self._end()
+
+    def _end(self) -> None:
         if self._holding_writer:
             conn = self.engine.writer_conn
             try:
