@@ -163,14 +163,13 @@ def test_every_service_selects_pods_and_its_named_ports_exist(docs):
                     f"Service {svc['metadata']['name']} port {port['name']} -> {target}: no such container port"
 
 
-def test_probes_use_named_ports_that_exist(docs):
+def test_probes_ask_the_grpc_port_of_the_container(docs):
     for t in _pod_templates(docs):
         for c in t["spec"]["containers"]:
-            names = {p["name"] for p in c["ports"]}
+            grpc_port = {p["name"]: p["containerPort"] for p in c["ports"]}["grpc"]
             for probe in ("readinessProbe", "livenessProbe"):
                 assert probe in c, f"{c['name']} has no {probe}"
-                port = c[probe]["tcpSocket"]["port"]
-                assert port in names, (c["name"], probe, port)
+                assert c[probe]["grpc"]["port"] == grpc_port, (c["name"], probe, c[probe])
             assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
 
 

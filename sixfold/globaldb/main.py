@@ -16,6 +16,7 @@ from sixfold.globaldb.mirror import MirrorClient
 from sixfold.globaldb.replicator import Replicator, ReplicatorService
 from sixfold.nodes.compute.main import parse_storage_nodes
 from sixfold.rpc import compute_pb2_grpc
+from sixfold.rpc.health import add_health
 
 log = logging.getLogger("sixfold.replicator")
 
@@ -55,6 +56,7 @@ def replicator(node_id, region, az, listen, data_dir, source_storage_nodes, stor
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
                                           ("grpc.max_send_message_length", 64 * 1024 * 1024)])
         compute_pb2_grpc.add_ComputeServicer_to_server(ReplicatorService(rep, node_id, region, az, listen), server)
+        add_health(server)
         try:
             server.add_insecure_port(listen)
         except RuntimeError as exc:

@@ -129,12 +129,14 @@ def zone_affinity(zone: str) -> dict:
         {"matchExpressions": [{"key": ZONE_LABEL, "operator": "In", "values": [zone]}]}]}}}
 
 
-def tcp_probes(port_name: str, initial_delay_s: int) -> dict:
-    # tcp: the nodes speak gRPC without the grpc.health.v1 service; a listening port means it
-    # finished start-up (storage opened its log, compute recovered the volume, ...)
+def grpc_probes(port: int, initial_delay_s: int) -> dict:
+    # grpc.health.v1 (sixfold/rpc/health.py): a node starts its server once it is ready
+    # (storage opened its log, compute recovered the volume, ...), a hung process does not
+    # answer (a TCP probe would pass: the kernel accepts), and a fenced writer says NOT_SERVING.
+    # Kubernetes' gRPC probes take a port number, not a name.
     return {
-        "readinessProbe": {"tcpSocket": {"port": port_name}, "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"tcpSocket": {"port": port_name}, "initialDelaySeconds": initial_delay_s,
+        "readinessProbe": {"grpc": {"port": port}, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"grpc": {"port": port}, "initialDelaySeconds": initial_delay_s,
                           "periodSeconds": 10, "failureThreshold": 6},
     }
 
@@ -152,7 +154,7 @@ def container(component: str, args: list[str], ports: list[tuple[str, int]], env
                     {"configMapRef": {"name": "sixfold-region"}}],
         "ports": [{"name": name, "containerPort": port} for name, port in ports],
         "resources": RESOURCES[component],
-        **tcp_probes(ports[0][0], initial_delay_s),
+        **grpc_probes(ports[0][1], initial_delay_s),
     }
     if mounts:
         c["volumeMounts"] = mounts

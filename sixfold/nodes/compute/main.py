@@ -24,6 +24,7 @@ from sixfold.rpc import coordinator_pb2 as copb
 from sixfold.rpc import coordinator_pb2_grpc
 from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume
 from sixfold.rpc import compute_pb2_grpc
+from sixfold.rpc.health import add_health
 from sixfold.volume.placement import PlacementError, StorageNodeInfo, check_topology
 
 log = logging.getLogger("sixfold.compute")
@@ -213,6 +214,7 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
                                           ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                                           ("grpc.max_send_message_length", 64 * 1024 * 1024)])
         compute_pb2_grpc.add_ComputeServicer_to_server(service, server)
+        add_health(server, serving=lambda: not service.engine.fenced)
         try:
             server.add_insecure_port(listen)
         except RuntimeError as exc:

@@ -28,6 +28,7 @@ from sixfold.nodes.coordinator.router import (PG_SUFFIX, Router, custom_addresse
 from sixfold.nodes.coordinator.healing import REPLACE_AFTER_S_DEFAULT, StorageHealer, parse_storage_nodes
 from sixfold.rpc import coordinator_pb2 as pb
 from sixfold.rpc import coordinator_pb2_grpc
+from sixfold.rpc.health import add_health
 
 log = logging.getLogger("sixfold.coordinator")
 
@@ -243,6 +244,7 @@ def coordinator(listen, raft_address, replicas, instances, writer_endpoint, read
     async def serve() -> None:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         coordinator_pb2_grpc.add_CoordinatorServicer_to_server(service, server)
+        add_health(server)
         try:
             server.add_insecure_port(listen)
             await router.start()

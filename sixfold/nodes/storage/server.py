@@ -20,6 +20,7 @@ from sixfold.nodes.storage.node import Key, Rejected, StorageNode, history_of
 from sixfold.nodes.storage.replica import Code, Rejection, SegmentReplica
 from sixfold.rpc import storage_pb2 as pb
 from sixfold.rpc import storage_pb2_grpc as pb_grpc
+from sixfold.rpc.health import add_health
 from sixfold.volume.membership import Membership
 
 log = logging.getLogger("sixfold.storage.server")
@@ -326,5 +327,6 @@ def build_server(node: StorageNode, listen: str) -> tuple[grpc.aio.Server, int]:
         ]
     )
     pb_grpc.add_StorageServicer_to_server(StorageServicer(node), server)
+    add_health(server)
     port = server.add_insecure_port(listen)
     return server, port
