@@ -278,3 +278,11 @@ def test_replica_learns_a_higher_membership_from_a_peer_or_the_log():
     meta = Meta(1, "w", (), SIX, 1, final.members)
     assert meta_from_json(meta_to_json(meta, 5, 4)) == (meta, 5, 4)
     assert meta_from_json({"epoch": 1, "owner": "w", "history": [], "members": list(SIX)})[0].membership_epoch == 0
+
+
+def test_never_heard_of_a_segment_proves_it_empty_only_without_a_write_quorum_left():
+    from sixfold.volume.quorum import proves_segment_empty
+
+    assert not proves_segment_empty(2, 6) and proves_segment_empty(3, 6)
+    # a replacement under way: the joining 7th may not have it, 2 laggards of the old six neither
+    assert not proves_segment_empty(3, 7) and proves_segment_empty(4, 7)

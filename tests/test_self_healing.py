@@ -92,7 +92,7 @@ def longest_write_gap_s(work: Workload, since: float, until: float) -> float:
 @pytest.fixture
 def healing_region(storage_cluster_factory, tmp_path):
     storage = storage_cluster_factory(per_az=3)
-    compute = ComputeCluster(tmp_path / "compute", storage, readers=0)
+    compute = ComputeCluster(tmp_path / "compute", storage, readers=1)
     group = CoordinatorGroup(tmp_path / "coordinators", compute, storage_replace_after_s=REPLACE_AFTER_S)
     try:
         compute.start()
@@ -132,5 +132,23 @@ def test_lost_storage_nodes_are_replaced_while_writes_go_on(healing_region):
     finally:
         acked = work.finish()
     check_acked(group.writer_endpoint, acked)
+
+    # readers read from the members the writer announced, not from the placement: with the
+    # two placement members of segment 0 still up paused as well, a reader that starts with
+    # an empty cache can only read segment 0 from the replacements
+    group.close()          # coordinators would start replacing the paused nodes
+    reader = compute.readers[0]
+    reader.restart(kill=True)
+    paused = ["s1-2-2", "s1-3-2"]
+    try:
+        for name in paused:
+            storage.pause(name)
+        with reader.connect() as conn:
+            on_reader = {row[0] for row in conn.execute("SELECT id FROM acked").fetchall()}
+        missing = sorted(set(acked) - on_reader)   # it subscribed after the last ack: it sees them all
+        assert not missing, f"the reader lacks {len(missing)} acknowledged rows: {missing[:20]}"
+    finally:
+        for name in paused:
+            storage.resume(name)
     errors = storage.errors()
     assert not errors, errors[:10]

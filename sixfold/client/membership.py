@@ -166,6 +166,7 @@ class MembershipChanger:
         await self._record(segment, old, new)
         with self.client._cond:
             self.client.tracker.set_membership(segment, new)
+            self.client.announce_members(segment, new.all_members())
             if new.transitional:
                 # records issued from now on go to the new member too and need both quorums;
                 # what was issued before is at or below this tail and must reach the new set

@@ -28,7 +28,7 @@ from sixfold.client.errors import CommitTimeoutError, FencedError, ReadUnavailab
 from sixfold.client.recovery import RecoveredVolume, recover_volume
 from sixfold.rpc import storage_pb2 as pb
 from sixfold.volume.placement import StorageNodeInfo, place_segment, segment_of_page
-from sixfold.volume.quorum import LAL_RECORDS_DEFAULT, READ_QUORUM, VolumeTracker
+from sixfold.volume.quorum import LAL_RECORDS_DEFAULT, VolumeTracker, proves_segment_empty
 from sixfold.volume.records import LogRecord, RecordKind, FLAG_CPL, encode_record, make_delta
 
 log = logging.getLogger(__name__)
@@ -293,6 +293,10 @@ class QuorumClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.read_floor_provider = None   # callable -> the compute node's oldest pinned read LSN
         self._vdl_listeners: list = []
+        self._member_listeners: list = []
+        # a reader: the PG members its writer announced (a node replaced at the PG's creation
+        # or by a membership change); the placement's members otherwise
+        self.followed_members: dict[int, tuple[str, ...]] = {}
         self.records_sent = 0
         self.membership = MembershipChanger(self)   # replaces storage nodes when the coordinator asks
 
@@ -333,11 +337,38 @@ class QuorumClient:
         return self.tracker.vdl
 
     def _segment_members(self, segment: int) -> tuple[str, ...]:
+        followed = self.followed_members.get(segment)
+        if followed is not None:
+            return followed
         with self._cond:   # re-entrant use from issue_from_thread is fine: Condition wraps an RLock
             if not self.tracker.has_pg(segment):
                 placed = tuple(n.address for n in place_segment(segment, self.nodes))
-                self.tracker.add_pg(segment, self.membership.initial_members(placed))
+                members = self.membership.initial_members(placed)
+                self.tracker.add_pg(segment, members)
+                if members != placed:
+                    self.announce_members(segment, members)
             return self.tracker.pg(segment).members
+
+    # --- PG members for readers (the redo stream carries them) ----------------------
+    def add_member_listener(self, listener) -> None:
+        """listener(segment, members) runs on the loop whenever a PG's members stop being its
+        placement's: readers must read from the members the writer writes to."""
+        self._member_listeners.append(listener)
+
+    def announce_members(self, segment: int, members: tuple[str, ...]) -> None:
+        """Any thread (a new PG is made on the SQLite thread, a membership change on the loop)."""
+        if self._loop is not None:
+            for listener in self._member_listeners:
+                self._loop.call_soon_threadsafe(listener, segment, tuple(members))
+
+    def members_snapshot(self) -> dict[int, tuple[str, ...]]:
+        """Every PG's members now (a new redo subscriber starts from it)."""
+        with self._cond:
+            return {segment: pg.members for segment, pg in self.tracker.pgs.items()}
+
+    def follow_members(self, members_by_segment: dict[int, tuple[str, ...]]) -> None:
+        """A reader: read these PGs from the members its writer announced."""
+        self.followed_members.update(members_by_segment)
 
     async def commit(self, writes: list[PageWrite]) -> int:
         """Makes one transaction durable; returns its commit LSN once VDL >= it."""
@@ -616,9 +647,8 @@ class QuorumClient:
                     if reply.error == pb.OK:
                         return reply.data if reply.exists else None
                     if reply.error == pb.UNKNOWN_SEGMENT:
-                        # a segment durable at read_lsn is on 4 members: 3 that never heard of it prove it empty
                         unknown_by.add(member)
-                        if len(unknown_by) >= READ_QUORUM:
+                        if proves_segment_empty(len(unknown_by), len(members)):
                             return None
                     if reply.error == pb.STALE_EPOCH:
                         raise FencedError(f"reads at epoch {self.epoch} are fenced: {reply.detail}")

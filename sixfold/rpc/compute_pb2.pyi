@@ -89,7 +89,7 @@ class RedoSubscription(_message.Message):
     def __init__(self, reader_id: _Optional[str] = ..., oldest_read_lsn: _Optional[int] = ...) -> None: ...
 
 class RedoBatch(_message.Message):
-    __slots__ = ("records", "vdl", "vdl_unix_s", "epoch", "writer_id", "first_lsn", "segment_tails")
+    __slots__ = ("records", "vdl", "vdl_unix_s", "epoch", "writer_id", "first_lsn", "segment_tails", "segment_members")
     class SegmentTailsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,13 @@ class RedoBatch(_message.Message):
         key: int
         value: int
         def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    class SegmentMembersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: SegmentMembers
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[_Union[SegmentMembers, _Mapping]] = ...) -> None: ...
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     VDL_FIELD_NUMBER: _ClassVar[int]
     VDL_UNIX_S_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +111,7 @@ class RedoBatch(_message.Message):
     WRITER_ID_FIELD_NUMBER: _ClassVar[int]
     FIRST_LSN_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_TAILS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_MEMBERS_FIELD_NUMBER: _ClassVar[int]
     records: bytes
     vdl: int
     vdl_unix_s: float
@@ -111,7 +119,14 @@ class RedoBatch(_message.Message):
     writer_id: str
     first_lsn: int
     segment_tails: _containers.ScalarMap[int, int]
-    def __init__(self, records: _Optional[bytes] = ..., vdl: _Optional[int] = ..., vdl_unix_s: _Optional[float] = ..., epoch: _Optional[int] = ..., writer_id: _Optional[str] = ..., first_lsn: _Optional[int] = ..., segment_tails: _Optional[_Mapping[int, int]] = ...) -> None: ...
+    segment_members: _containers.MessageMap[int, SegmentMembers]
+    def __init__(self, records: _Optional[bytes] = ..., vdl: _Optional[int] = ..., vdl_unix_s: _Optional[float] = ..., epoch: _Optional[int] = ..., writer_id: _Optional[str] = ..., first_lsn: _Optional[int] = ..., segment_tails: _Optional[_Mapping[int, int]] = ..., segment_members: _Optional[_Mapping[int, SegmentMembers]] = ...) -> None: ...
+
+class SegmentMembers(_message.Message):
+    __slots__ = ("addresses",)
+    ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, addresses: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

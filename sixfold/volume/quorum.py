@@ -63,6 +63,14 @@ class IssuedRecord:
     is_cpl: bool
 
 
+def proves_segment_empty(unknown_count: int, member_count: int) -> bool:
+    """Members answering "never heard of this segment" prove it has nothing durable when no
+    write quorum is left without them. With 6 members that is 3; with 7 (a replacement under
+    way: a write quorum of the old six holds every durable record, the joining node may not
+    yet) it is 4."""
+    return unknown_count > member_count - WRITE_QUORUM
+
+
 class LALExceeded(RuntimeError):
     """More LSNs outstanding above VDL than the LAL allows: wait for acks."""
 

@@ -22,12 +22,21 @@ log = logging.getLogger(__name__)
 SUBSCRIBER_QUEUE_MAX = 10_000
 
 
+def members_pb(members_by_segment: dict[int, tuple[str, ...]]) -> dict[int, cpb.SegmentMembers]:
+    return {segment: cpb.SegmentMembers(addresses=members) for segment, members in members_by_segment.items()}
+
+
+def members_of(batch: cpb.RedoBatch) -> dict[int, tuple[str, ...]]:
+    return {segment: tuple(m.addresses) for segment, m in batch.segment_members.items()}
+
+
 class RedoHub:
     """Writer side: fans records and VDL advances out to subscribed readers."""
 
-    def __init__(self, writer_id: str, tails_snapshot=lambda: {}) -> None:
+    def __init__(self, writer_id: str, tails_snapshot=lambda: {}, members_snapshot=lambda: {}) -> None:
         self.writer_id = writer_id
         self._tails_snapshot = tails_snapshot
+        self._members_snapshot = members_snapshot
         self.epoch = 0
         self.vdl = 0
         self.issued_lsn = 0
@@ -47,6 +56,17 @@ class RedoHub:
         batch = cpb.RedoBatch(records=b"".join(self._pending), vdl=vdl, vdl_unix_s=time.time(),
                               epoch=self.epoch, writer_id=self.writer_id)
         self._pending.clear()
+        self._fan_out(batch)
+
+    def on_members(self, segment: int, members: tuple[str, ...]) -> None:
+        """A PG's members changed: subscribers hear it now, in a batch without records (the
+        records issued meanwhile follow with the next VDL, as always)."""
+        if self._subscribers:
+            self._fan_out(cpb.RedoBatch(vdl=self.vdl, vdl_unix_s=time.time(), epoch=self.epoch,
+                                        writer_id=self.writer_id,
+                                        segment_members=members_pb({segment: members})))
+
+    def _fan_out(self, batch: cpb.RedoBatch) -> None:
         for queue in list(self._subscribers):
             if queue.qsize() >= SUBSCRIBER_QUEUE_MAX:
                 log.warning("dropping a redo subscriber that is %d batches behind", queue.qsize())
@@ -62,7 +82,8 @@ class RedoHub:
         queue: asyncio.Queue = asyncio.Queue()
         queue.put_nowait(cpb.RedoBatch(vdl=self.vdl, vdl_unix_s=time.time(), epoch=self.epoch,
                                        writer_id=self.writer_id, first_lsn=self.issued_lsn,
-                                       segment_tails=self._tails_snapshot()))
+                                       segment_tails=self._tails_snapshot(),
+                                       segment_members=members_pb(self._members_snapshot())))
         self._subscribers.add(queue)
         return queue
 

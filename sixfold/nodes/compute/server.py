@@ -21,7 +21,7 @@ from sixfold.client import latency
 from sixfold import unsafe
 from sixfold.nodes.compute.engine import Engine, SqlError, INTERNAL
 from sixfold.nodes.compute.multiwriter import PrimaryBackend, serve_commit
-from sixfold.nodes.compute.redo import RedoHub, serve_redo
+from sixfold.nodes.compute.redo import RedoHub, members_of, serve_redo
 from sixfold.nodes.compute.values import from_pb, to_pb
 from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume
 from sixfold.client.membership import MembershipFenced
@@ -45,7 +45,7 @@ ROWS_MAX = 1_000_000
 
 def start_writer_hub(volume: WriterVolume, node_id: str) -> RedoHub:
     """The writer's redo stream to readers, fed by the quorum client's listeners."""
-    hub = RedoHub(node_id, volume.client.tracker.tails_snapshot)
+    hub = RedoHub(node_id, volume.client.tracker.tails_snapshot, volume.client.members_snapshot)
     hub.epoch = volume.client.epoch
     hub.vdl = hub.issued_lsn = volume.read_lsn
 
@@ -56,6 +56,7 @@ def start_writer_hub(volume: WriterVolume, node_id: str) -> RedoHub:
 
     volume.client.add_record_listener(hub.on_record)
     volume.client.add_vdl_listener(hub.on_vdl)
+    volume.client.add_member_listener(hub.on_members)
     volume.client.read_floor_provider = read_floor
     return hub
 
@@ -358,9 +359,11 @@ async def follow_writer(volume: ReaderVolume, writer_address: str, reader_id: st
             async for batch in call:
                 if first:
                     volume.start_following(batch.first_lsn, batch.vdl, batch.epoch, batch.writer_id,
-                                           dict(batch.segment_tails))
+                                           dict(batch.segment_tails), members_of(batch))
                     first = False
                     continue
+                if batch.segment_members:
+                    volume.client.follow_members(members_of(batch))
                 records = decode_records(batch.records) if batch.records else []
                 volume.apply_batch(records, batch.vdl, batch.vdl_unix_s)
         except grpc.aio.AioRpcError as exc:

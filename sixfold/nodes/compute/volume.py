@@ -240,8 +240,9 @@ class ReaderVolume(VolumeState):
         return image, lsn
 
     def start_following(self, first_lsn: int, vdl: int, epoch: int, writer_id: str,
-                        segment_tails: dict[int, int]) -> None:
+                        segment_tails: dict[int, int], segment_members: dict[int, tuple[str, ...]]) -> None:
         """A (re)subscription: the history this node can apply starts at first_lsn."""
+        self.client.follow_members(segment_members)
         with self.lock:
             self.tails = SegmentTails(segment_tails)
             self.cache.reset(first_lsn)
