@@ -276,6 +276,10 @@ def test_writer_stall_is_pure():
     assert stalled == 3.5                                       # VDL has not moved since
     state, stalled = stall_step(state, vdl=11, issued_lsn=13, now_s=5.0)
     assert state == (11, 5.0) and stalled == 0.0                # VDL moved: a slow quorum, not a lost one
+    state, stalled = stall_step(state, vdl=11, issued_lsn=14, now_s=9.0, storage_lacks_quorum=True)
+    assert state is None and stalled == 0.0                     # storage down: nobody could commit
+    state, stalled = stall_step(state, vdl=11, issued_lsn=14, now_s=12.0)
+    assert state == (11, 12.0) and stalled == 0.0               # storage back: the clock starts now
     assert stall_step(state, vdl=13, issued_lsn=13, now_s=9.0) == (None, 0.0)
 
 

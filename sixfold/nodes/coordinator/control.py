@@ -57,11 +57,14 @@ def compute_status(address: str, timeout_s: float = HEALTH_TIMEOUT_S) -> cpb.Sta
 
 
 def stall_step(previous: tuple[int, float] | None, vdl: int, issued_lsn: int,
-               now_s: float) -> tuple[tuple[int, float] | None, float]:
+               now_s: float, storage_lacks_quorum: bool = False) -> tuple[tuple[int, float] | None, float]:
     """(the writer's stall state, seconds it has been stalled): records are waiting for a write
     quorum (issued > VDL) and VDL has not moved since. A writer that answers its health checks
-    but cannot reach 4 of 6 copies is lost too; the new writer's recovery fences it."""
-    if issued_lsn <= vdl:
+    but cannot reach 4 of 6 copies is lost too; the new writer's recovery fences it.
+    While the storage itself may lack a quorum nobody could commit, so the clock starts again
+    when it is back: the writer gets the whole stall time to reconnect and catch up after a heal
+    (counting the outage failed it over right after every long one)."""
+    if issued_lsn <= vdl or storage_lacks_quorum:
         return None, 0.0
     if previous is None or previous[0] != vdl:
         return (vdl, now_s), 0.0
@@ -156,8 +159,9 @@ class Controller:
         fenced = status is not None and (status.health == "fenced" or status.role != WRITER)
         stalled_s = 0.0
         if status is not None and status.role == WRITER:
-            self.stall, stalled_s = stall_step(self.stall, status.vdl, status.issued_lsn, time.monotonic())
-        isolated = stalled_s >= WRITER_STALL_S and not storage_may_lack_quorum(snap.get("storage") or {})
+            self.stall, stalled_s = stall_step(self.stall, status.vdl, status.issued_lsn, time.monotonic(),
+                                               storage_may_lack_quorum(snap.get("storage") or {}))
+        isolated = stalled_s >= WRITER_STALL_S
         if (lost or fenced or isolated) and self.failover_enabled:
             if lost:
                 reason = f"writer {writer} did not answer {FAILURES_TO_LOST} health checks"
