@@ -448,11 +448,12 @@ class Session:
             try:
                 if conn is not None and not conn.getautocommit():
                     conn.execute("ROLLBACK")
-            except apsw.Error:
-                pass
-            if self.engine.writer_file is not None:
-                self.engine.writer_file.discard()
-            self._release_writer()
+            except Exception as exc:   # a page read from storage may fail too: start the connection
+                self.engine.on_writer_failure(exc)   # afresh, so no half-open transaction is handed on
+            finally:
+                if self.engine.writer_file is not None:
+                    self.engine.writer_file.discard()
+                self._release_writer()
         if self._snapshot is not None:
             try:
                 if not self._snapshot.getautocommit():

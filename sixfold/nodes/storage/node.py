@@ -36,6 +36,7 @@ from sixfold.nodes.storage.pagestore import (
 from sixfold.nodes.storage.replica import (
     Changes,
     Code,
+    Held,
     Incoming,
     Meta,
     Rejection,
