@@ -26,15 +26,17 @@ def _sixfold(*args: str) -> str:
 
 
 class BenchCluster:
-    def __init__(self, readers: int = 1) -> None:
+    def __init__(self, readers: int = 1, storage_port: int = BENCH_STORAGE_PORT,
+                 compute_port: int = BENCH_COMPUTE_PORT) -> None:
         self.readers = readers
+        self.storage_port, self.compute_port = storage_port, compute_port
         self._tmp = tempfile.TemporaryDirectory(prefix="sixfold-bench-cluster-")
         self.data_dir = str(Path(self._tmp.name) / "cluster")
 
     def __enter__(self) -> "BenchCluster":
         try:
             _sixfold("up", "--data-dir", self.data_dir, "--readers", str(self.readers),
-                     "--storage-port", str(BENCH_STORAGE_PORT), "--compute-port", str(BENCH_COMPUTE_PORT),
+                     "--storage-port", str(self.storage_port), "--compute-port", str(self.compute_port),
                      "--json")
             self.nodes = json.loads(_sixfold("status", "--data-dir", self.data_dir, "--json"))
         except BaseException:
