@@ -354,22 +354,6 @@ class QuorumClient:
             self._loop.call_soon_threadsafe(self._push_issued, encoded)
         return issued[-1].lsn
 
-    def wait_durable_from_thread(self, lsn: int) -> None:
-        """Blocks the calling (non-loop) thread until VDL >= lsn."""
-        deadline = time.monotonic() + self.settings.commit_timeout_s
-        with self._cond:
-            while self.tracker.vdl < lsn:
-                if self.fenced:
-                    raise FencedError(self.fenced)
-                if self.closed:
-                    raise StorageError("the quorum client was closed")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise CommitTimeoutError(self._quorum_report(
-                        f"commit LSN {lsn} is not durable after {self.settings.commit_timeout_s:.1f} s"))
-                self._cond.wait(remaining)
-            self.commits += 1
-
     def _room_for(self, count: int) -> bool:
         with self._cond:
             return self.tracker.room() >= count
@@ -395,11 +379,12 @@ class QuorumClient:
         """listener(record) is called for every record issued (the redo stream to readers)."""
         self._record_listeners.append(listener)
 
-    async def wait_durable(self, lsn: int, deadline: float | None = None) -> None:
+    async def wait_durable(self, lsn: int, deadline: float | None = None, commits: int = 1) -> None:
+        """Returns when VDL >= lsn; `commits`: how many acknowledged commits that makes."""
         if deadline is None:
             deadline = time.monotonic() + self.settings.commit_timeout_s
         await self._wait_durable(lsn, deadline)
-        self.commits += 1
+        self.commits += commits
 
     async def _wait_durable(self, lsn: int, deadline: float) -> None:
         if self.tracker.is_durable(lsn):

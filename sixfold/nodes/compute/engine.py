@@ -1,17 +1,29 @@
 """SQL sessions over SQLite on the volume.
 
-One writer connection per writer node (SQLite has one writer): a session that
-writes holds it for the statement, or for its whole explicit transaction.
-Commits are published at COMMIT_PHASETWO; the session then releases the
-writer connection *before* waiting for VDL to pass its commit LSN, so the next
-transaction runs while the previous one is on its way to the quorum (group
-commit with one SQLite writer). Reads outside a write transaction run on a
-pool of snapshot connections that read at a pinned VDL: only durable data is
-ever visible to them, on the writer as on readers.
+One writer connection per writer node (SQLite has one writer). A statement runs
+one of three ways:
+
+- A read outside a write transaction runs on a pool of snapshot connections
+  that read at a pinned VDL: only durable data is ever visible to them, on the
+  writer as on readers.
+- A single INSERT/UPDATE/DELETE/REPLACE in autocommit mode joins a commit
+  group (CommitGroups): the statements of many sessions run back to back in one
+  SQLite transaction, published as one log transaction, made durable by one
+  quorum round.
+- Anything else on the writer (DDL, VACUUM, explicit transactions) holds the
+  writer connection for the statement, or for the whole transaction.
+
+A statement that ran on the writer connection in autocommit mode is answered
+only when VDL has reached everything it could have seen: its commit LSN, or
+the newest LSN issued when it committed nothing. The writer connection is free
+again before that wait, so the next group runs while the previous one is on its
+way to the quorum.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -22,11 +34,14 @@ import apsw
 
 from sixfold.client.errors import CommitTimeoutError, FencedError, ReadUnavailableError, StorageError
 from sixfold.nodes.compute.vfs import DB_NAME, SixfoldVFS, WriterFile
-from sixfold.nodes.compute.volume import VolumeState, WriterVolume
+from sixfold.nodes.compute.volume import VolumeState
 
 log = logging.getLogger(__name__)
 
 READ_KEYWORDS = ("select", "with", "values", "explain")
+GROUPED_KEYWORDS = ("insert", "update", "delete", "replace")
+GROUP_STATEMENTS_MAX = 1000
+GROUP_HOLD_MAX_S = 0.05     # a group waits at most this long for the previous one to be durable
 
 
 class SqlError(Exception):
@@ -47,6 +62,7 @@ FENCED = "fenced"
 COMMIT_UNKNOWN = "commit_unknown"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL = "internal"
+VOLUME_FAILURES = (FENCED, COMMIT_UNKNOWN, STORAGE_UNAVAILABLE)
 
 
 def map_error(exc: BaseException) -> SqlError:
@@ -81,9 +97,23 @@ class Result:
     commit_lsn: int | None = None
 
 
-def _is_read(sql: str) -> bool:
+# what a statement came to, and the LSN that must be durable before it is answered
+Outcome = tuple["Result | SqlError", "int | None"]
+
+
+def _first_word(sql: str) -> str:
     head = sql.lstrip().split(None, 1)
-    return bool(head) and head[0].lower() in READ_KEYWORDS
+    return head[0].lower() if head else ""
+
+
+def _is_read(sql: str) -> bool:
+    return _first_word(sql) in READ_KEYWORDS
+
+
+def _groupable(sql: str) -> bool:
+    """One plain write statement: a second statement in the text could end the group's
+    transaction, so any `;` before the end (even in a literal) keeps it out."""
+    return _first_word(sql) in GROUPED_KEYWORDS and ";" not in sql.rstrip().rstrip(";")
 
 
 def _run(conn: apsw.Connection, sql: str, params) -> Result:
@@ -104,6 +134,45 @@ def _run(conn: apsw.Connection, sql: str, params) -> Result:
     return result
 
 
+class FifoLock:
+    """The writer connection's lock, granted in arrival order: the commit-group thread
+    takes it again and again and must not starve a session that writes on its own."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._waiting: collections.deque[object] = collections.deque()
+        self._held = False
+
+    def acquire(self, timeout_s: float) -> bool:
+        with self._cond:
+            if not self._held and not self._waiting:
+                self._held = True
+                return True
+            token = object()
+            self._waiting.append(token)
+            deadline = time.monotonic() + timeout_s
+            while self._held or self._waiting[0] is not token:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._waiting.remove(token)
+                    self._cond.notify_all()   # whoever is first now may go
+                    return False
+                self._cond.wait(remaining)
+            self._waiting.popleft()
+            self._held = True
+            return True
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            if self._waiting:
+                self._cond.notify_all()
+
+
 class Engine:
     def __init__(self, volume: VolumeState, writer: bool, snapshot_connections: int = 4,
                  busy_timeout_s: float = 5.0, cache_size_pages: int = 2000) -> None:
@@ -112,14 +181,16 @@ class Engine:
         self.busy_timeout_s = busy_timeout_s
         self.fenced: str | None = None
         self.vfs = SixfoldVFS(volume, writer)
-        self._write_lock = threading.Lock()
+        self._write_lock = FifoLock()
         self._pool: queue.Queue[apsw.Connection] = queue.Queue()
         self._all: list[apsw.Connection] = []
         self.writer_conn: apsw.Connection | None = None
         self.writer_file: WriterFile | None = None
         self._cache_size_pages = cache_size_pages
+        self.groups: CommitGroups | None = None
         if writer:
             self._open_writer()
+            self.groups = CommitGroups(self, volume.loop.loop)
         for _ in range(snapshot_connections):
             conn = apsw.Connection(DB_NAME, vfs=self.vfs.vfs_name, flags=apsw.SQLITE_OPEN_READONLY)
             conn.execute("PRAGMA query_only=ON")
@@ -154,6 +225,8 @@ class Engine:
 
     def close(self) -> None:
         self._stop.set()
+        if self.groups is not None:
+            self.groups.stop()
         self._maintainer.join(timeout=2)
         for conn in self._all:
             try:
@@ -167,7 +240,7 @@ class Engine:
             raise SqlError(READ_ONLY, "read-only: this is a reader instance; send writes to the writer endpoint")
         if self.fenced:
             raise SqlError(FENCED, self.fenced)
-        if not self._write_lock.acquire(timeout=self.busy_timeout_s):
+        if not self._write_lock.acquire(self.busy_timeout_s):
             raise SqlError(BUSY, f"another session held the write lock for {self.busy_timeout_s:.0f} s; retry")
 
     def release_writer(self) -> None:
@@ -182,6 +255,29 @@ class Engine:
     def release_snapshot(self, conn: apsw.Connection) -> None:
         self._pool.put(conn)
 
+    def run_on_writer(self, sql: str, params) -> Result:
+        """One statement on the writer connection (the caller holds the write lock);
+        result.commit_lsn is set when it committed a transaction."""
+        conn, file = self.writer_conn, self.writer_file
+        assert conn is not None and file is not None
+        try:
+            result = _run(conn, sql, params)
+        except StorageError as exc:
+            # a read or the publish failed (apsw re-raises what the VFS raised): SQLite may
+            # believe a transaction committed that the volume never got; nothing was acknowledged
+            file.take_commit_lsn()
+            self.on_writer_failure(exc)
+            raise
+        except BaseException:
+            file.take_commit_lsn()
+            if conn.getautocommit():
+                file.discard()
+            raise
+        result.commit_lsn = file.take_commit_lsn()
+        if conn.getautocommit():
+            file.discard()
+        return result
+
     def on_writer_failure(self, exc: BaseException) -> None:
         """The writer's volume refused a publish: SQLite's cache may now be ahead of the volume."""
         if isinstance(exc, FencedError):
@@ -192,6 +288,264 @@ class Engine:
         self.writer_conn.close(True)
         self.vfs.writer_file = None
         self._open_writer()
+
+    async def durable(self, lsn: int) -> None:
+        """Returns when VDL >= lsn (on the volume loop)."""
+        client = self.volume.client
+        if client.tracker.is_durable(lsn):
+            return
+        if client.fenced:
+            raise FencedError(client.fenced)
+        await client.wait_durable(lsn, commits=0)
+
+
+@dataclass(slots=True, eq=False)
+class _Queued:
+    sql: str
+    params: object
+    future: asyncio.Future
+    outcome: Result | SqlError | None = None
+
+
+class _OpenGroup:
+    """The statements of one group, in one open SQLite transaction on the writer connection."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
+        self._applied: list[_Queued] = []   # ran in the open transaction (errors too: FAIL keeps changes)
+
+    def run(self, items: list[_Queued]) -> None:
+        todo = collections.deque(items)
+        while todo:
+            item = todo.popleft()
+            if self.conn.getautocommit():
+                self.conn.execute("BEGIN")
+            try:
+                item.outcome = _run(self.conn, item.sql, item.params)
+            except StorageError:
+                raise
+            except Exception as exc:
+                item.outcome = map_error(exc)
+                if self.conn.getautocommit():
+                    # SQLite rolled the whole transaction back: what ran before lost its effect
+                    todo.extendleft(reversed(self._applied))
+                    self._applied = []
+                    continue
+            self._applied.append(item)
+
+    def commit(self) -> None:
+        if not self.conn.getautocommit():   # (the last statement may have rolled everything back)
+            self.conn.execute("COMMIT")
+
+
+class CommitGroups:
+    """Autocommit write statements of many sessions, committed together.
+
+    A thread runs queued statements back to back in one SQLite transaction on the
+    writer connection and keeps adding what arrives while the previous group is on
+    its way to the quorum; then it commits, which publishes the group as one log
+    transaction. Every statement gets its own outcome and the group's commit LSN.
+    A failing statement is undone alone (SQLite's ABORT and FAIL behave as in
+    autocommit mode); when SQLite rolls the whole transaction back (OR ROLLBACK,
+    RAISE(ROLLBACK)) the statements before it run again. No statement is answered
+    before its group is durable, so none can tell that it shared a transaction.
+    """
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self._loop = loop
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._stopped = False
+        self._sleeping = False          # the thread waits for statements (only then does submit wake it)
+        self._last_lsn = 0              # the newest group's commit LSN
+        self._awaiting_vdl = False      # the thread holds an open group until VDL passes _last_lsn
+        self._waiting_groups: set[asyncio.Task] = set()
+        self.submitted = 0              # statements queued so far (on the loop)
+        self.groups = 0
+        self.statements = 0
+        engine.volume.client.add_vdl_listener(self._on_vdl)
+        self._thread = threading.Thread(target=self._run, name="commit-groups", daemon=True)
+        self._thread.start()
+
+    def submit(self, sql: str, params) -> asyncio.Future:
+        """On the loop: the future resolves to the statement's Result or SqlError, once durable."""
+        item = _Queued(sql, params, self._loop.create_future())
+        self.submitted += 1
+        with self._cond:
+            if self._stopped:
+                item.future.set_result(SqlError(INTERNAL, "the SQL engine is closing"))
+            else:
+                self._queue.append(item)
+                if self._sleeping:
+                    self._cond.notify()
+        return item.future
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def _on_vdl(self, vdl: int) -> None:   # on the loop
+        if self._awaiting_vdl and vdl >= self._last_lsn:
+            with self._cond:
+                self._cond.notify()
+
+    def _previous_durable(self) -> bool:
+        return self.engine.volume.client.tracker.vdl >= self._last_lsn
+
+    def _take(self, limit: int, hold: bool) -> list[_Queued]:
+        """What is queued, up to limit; with hold, waits for a statement while the previous
+        group is not durable (at most GROUP_HOLD_MAX_S)."""
+        with self._cond:
+            if hold and not self._queue:
+                self._awaiting_vdl = self._sleeping = True
+                deadline = time.monotonic() + GROUP_HOLD_MAX_S
+                while not self._queue and not self._stopped and not self._previous_durable():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                self._awaiting_vdl = self._sleeping = False
+            return self._pop(limit)
+
+    def _wait_for_first(self) -> list[_Queued] | None:
+        """Blocks until something is queued; None when stopping."""
+        with self._cond:
+            self._sleeping = True
+            while not self._queue and not self._stopped:
+                self._cond.wait()
+            self._sleeping = False
+            return None if self._stopped else self._pop(GROUP_STATEMENTS_MAX)
+
+    def _pop(self, limit: int) -> list[_Queued]:
+        batch = []
+        while self._queue and len(batch) < limit:
+            item = self._queue.popleft()
+            if not item.future.cancelled():   # the client gave up before it ran
+                batch.append(item)
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._wait_for_first()
+            if batch is None:
+                break
+            if not batch:
+                continue
+            try:
+                durable_lsn = self._commit(batch)   # (more statements join batch on the way)
+            except Exception as exc:  # a bug must reach the clients as an error, not end the thread
+                log.exception("a commit group failed unexpectedly")
+                durable_lsn = None
+                for item in batch:
+                    if not isinstance(item.outcome, SqlError):
+                        item.outcome = map_error(exc)
+            self.groups += 1
+            self.statements += len(batch)
+            self._post(batch, durable_lsn)
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+        for item in left:
+            item.outcome = SqlError(INTERNAL, "the SQL engine is closing")
+        self._post(left, None)
+
+    def _post(self, group: list[_Queued], durable_lsn: int | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._answer_when_durable, group, durable_lsn)
+        except RuntimeError:
+            pass   # the loop is closed: nobody waits any more
+
+    def _answer_when_durable(self, group: list[_Queued], durable_lsn: int | None) -> None:
+        """On the loop: one durability wait for the whole group, then every statement's answer."""
+        if durable_lsn is None or self.engine.volume.client.tracker.is_durable(durable_lsn):
+            self._answer(group)
+        else:
+            task = self._loop.create_task(self._wait_then_answer(group, durable_lsn))
+            self._waiting_groups.add(task)   # the loop keeps only weak references to tasks
+            task.add_done_callback(self._waiting_groups.discard)
+
+    async def _wait_then_answer(self, group: list[_Queued], durable_lsn: int) -> None:
+        try:
+            await self.engine.durable(durable_lsn)
+        except Exception as exc:
+            error = map_error(exc)   # the commit's outcome is unknown (or the writer was fenced)
+            for item in group:
+                if isinstance(item.outcome, Result):
+                    item.outcome = error
+        self._answer(group)
+
+    @staticmethod
+    def _answer(group: list[_Queued]) -> None:
+        for item in group:
+            if not item.future.done():
+                item.future.set_result(item.outcome)
+
+    def _commit(self, batch: list[_Queued]) -> int | None:
+        """Runs one group, adding what arrives meanwhile to batch; returns the LSN its
+        statements wait for (None: the volume failed it, nothing to wait for)."""
+        engine = self.engine
+        try:
+            engine.acquire_writer()
+        except SqlError as exc:
+            for item in batch:
+                item.outcome = exc
+            return None
+        try:
+            return self._run_group(batch)
+        finally:
+            engine.release_writer()
+
+    def _run_group(self, batch: list[_Queued]) -> int | None:
+        engine = self.engine
+        conn, file = engine.writer_conn, engine.writer_file
+        assert conn is not None and file is not None
+        group = _OpenGroup(conn)
+        try:
+            group.run(batch)
+            # what arrived meanwhile joins, and while the previous group is not durable
+            # yet, so does what arrives next
+            while len(batch) < GROUP_STATEMENTS_MAX:
+                more = self._take(GROUP_STATEMENTS_MAX - len(batch), hold=not self._previous_durable())
+                if not more:
+                    break
+                batch += more
+                group.run(more)
+            group.commit()
+        except StorageError as exc:
+            # a read or the publish failed: SQLite may believe something committed that the
+            # volume never got; nothing of the group was acknowledged
+            file.take_commit_lsn()
+            engine.on_writer_failure(exc)
+            error = map_error(exc)
+            for item in batch:
+                if not isinstance(item.outcome, SqlError):
+                    item.outcome = error
+            return None
+        except apsw.Error:
+            # the COMMIT itself failed (a deferred constraint): no statement can be blamed,
+            # so each one runs again as its own transaction
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+            file.take_commit_lsn()
+            file.discard()
+            for item in batch:
+                try:
+                    item.outcome = engine.run_on_writer(item.sql, item.params)
+                except Exception as exc:
+                    item.outcome = map_error(exc)
+            return engine.volume.issued_lsn
+        commit_lsn = file.take_commit_lsn()
+        file.discard()
+        if commit_lsn is None:
+            return engine.volume.issued_lsn
+        self._last_lsn = commit_lsn
+        for item in batch:
+            if isinstance(item.outcome, Result):
+                item.outcome.commit_lsn = commit_lsn
+        return commit_lsn
 
 
 class Session:
@@ -206,24 +560,58 @@ class Session:
     def in_transaction(self) -> bool:
         return self._holding_writer or self._snapshot is not None
 
-    def execute(self, sql: str, params=None) -> Result:
+    async def execute(self, sql: str, params, in_thread) -> Result:
+        """Runs one statement (on the volume loop; SQLite runs in threads: `in_thread(fn, *args)`)
+        and returns when everything it wrote or saw on the writer is durable."""
+        engine = self.engine
+        if engine.groups is not None and not self.in_transaction and _groupable(sql):
+            outcome = await engine.groups.submit(sql, params)
+        else:
+            outcome, durable_lsn = await in_thread(self._execute_now, sql, params)
+            if durable_lsn is not None:
+                try:
+                    await engine.durable(durable_lsn)
+                except Exception as exc:
+                    if isinstance(outcome, Result):
+                        outcome = map_error(exc)   # its commit's outcome is unknown (or it was fenced)
+        if isinstance(outcome, SqlError):
+            raise outcome
+        if outcome.commit_lsn is not None:
+            engine.volume.client.commits += 1
+        return outcome
+
+    def _execute_now(self, sql: str, params) -> Outcome:
+        """In a worker thread: runs the statement, does not wait for durability."""
+        ran_on_writer = False
         try:
             if self._holding_writer:
-                return self._on_writer(sql, params)
-            if self._snapshot is not None:
-                return self._on_snapshot(sql, params)
-            if _is_read(sql) or not self.engine.is_writer:
-                try:
-                    return self._on_snapshot(sql, params)
-                except SqlError as exc:
-                    if exc.code != READ_ONLY or not self.engine.is_writer:
-                        raise
-                    # e.g. WITH ... INSERT: it writes after all; nothing was changed on the snapshot
-            self.engine.acquire_writer()
-            self._holding_writer = True
-            return self._on_writer(sql, params)
+                ran_on_writer = True
+                result = self._on_writer(sql, params)
+            elif self._snapshot is not None:
+                result = self._on_snapshot(sql, params)
+            else:
+                result = None
+                if _is_read(sql) or not self.engine.is_writer:
+                    try:
+                        result = self._on_snapshot(sql, params)
+                    except SqlError as exc:
+                        if exc.code != READ_ONLY or not self.engine.is_writer:
+                            raise
+                        # e.g. WITH ... INSERT: it writes after all; nothing was changed on the snapshot
+                if result is None:
+                    self.engine.acquire_writer()
+                    self._holding_writer = ran_on_writer = True
+                    result = self._on_writer(sql, params)
+            outcome: Result | SqlError = result
         except Exception as exc:
-            raise map_error(exc) from exc
+            outcome = map_error(exc)
+        if not ran_on_writer or self._holding_writer:
+            return outcome, None   # snapshots see durable data only; in a transaction, COMMIT waits
+        if isinstance(outcome, SqlError) and outcome.code in VOLUME_FAILURES:
+            return outcome, None   # nothing to wait for: the writer cannot commit now
+        if isinstance(outcome, Result) and outcome.commit_lsn is not None:
+            return outcome, outcome.commit_lsn
+        return outcome, self.engine.volume.issued_lsn
 
     def _on_snapshot(self, sql: str, params) -> Result:
         conn = self._snapshot or self.engine.acquire_snapshot()
@@ -244,32 +632,17 @@ class Session:
 
     def _on_writer(self, sql: str, params) -> Result:
         engine = self.engine
-        conn, file = engine.writer_conn, engine.writer_file
-        assert conn is not None and file is not None
         try:
-            result = _run(conn, sql, params)
-        except StorageError as exc:
-            # the publish failed (apsw re-raises what the VFS raised): SQLite believes the
-            # transaction committed, the volume never got it; nothing was acknowledged
-            file.take_commit_lsn()
-            engine.on_writer_failure(exc)
-            self._release_writer()
+            result = engine.run_on_writer(sql, params)
+        except StorageError:
+            self._release_writer()   # the writer connection was reset: its transaction is gone
             raise
         except BaseException:
-            file.take_commit_lsn()
-            if conn.getautocommit():
-                file.discard()
+            if engine.writer_conn is not None and engine.writer_conn.getautocommit():
                 self._release_writer()
             raise
-        commit_lsn = file.take_commit_lsn()
-        if conn.getautocommit():
-            file.discard()
+        if engine.writer_conn is not None and engine.writer_conn.getautocommit():
             self._release_writer()
-            if commit_lsn is not None:
-                # the write lock is free again: later transactions join the same boxcars
-                assert isinstance(engine.volume, WriterVolume)
-                engine.volume.wait_durable(commit_lsn)
-                result.commit_lsn = commit_lsn
         return result
 
     def _release_writer(self) -> None:

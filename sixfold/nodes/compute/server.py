@@ -182,7 +182,7 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
                                        error_message="unknown session (expired or closed); open a new one")
         try:
             params = [from_pb(v) for v in request.params]
-            result = await self._in_thread(session.execute, request.sql, params)
+            result = await session.execute(request.sql, params, self._in_thread)
         except SqlError as exc:
             return cpb.ExecuteResponse(error_code=exc.code, error_message=exc.message,
                                        in_transaction=session.in_transaction)

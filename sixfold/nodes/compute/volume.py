@@ -196,9 +196,6 @@ class WriterVolume(VolumeState):
             self.issued_lsn = lsn
         return lsn
 
-    def wait_durable(self, lsn: int) -> None:
-        self.client.wait_durable_from_thread(lsn)
-
     def maintain(self) -> None:
         """Prunes versions no pinned read needs and evicts cold pages (rule 6)."""
         floor = self.min_pinned_lsn()
