@@ -191,3 +191,25 @@ def test_a_group_is_answered_only_once_a_write_quorum_has_it(engine, storage_clu
     outcomes = [outcome(f) for f in futures]
     assert all(isinstance(o, Result) and o.commit_lsn for o in outcomes), outcomes
     assert engine.volume.client.tracker.vdl >= max(o.commit_lsn for o in outcomes)
+
+
+def test_concurrent_sessions_share_groups(engine):
+    """Eight sessions that each wait for their last statement: while one group is on its
+    way to the quorum the others queue, so they cannot all commit alone."""
+    execute(engine, "CREATE TABLE t(id INTEGER PRIMARY KEY, session INTEGER)")
+    groups_before, statements_before = engine.groups.groups, engine.groups.statements
+
+    def session(no: int) -> None:
+        for i in range(20):
+            assert isinstance(outcome(submit(engine, "INSERT INTO t VALUES (?, ?)", (no * 100 + i, no))), Result)
+
+    threads = [threading.Thread(target=session, args=(no,)) for no in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    statements = engine.groups.statements - statements_before
+    groups = engine.groups.groups - groups_before
+    assert statements == 160
+    assert groups <= statements // 2, f"{statements} statements in {groups} groups"
+    assert rows(engine, "SELECT count(*) FROM t") == [(160,)]

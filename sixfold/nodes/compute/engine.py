@@ -42,6 +42,7 @@ READ_KEYWORDS = ("select", "with", "values", "explain")
 GROUPED_KEYWORDS = ("insert", "update", "delete", "replace")
 GROUP_STATEMENTS_MAX = 1000
 GROUP_HOLD_MAX_S = 0.05     # a group waits at most this long for the previous one to be durable
+GROUP_LINGER_MAX_S = 0.005  # ... and at most this long for the sessions the previous one answered
 
 
 class SqlError(Exception):
@@ -359,6 +360,10 @@ class CommitGroups:
         self._stopped = False
         self._sleeping = False          # the thread waits for statements (only then does submit wake it)
         self._last_lsn = 0              # the newest group's commit LSN
+        self._last_group_size = 0
+        # how long a session takes from its answer to its next statement (moving average):
+        # how long a group lingers for the sessions the previous group answered
+        self._return_gap_s = 0.0
         self._awaiting_vdl = False      # the thread holds an open group until VDL passes _last_lsn
         self._waiting_groups: set[asyncio.Task] = set()
         self.submitted = 0              # statements queued so far (on the loop)
@@ -368,10 +373,15 @@ class CommitGroups:
         self._thread = threading.Thread(target=self._run, name="commit-groups", daemon=True)
         self._thread.start()
 
-    def submit(self, sql: str, params) -> asyncio.Future:
-        """On the loop: the future resolves to the statement's Result or SqlError, once durable."""
+    def submit(self, sql: str, params, answered_at: float | None = None) -> asyncio.Future:
+        """On the loop: the future resolves to the statement's Result or SqlError, once durable.
+        answered_at: when the session's previous grouped statement was answered."""
         item = _Queued(sql, params, self._loop.create_future())
         self.submitted += 1
+        if answered_at is not None:
+            gap_s = time.monotonic() - answered_at
+            if gap_s < GROUP_LINGER_MAX_S * 4:   # longer gaps are the client's own pauses
+                self._return_gap_s += (gap_s - self._return_gap_s) / 16
         with self._cond:
             if self._stopped:
                 item.future.set_result(SqlError(INTERNAL, "the SQL engine is closing"))
@@ -395,20 +405,22 @@ class CommitGroups:
     def _previous_durable(self) -> bool:
         return self.engine.volume.client.tracker.vdl >= self._last_lsn
 
-    def _take(self, limit: int, hold: bool) -> list[_Queued]:
-        """What is queued, up to limit; with hold, waits for a statement while the previous
-        group is not durable (at most GROUP_HOLD_MAX_S)."""
+    def _take(self, limit: int, until: float, wake_on_durable: bool) -> list[_Queued] | None:
+        """What is queued, up to limit; when nothing is, waits for a statement until
+        `until` (monotonic s) or, with wake_on_durable, until the previous group is
+        durable. None: stopping."""
         with self._cond:
-            if hold and not self._queue:
-                self._awaiting_vdl = self._sleeping = True
-                deadline = time.monotonic() + GROUP_HOLD_MAX_S
-                while not self._queue and not self._stopped and not self._previous_durable():
-                    remaining = deadline - time.monotonic()
+            if not self._queue:
+                self._awaiting_vdl, self._sleeping = wake_on_durable, True
+                while not self._queue and not self._stopped:
+                    if wake_on_durable and self._previous_durable():
+                        break
+                    remaining = until - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
                 self._awaiting_vdl = self._sleeping = False
-            return self._pop(limit)
+            return None if self._stopped else self._pop(limit)
 
     def _wait_for_first(self) -> list[_Queued] | None:
         """Blocks until something is queued; None when stopping."""
@@ -498,6 +510,32 @@ class CommitGroups:
         finally:
             engine.release_writer()
 
+    def _gather(self, group: _OpenGroup, batch: list[_Queued]) -> None:
+        """Adds statements to the open group while the previous group is not durable
+        (at most GROUP_HOLD_MAX_S). Then, when sessions write concurrently, it lingers
+        about as long as sessions take to send their next statement (at most
+        GROUP_LINGER_MAX_S), so that the sessions the previous group answered join
+        this group instead of forming the next one: fewer, larger groups cost less
+        CPU per commit everywhere (writer, six storage nodes, readers)."""
+        hold_until = time.monotonic() + GROUP_HOLD_MAX_S
+        linger_until = None
+        while len(batch) < GROUP_STATEMENTS_MAX:
+            durable = self._previous_durable()
+            if durable and linger_until is None:
+                concurrent = len(batch) > 1 or self._last_group_size > 1
+                linger_s = min(self._return_gap_s, GROUP_LINGER_MAX_S) if concurrent else 0.0
+                linger_until = time.monotonic() + linger_s
+            until = linger_until if durable else hold_until
+            more = self._take(GROUP_STATEMENTS_MAX - len(batch), until, wake_on_durable=not durable)
+            if more is None:
+                return
+            if more:
+                batch += more
+                group.run(more)
+            elif time.monotonic() >= until:
+                return
+            # (else: woken because the previous group became durable; linger next)
+
     def _run_group(self, batch: list[_Queued]) -> int | None:
         engine = self.engine
         conn, file = engine.writer_conn, engine.writer_file
@@ -505,14 +543,7 @@ class CommitGroups:
         group = _OpenGroup(conn)
         try:
             group.run(batch)
-            # what arrived meanwhile joins, and while the previous group is not durable
-            # yet, so does what arrives next
-            while len(batch) < GROUP_STATEMENTS_MAX:
-                more = self._take(GROUP_STATEMENTS_MAX - len(batch), hold=not self._previous_durable())
-                if not more:
-                    break
-                batch += more
-                group.run(more)
+            self._gather(group, batch)
             group.commit()
         except StorageError as exc:
             # a read or the publish failed: SQLite may believe something committed that the
@@ -539,6 +570,7 @@ class CommitGroups:
             return engine.volume.issued_lsn
         commit_lsn = file.take_commit_lsn()
         file.discard()
+        self._last_group_size = len(batch)
         if commit_lsn is None:
             return engine.volume.issued_lsn
         self._last_lsn = commit_lsn
@@ -555,6 +587,7 @@ class Session:
         self.engine = engine
         self._holding_writer = False
         self._snapshot: apsw.Connection | None = None   # bound during a read transaction
+        self._answered_at: float | None = None           # when its last grouped statement was answered
 
     @property
     def in_transaction(self) -> bool:
@@ -565,7 +598,8 @@ class Session:
         and returns when everything it wrote or saw on the writer is durable."""
         engine = self.engine
         if engine.groups is not None and not self.in_transaction and _groupable(sql):
-            outcome = await engine.groups.submit(sql, params)
+            outcome = await engine.groups.submit(sql, params, self._answered_at)
+            self._answered_at = time.monotonic()
         else:
             outcome, durable_lsn = await in_thread(self._execute_now, sql, params)
             if durable_lsn is not None:
