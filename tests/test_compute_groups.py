@@ -213,3 +213,33 @@ def test_concurrent_sessions_share_groups(engine):
     assert statements == 160
     assert groups <= statements // 2, f"{statements} statements in {groups} groups"
     assert rows(engine, "SELECT count(*) FROM t") == [(160,)]
+
+
+def test_short_reads_run_on_the_loop_and_the_rest_move_to_a_thread(engine):
+    execute(engine, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    session = engine.session()   # one explicit transaction fills the table
+
+    def run(sql, params=()):
+        async def go():
+            loop = asyncio.get_running_loop()
+            return await session.execute(sql, params, lambda fn, *args: loop.run_in_executor(None, fn, *args))
+        return outcome(asyncio.run_coroutine_threadsafe(go(), engine.volume.loop.loop))
+
+    run("BEGIN")
+    for i in range(3000):
+        run("INSERT INTO t VALUES (?, ?)", (i, f"v{i}"))
+    run("COMMIT")
+    on_loop, moved = engine.reads_on_loop, engine.reads_moved_to_thread
+    assert rows(engine, "SELECT v FROM t WHERE id = 1234") == [("v1234",)]
+    assert (engine.reads_on_loop, engine.reads_moved_to_thread) == (on_loop + 1, moved)
+    # a scan takes more steps than the loop allows; an error is reported from the thread
+    assert rows(engine, "SELECT count(v), sum(length(v)) FROM t") == [(3000, sum(len(f"v{i}") for i in range(3000)))]
+    missing = outcome(submit(engine, "SELECT * FROM missing"))
+    assert isinstance(missing, SqlError) and "missing" in missing.message
+    assert engine.reads_moved_to_thread == moved + 2
+    # a page that is not cached is fetched from storage, on a thread
+    volume = engine.volume
+    with volume.lock:
+        volume.cache.reset(volume.read_lsn)
+    assert rows(engine, "SELECT v FROM t WHERE id = 2999") == [("v2999",)]
+    assert engine.reads_moved_to_thread == moved + 3

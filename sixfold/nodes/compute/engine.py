@@ -5,7 +5,8 @@ one of three ways:
 
 - A read outside a write transaction runs on a pool of snapshot connections
   that read at a pinned VDL: only durable data is ever visible to them, on the
-  writer as on readers.
+  writer as on readers. A short SELECT runs right on the event loop; one that
+  needs a page from storage or many steps runs again on a worker thread.
 - A single INSERT/UPDATE/DELETE/REPLACE in autocommit mode joins a commit
   group (CommitGroups): the statements of many sessions run back to back in one
   SQLite transaction, published as one log transaction, made durable by one
@@ -39,6 +40,8 @@ from sixfold.nodes.compute.volume import VolumeState
 log = logging.getLogger(__name__)
 
 READ_KEYWORDS = ("select", "with", "values", "explain")
+LOOP_READ_KEYWORDS = ("select", "values")   # (WITH may write: those go to a thread)
+LOOP_READ_STEPS_MAX = 5000                   # SQLite VM steps a read may take on the event loop
 GROUPED_KEYWORDS = ("insert", "update", "delete", "replace")
 GROUP_STATEMENTS_MAX = 1000
 GROUP_HOLD_MAX_S = 0.05     # a group waits at most this long for the previous one to be durable
@@ -189,12 +192,15 @@ class Engine:
         self.writer_file: WriterFile | None = None
         self._cache_size_pages = cache_size_pages
         self.groups: CommitGroups | None = None
+        self.reads_on_loop = 0
+        self.reads_moved_to_thread = 0
         if writer:
             self._open_writer()
             self.groups = CommitGroups(self, volume.loop.loop)
         for _ in range(snapshot_connections):
             conn = apsw.Connection(DB_NAME, vfs=self.vfs.vfs_name, flags=apsw.SQLITE_OPEN_READONLY)
             conn.execute("PRAGMA query_only=ON")
+            conn.set_progress_handler(volume.loop.is_current, LOOP_READ_STEPS_MAX)   # long reads leave the loop
             self._all.append(conn)
             self._pool.put(conn)
         self._stop = threading.Event()
@@ -255,6 +261,25 @@ class Engine:
 
     def release_snapshot(self, conn: apsw.Connection) -> None:
         self._pool.put(conn)
+
+    def read_on_loop(self, sql: str, params) -> Result | None:
+        """A short read run right on the event loop, saving two thread switches; None
+        when it must run on a thread instead (a page to fetch, many steps, an error)."""
+        try:
+            conn = self._pool.get_nowait()
+        except queue.Empty:
+            return None
+        try:
+            result = _run(conn, sql, params)
+            self.reads_on_loop += 1
+            return result
+        except Exception:   # WouldBlock, apsw.InterruptError, or an error the thread reports the usual way
+            self.reads_moved_to_thread += 1
+            return None
+        finally:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+            self._pool.put(conn)
 
     def run_on_writer(self, sql: str, params) -> Result:
         """One statement on the writer connection (the caller holds the write lock);
@@ -597,6 +622,10 @@ class Session:
         """Runs one statement (on the volume loop; SQLite runs in threads: `in_thread(fn, *args)`)
         and returns when everything it wrote or saw on the writer is durable."""
         engine = self.engine
+        if not self.in_transaction and _first_word(sql) in LOOP_READ_KEYWORDS:
+            result = engine.read_on_loop(sql, params)
+            if result is not None:
+                return result
         if engine.groups is not None and not self.in_transaction and _groupable(sql):
             outcome = await engine.groups.submit(sql, params, self._answered_at)
             self._answered_at = time.monotonic()
