@@ -45,7 +45,10 @@ LOOP_READ_STEPS_MAX = 5000                   # SQLite VM steps a read may take o
 GROUPED_KEYWORDS = ("insert", "update", "delete", "replace")
 GROUP_STATEMENTS_MAX = 1000
 GROUP_HOLD_MAX_S = 0.05     # a group waits at most this long for the previous one to be durable
-GROUP_LINGER_MAX_S = 0.005  # ... and at most this long for the sessions the previous one answered
+# then, with concurrent sessions, it lingers for the sessions the previous group answered:
+GROUP_LINGER_FIRST_S = 0.005   # at most this long for the first of them,
+GROUP_LINGER_IDLE_S = 0.002    # this long after each arrival,
+GROUP_LINGER_MAX_S = 0.02      # and at most this long in all
 
 
 class SqlError(Exception):
@@ -537,19 +540,20 @@ class CommitGroups:
 
     def _gather(self, group: _OpenGroup, batch: list[_Queued]) -> None:
         """Adds statements to the open group while the previous group is not durable
-        (at most GROUP_HOLD_MAX_S). Then, when sessions write concurrently, it lingers
-        about as long as sessions take to send their next statement (at most
-        GROUP_LINGER_MAX_S), so that the sessions the previous group answered join
-        this group instead of forming the next one: fewer, larger groups cost less
-        CPU per commit everywhere (writer, six storage nodes, readers)."""
+        (at most GROUP_HOLD_MAX_S). Then, when sessions write concurrently, it lingers:
+        first about as long as sessions take to send their next statement, then while
+        statements keep arriving. The sessions the previous group answered join this
+        group instead of forming the next one: fewer, larger groups cost less CPU per
+        commit everywhere (writer, six storage nodes, readers). A lone session never waits."""
         hold_until = time.monotonic() + GROUP_HOLD_MAX_S
-        linger_until = None
+        linger_until = linger_end = None
         while len(batch) < GROUP_STATEMENTS_MAX:
             durable = self._previous_durable()
             if durable and linger_until is None:
                 concurrent = len(batch) > 1 or self._last_group_size > 1
-                linger_s = min(self._return_gap_s, GROUP_LINGER_MAX_S) if concurrent else 0.0
-                linger_until = time.monotonic() + linger_s
+                now = time.monotonic()
+                linger_end = now + (GROUP_LINGER_MAX_S if concurrent else 0.0)
+                linger_until = min(now + min(self._return_gap_s, GROUP_LINGER_FIRST_S), linger_end)
             until = linger_until if durable else hold_until
             more = self._take(GROUP_STATEMENTS_MAX - len(batch), until, wake_on_durable=not durable)
             if more is None:
@@ -557,6 +561,8 @@ class CommitGroups:
             if more:
                 batch += more
                 group.run(more)
+                if linger_until is not None:   # they are coming back: wait for the next one a little
+                    linger_until = min(max(linger_until, time.monotonic() + GROUP_LINGER_IDLE_S), linger_end)
             elif time.monotonic() >= until:
                 return
             # (else: woken because the previous group became durable; linger next)
