@@ -416,6 +416,7 @@ class CommitGroups:
             else:
                 self._queue.append(item)
                 if self._sleeping:
+                    self._sleeping = False   # one wake-up for a burst of statements
                     self._cond.notify()
         return item.future
 
@@ -428,6 +429,7 @@ class CommitGroups:
     def _on_vdl(self, vdl: int) -> None:   # on the loop
         if self._awaiting_vdl and vdl >= self._last_lsn:
             with self._cond:
+                self._awaiting_vdl = False
                 self._cond.notify()
 
     def _previous_durable(self) -> bool:
@@ -438,23 +440,22 @@ class CommitGroups:
         `until` (monotonic s) or, with wake_on_durable, until the previous group is
         durable. None: stopping."""
         with self._cond:
-            if not self._queue:
+            while not self._queue and not self._stopped:
+                if wake_on_durable and self._previous_durable():
+                    break
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    break
                 self._awaiting_vdl, self._sleeping = wake_on_durable, True
-                while not self._queue and not self._stopped:
-                    if wake_on_durable and self._previous_durable():
-                        break
-                    remaining = until - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-                self._awaiting_vdl = self._sleeping = False
+                self._cond.wait(remaining)
+            self._awaiting_vdl = self._sleeping = False
             return None if self._stopped else self._pop(limit)
 
     def _wait_for_first(self) -> list[_Queued] | None:
         """Blocks until something is queued; None when stopping."""
         with self._cond:
-            self._sleeping = True
             while not self._queue and not self._stopped:
+                self._sleeping = True
                 self._cond.wait()
             self._sleeping = False
             return None if self._stopped else self._pop(GROUP_STATEMENTS_MAX)
