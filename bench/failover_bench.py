@@ -46,7 +46,7 @@ class Load:
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self.acked: list[int] = []
-        self.ack_times: list[float] = []
+        self.ack_times: list[tuple[float, float]] = []   # (sent, acknowledged)
         self.next_id = 1
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -58,17 +58,20 @@ class Load:
                 if conn is None:
                     conn = sixfold.connect(self.endpoint, autocommit=True, timeout_s=10)
                 row_id, self.next_id = self.next_id, self.next_id + 1
+                started = time.monotonic()
                 conn.execute("INSERT INTO acked (id) VALUES (?)", (row_id,))
                 self.acked.append(row_id)
-                self.ack_times.append(time.monotonic())
+                self.ack_times.append((started, time.monotonic()))
             except sixfold.dbapi.Error:
                 conn = None
                 time.sleep(0.01)
 
     def first_ack_after(self, t: float) -> float | None:
+        """Seconds from t to the first acknowledgement of a write *sent* after t (an ack of an
+        earlier write can still arrive from the old writer's socket buffer after a SIGKILL)."""
         deadline = time.monotonic() + RECOVERY_WAIT_S_MAX
         while time.monotonic() < deadline:
-            later = [a for a in self.ack_times[-1000:] if a > t]
+            later = [acked for started, acked in self.ack_times[-1000:] if started > t]
             if later:
                 return later[0] - t
             time.sleep(0.01)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import grpc
 
-from sixfold.client.channels import CHANNEL_OPTIONS
+from sixfold.client.channels import CLIENT_CHANNEL_OPTIONS
 from sixfold.nodes.compute.values import from_pb, to_pb
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import compute_pb2_grpc
@@ -101,7 +101,7 @@ class Connection:
         self.address = address
         self.autocommit = autocommit
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = grpc.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
         self._stub = compute_pb2_grpc.ComputeStub(self._channel)
         try:
             opened = self._stub.OpenSession(cpb.OpenSessionRequest(client_name="sixfold.dbapi"), timeout=timeout_s)
@@ -113,6 +113,7 @@ class Connection:
         self.node_id = opened.node_id
         self.in_transaction = False
         self.last_commit_lsn = 0
+        self.session_left_open = False
         self._closed = False
 
     def _execute(self, sql: str, params) -> cpb.ExecuteResponse:
@@ -151,12 +152,15 @@ class Connection:
             self._execute("ROLLBACK", ())
 
     def close(self) -> None:
+        """Closes the connection. If the node cannot be told, its session (and any transaction
+        the session had open, with its locks) stays there: `session_left_open` says so, and
+        close_session() can end it later."""
         if self._closed:
             return
         try:
             self._stub.CloseSession(cpb.CloseSessionRequest(session_id=self.session_id), timeout=5)
         except grpc.RpcError:
-            pass
+            self.session_left_open = True
         self._channel.close()
         self._closed = True
 
@@ -236,6 +240,18 @@ class Cursor:
 
     def setoutputsize(self, size, column=None) -> None:
         pass
+
+
+def close_session(address: str, session_id: str, timeout_s: float = 5.0) -> bool:
+    """Ends a session a closed connection left open on an unreachable node (rolling back its
+    transaction); True once the node has it closed."""
+    with grpc.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS) as channel:
+        try:
+            compute_pb2_grpc.ComputeStub(channel).CloseSession(cpb.CloseSessionRequest(session_id=session_id),
+                                                               timeout=timeout_s)
+            return True
+        except grpc.RpcError:
+            return False
 
 
 def connect(address: str, autocommit: bool = False, timeout_s: float = 30.0) -> Connection:

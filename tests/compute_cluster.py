@@ -12,7 +12,7 @@ import grpc
 import sixfold
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import compute_pb2_grpc
-from tests.storage_cluster import StorageCluster, StorageNodeProcess
+from tests.storage_cluster import StorageCluster, StorageNodeProcess, free_port
 
 
 def storage_spec(cluster: StorageCluster) -> str:
@@ -26,6 +26,17 @@ class ComputeNodeProcess(StorageNodeProcess):
     writer_address: str = ""
     volume_id: str = "vol-1"
     pages_per_segment: int = 64
+    pg_port: int = 0           # PostgreSQL wire protocol port (0: off)
+    pg_password: str = ""      # "": trust
+
+    @property
+    def pg_address(self) -> str:
+        return f"{self.host}:{self.pg_port}"
+
+    def pg_dsn(self, user: str = "sixfold", dbname: str = "sixfold", **options) -> str:
+        extra = "".join(f" {k}={v}" for k, v in options.items())
+        password = f" password='{self.pg_password}'" if self.pg_password else ""
+        return f"host={self.host} port={self.pg_port} user={user} dbname={dbname}{password}{extra}"
 
     def command(self) -> list[str]:
         cmd = [
@@ -37,7 +48,12 @@ class ComputeNodeProcess(StorageNodeProcess):
         ]
         if self.writer_address:
             cmd += ["--writer-address", self.writer_address]
+        if self.pg_port:
+            cmd += ["--pg-listen", self.pg_address, "--pg-auth", "scram" if self.pg_password else "trust"]
         return cmd
+
+    def env(self) -> dict[str, str]:
+        return {"SIXFOLD_PG_PASSWORD": self.pg_password} if self.pg_password else {}
 
     def compute_stub(self) -> compute_pb2_grpc.ComputeStub:
         if self._channel is None:
@@ -69,7 +85,8 @@ class ComputeCluster:
     """A writer in AZ 1 and `readers` readers spread over the AZs, on 127.<r>.<az>.1x."""
 
     def __init__(self, root: Path, storage: StorageCluster, readers: int = 1, volume_id: str = "vol-1",
-                 pages_per_segment: int = 64, extra_args: list[str] | None = None) -> None:
+                 pages_per_segment: int = 64, extra_args: list[str] | None = None, pg: bool = False,
+                 pg_password: str = "") -> None:
         spec = storage_spec(storage)
         self.storage = storage
         self.writer = ComputeNodeProcess(
@@ -86,6 +103,10 @@ class ComputeCluster:
             )
             for i in range(readers)
         ]
+        if pg:
+            for node in self.nodes:
+                node.pg_port = free_port(node.host)
+                node.pg_password = pg_password
 
     @property
     def nodes(self) -> list[ComputeNodeProcess]:

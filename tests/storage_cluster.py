@@ -94,6 +94,10 @@ class StorageNodeProcess:
             "--gossip-interval-ms", str(self.gossip_interval_ms), *self.extra_args,
         ]
 
+    def env(self) -> dict[str, str]:
+        """Extra environment for the process (secrets stay off the command line)."""
+        return {}
+
     # ------------------------------------------------------------ lifecycle
 
     def spawn(self) -> None:
@@ -104,7 +108,7 @@ class StorageNodeProcess:
             log_file.flush()
             self.proc = subprocess.Popen(
                 self.command(), stdout=subprocess.DEVNULL, stderr=log_file, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env()},
             )
         _LIVE[self.proc.pid] = self.proc
         self.paused = False

@@ -27,12 +27,12 @@ from click.testing import CliRunner
 from sixfold.cli.main import cli
 from sixfold.runtime import partition, procs
 from sixfold.runtime.layout import ClusterDir
-from sixfold.runtime.topology import ClusterSpec, nodes_of
+from sixfold.runtime.topology import ClusterSpec, listen_addresses, nodes_of
 
 CLI = [sys.executable, "-m", "sixfold.cli"]
 STATUS_FIELDS = {"name", "kind", "role", "region", "az", "address", "pid", "health", "epoch", "scl", "vdl",
                  "replica_lag_ms_p50", "replica_lag_ms_p99"}
-ENDPOINT_FIELDS = {"name", "kind", "host", "port", "address", "target"}
+ENDPOINT_FIELDS = {"name", "kind", "host", "port", "address", "target", "pg_port", "pg_address", "dsn"}
 CHAOS_FIELDS = {"ts", "unix_s", "action", "targets", "ok", "detail"}
 
 
@@ -55,7 +55,7 @@ def free_ports(readers: int = 1) -> tuple[int, int]:
     for _ in range(100):
         base = rng.randrange(20_000, 40_000, 2)
         spec = ClusterSpec(storage_port=base, compute_port=base + 1, readers=readers)
-        if not any(procs.port_taken(n.host, n.port) for n in nodes_of(spec)):
+        if not any(procs.port_taken(host, port) for host, port in listen_addresses(nodes_of(spec))):
             return base, base + 1
     raise RuntimeError("no free ports")
 
@@ -144,8 +144,9 @@ ALL_COMMANDS = list(_walk(cli, click.Context(cli, info_name="sixfold"), []))
 def test_command_list_is_complete():
     names = {" ".join(p) for p in ALL_COMMANDS}
     for expected in ("up", "down", "status", "endpoints", "sql", "demo", "settings", "chaos kill", "chaos pause",
-                     "chaos resume", "chaos restart", "chaos partition", "chaos heal", "chaos log",
-                     "storage-node", "compute-node", "coordinator", "failover"):
+                     "chaos resume", "chaos restart", "chaos partition", "chaos heal", "chaos log", "chaos run",
+                     "storage-node", "compute-node", "coordinator", "failover", "endpoint create",
+                     "endpoint delete", "replica add", "replica remove"):
         assert expected in names
 
 
@@ -285,6 +286,31 @@ def test_status_and_endpoints_json(cluster):
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
+def test_postgresql_through_the_endpoints(cluster):
+    import psycopg
+    from psycopg import errors
+
+    eps = {e["name"]: e for e in cluster.json("endpoints")}
+    assert eps["writer"]["pg_address"] == f"127.1.0.200:{cluster.compute_port + 1200}"
+    assert eps["writer-1"]["pg_address"] == f"127.1.1.100:{cluster.compute_port + 1000}"
+    password = (cluster.cdir.root / "pg_password").read_text().strip()
+    assert f":{password}@" in eps["writer"]["dsn"] and eps["writer"]["dsn"].startswith("postgresql://sixfold:")
+    with psycopg.connect(eps["writer"]["dsn"], autocommit=True, connect_timeout=10) as w:
+        w.execute("CREATE TABLE pg_ep (id serial PRIMARY KEY, v text)")
+        w.execute("INSERT INTO pg_ep (v) VALUES (%s)", ("through the router",))
+    with psycopg.connect(eps["reader"]["dsn"], autocommit=True, connect_timeout=10) as r:
+        deadline = time.monotonic() + 10
+        while r.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'pg_ep'").fetchone() != (1,):
+            assert time.monotonic() < deadline, "the reader never saw the table"
+            time.sleep(0.1)
+        with pytest.raises(errors.ReadOnlySqlTransaction):
+            r.execute("INSERT INTO pg_ep (v) VALUES ('no')")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(eps["writer"]["dsn"].replace(password, "wrong"), connect_timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_sql_one_shot_json_and_repl(cluster):
     out = cluster.ok("sql", "-c", "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT, b BLOB)",
                      "-c", "INSERT INTO kv VALUES (1, 'one', x'00ff'), (2, NULL, NULL)", "-c", "SELECT * FROM kv")
@@ -326,6 +352,11 @@ def test_planned_failover_and_back(cluster):
     assert moved["from"] == "writer-1" and moved["to"] == "reader-1" and moved["state"] == "done"
     # the writer endpoint (the router) reaches the new writer; nothing acknowledged is lost
     assert cluster.sql("INSERT INTO planned VALUES (21)")[0]["commit_lsn"] > 0
+    import psycopg
+
+    writer_dsn = next(e["dsn"] for e in cluster.json("endpoints") if e["name"] == "writer")
+    with psycopg.connect(writer_dsn, autocommit=True, connect_timeout=20) as c:   # PostgreSQL: the new writer too
+        assert c.execute("SELECT count(*) FROM planned").fetchone() == (21,)
     assert cluster.sql("SELECT count(*) FROM planned")[0]["rows"] == [[21]]
     # the old writer steps down and the supervisor brings it back as a reader
     nodes = cluster.wait_status(lambda n: n["reader-1"]["role"] == "writer" and n["writer-1"]["role"] == "reader"
@@ -444,6 +475,11 @@ def test_partition_and_heal(cluster):
     cluster.ok("chaos", "partition", "--node", "storage-1-2-1", "--from", writer)
     stuck = cluster.cli("sql", "-c", "INSERT INTO events(phase) VALUES ('no-quorum')")
     assert stuck.returncode == 1 and "commit_unknown" in stuck.stderr
+    # a writer that answers its health checks but cannot reach a write quorum is lost too: the
+    # coordinators promote a reader that can (its recovery fences the old one), before any heal
+    cluster.wait_status(lambda n: any(s["role"] == "writer" and name != writer and s["health"] == "ok"
+                                              for name, s in n.items()), timeout_s=60)
+    assert cluster.sql("INSERT INTO events(phase) VALUES ('isolated-failover')", timeout_s=20)[0]["commit_lsn"] > 0
     healed = cluster.json("chaos", "heal")
     assert healed["detail"]["partition_rules_removed"] > 0
     assert partition.rules(cluster.cdir.cluster_id) == []
@@ -454,9 +490,63 @@ def test_partition_and_heal(cluster):
             break
         assert time.monotonic() < deadline, result.stderr
     rows = dict(cluster.sql("SELECT phase, count(*) FROM events GROUP BY phase")[0]["rows"])
-    assert rows["az3-cut"] == 1 and rows["healed"] >= 1
+    assert rows["az3-cut"] == 1 and rows["isolated-failover"] == 1 and rows["healed"] >= 1
     assert rows.get("no-quorum", 0) <= 1  # its outcome was unknown: there at most once
     cluster.wait_status(all_healthy)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_replica_add_remove_and_custom_endpoints(cluster):
+    before = set(cluster.status())
+    added = cluster.json("replica", "add", "--az", "3", "--tier", "0")
+    assert added["name"] == "reader-2" and added["az"] == 3 and added["tier"] == 0
+    nodes = cluster.wait_status(lambda n: "reader-2" in n and n["reader-2"]["health"] == "ok"
+                                and n["reader-2"]["role"] == "reader")
+    assert nodes["reader-2"]["address"] == added["address"]
+    # it follows the writer: it sees what the writer committed
+    cluster.sql("CREATE TABLE IF NOT EXISTS replicas(id INTEGER PRIMARY KEY)")
+    cluster.sql("INSERT INTO replicas VALUES (1)")
+    deadline = time.monotonic() + 10
+    while cluster.sql("SELECT count(*) FROM replicas", endpoint="reader-2")[0]["rows"] != [[1]]:
+        assert time.monotonic() < deadline, "the added reader never caught up"
+        time.sleep(0.2)
+    # a custom endpoint over it alone routes only there
+    created = cluster.json("endpoint", "create", "reporting", "--type", "reader", "--members", "reader-2")
+    assert created["kind"] == "custom" and created["members"] == ["reader-2"]
+    eps = {e["name"]: e for e in cluster.json("endpoints")}
+    assert eps["reporting"]["address"] == created["address"]
+    deadline = time.monotonic() + 10
+    while True:   # the catalog marks the new reader healthy after its health checks
+        rows = cluster.sql("SELECT count(*) FROM replicas", endpoint="reporting", timeout_s=15)[0]["rows"]
+        if rows == [[1]]:
+            break
+        assert time.monotonic() < deadline
+    # and its PostgreSQL twin (reporting-pg) too
+    import psycopg
+
+    assert eps["reporting"]["pg_address"] and eps["reporting"]["dsn"].startswith("postgresql://")
+    with psycopg.connect(eps["reporting"]["dsn"], autocommit=True, connect_timeout=15) as pg:
+        assert pg.execute("SELECT count(*) FROM replicas").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            pg.execute("INSERT INTO replicas VALUES (2)")
+    bad = cluster.cli("endpoint", "create", "reporting", "--members", "reader-2")
+    assert bad.returncode == 2 and "already exists" in bad.stderr
+    bad = cluster.cli("endpoint", "create", "x", "--members", "nope")
+    assert bad.returncode == 2 and "no instance named nope" in bad.stderr
+    assert cluster.cli("endpoint", "delete", "nope").returncode == 2
+    # the writer cannot be removed; the reader can, and leaves its custom endpoint
+    writer = next(name for name, n in cluster.status().items() if n["role"] == "writer")
+    refused = cluster.cli("replica", "remove", writer)
+    assert refused.returncode == 2 and "fail over first" in refused.stderr
+    assert cluster.cli("replica", "remove", "storage-1-1-1").returncode == 2
+    pid = cluster.status()["reader-2"]["pid"]
+    assert cluster.json("replica", "remove", "reader-2") == {"name": "reader-2", "removed": True}
+    assert not procs.alive(pid) and set(cluster.status()) == before
+    eps = {e["name"]: e for e in cluster.json("endpoints")}
+    assert "reader-2" not in eps and eps["reporting"]["members"] == []
+    assert cluster.json("endpoint", "delete", "reporting") == {"deleted": "reporting"}
+    assert "reporting" not in {e["name"] for e in cluster.json("endpoints")}
 
 
 @pytest.mark.slow

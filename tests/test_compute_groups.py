@@ -37,7 +37,7 @@ def submit(engine: Engine, sql: str, params=()):
 
     async def run():
         loop = asyncio.get_running_loop()
-        return await session.execute(sql, params, lambda fn, *args: loop.run_in_executor(None, fn, *args))
+        return await session.execute_async(sql, params, lambda fn, *args: loop.run_in_executor(None, fn, *args))
 
     return asyncio.run_coroutine_threadsafe(run(), engine.volume.loop.loop)
 
@@ -222,7 +222,7 @@ def test_short_reads_run_on_the_loop_and_the_rest_move_to_a_thread(engine):
     def run(sql, params=()):
         async def go():
             loop = asyncio.get_running_loop()
-            return await session.execute(sql, params, lambda fn, *args: loop.run_in_executor(None, fn, *args))
+            return await session.execute_async(sql, params, lambda fn, *args: loop.run_in_executor(None, fn, *args))
         return outcome(asyncio.run_coroutine_threadsafe(go(), engine.volume.loop.loop))
 
     run("BEGIN")

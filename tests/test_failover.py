@@ -5,94 +5,31 @@ through the whole story, because each step starts where the previous one left it
 writer SIGKILL under load -> a reader is promoted, writes resume through the same
 writer endpoint; the new writer paused (SIGSTOP) -> another failover, and once
 resumed it cannot commit and steps down; the coordinator leader killed -> a new
-leader takes over and a further failover works; the first writer restarted with
---coordinators comes back as a reader; a planned failover loses nothing. After
-each step every acknowledged write is checked.
+leader takes over; the first writer restarted with --coordinators comes back as a
+reader; the leader killed in the middle of a failover -> the new leader finishes
+that same failover; a planned failover loses nothing. After each step every
+acknowledged write is checked.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
 import pytest
 
 import sixfold
-from sixfold.nodes.coordinator.router import reader_targets, writer_target
+from sixfold.nodes.coordinator.catalog import check_custom_endpoint
+from sixfold.nodes.coordinator.control import stall_step
+from sixfold.nodes.coordinator.router import custom_addresses, custom_targets, reader_targets, writer_target
 from sixfold.rpc import compute_pb2 as cpb
+from sixfold.rpc import coordinator_pb2 as copb
 from tests.compute_cluster import ComputeCluster
-from tests.coordinator_cluster import CoordinatorGroup
+from tests.coordinator_cluster import CoordinatorGroup, Workload, check_acked
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 FAILOVER_S_MAX = 15.0
-
-
-class Workload:
-    """Inserts unique ids through the writer endpoint; reconnects on any error; records acks."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self.acked: list[int] = []
-        self.ack_times: list[float] = []
-        self.errors = 0
-        self.next_id = 1
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        conn = None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = sixfold.connect(self.endpoint, autocommit=True, timeout_s=10)
-                row_id = self.next_id
-                self.next_id += 1
-                conn.execute("INSERT INTO acked (id, at) VALUES (?, ?)", (row_id, time.time()))
-                self.acked.append(row_id)
-                self.ack_times.append(time.monotonic())
-            except sixfold.dbapi.Error:
-                self.errors += 1
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:
-                        pass
-                conn = None
-                time.sleep(0.05)
-
-    def start(self) -> "Workload":
-        self.thread.start()
-        return self
-
-    def first_ack_after(self, t: float, timeout_s: float) -> float:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            later = [a for a in list(self.ack_times) if a > t]
-            if later:
-                return later[0] - t
-            time.sleep(0.05)
-        raise AssertionError(f"no write committed within {timeout_s}s (errors so far: {self.errors})")
-
-    def wait_acks(self, n: int, timeout_s: float = 20.0) -> None:
-        target = len(self.acked) + n
-        deadline = time.monotonic() + timeout_s
-        while len(self.acked) < target:
-            assert time.monotonic() < deadline, f"only {len(self.acked)} acks, wanted {target}"
-            time.sleep(0.05)
-
-    def finish(self) -> list[int]:
-        self.stop.set()
-        self.thread.join(20)
-        return list(self.acked)
-
-
-def check_acked(endpoint: str, acked: list[int]) -> None:
-    with sixfold.connect(endpoint, autocommit=True) as conn:
-        present = {row[0] for row in conn.execute("SELECT id FROM acked").fetchall()}
-    missing = sorted(set(acked) - present)
-    assert not missing, f"{len(missing)} acknowledged writes lost: {missing[:20]}"
 
 
 def node_by_name(compute: ComputeCluster, name: str):
@@ -193,23 +130,43 @@ def test_failover_story(region):
             assert time.monotonic() < deadline, "no new coordinator leader"
             time.sleep(0.1)
     assert new_leader is not old_leader
-    # the first writer comes back, told by the catalog to be a reader (not to fence the current writer)
+    # the first writer comes back, told by the catalog to be a reader (not to fence the current
+    # writer); its promotions wait 2 s (fault injection), the window for the next step
     coordinators = ",".join(c.address for c in group.replicas if c.running)
-    compute.writer.extra_args = [*compute.writer.extra_args, "--coordinators", coordinators]
+    compute.writer.extra_args = [*compute.writer.extra_args, "--coordinators", coordinators,
+                                 "--fault-promote-delay-s", "2"]
     compute.writer.spawn()
     group.wait(lambda c: any(i.name == "writer" and i.role == "reader" and i.health == "ok" for i in c.instances),
                30, "the first writer back as a reader")
+    old_leader.spawn()   # three replicas again, so that one more can be lost
+    old_leader.wait_healthy()
+    deadline = time.monotonic() + 15
+    while old_leader.catalog().writer != group.leader().catalog().writer or not old_leader.catalog().writer:
+        assert time.monotonic() < deadline, "the restarted coordinator never caught up with the catalog"
+        time.sleep(0.1)
+
+    # 4. the coordinator leader killed in the middle of a failover: the new leader finishes the
+    # same failover (one recovery: the epoch moves by exactly one), it does not start another
     current = node_by_name(compute, group.any_catalog().writer)
+    epoch_before = group.any_catalog().epoch
     killed_at = time.monotonic()
     current.kill()
+    promoting = group.wait(lambda c: c.failover.state == "promoting" and c.failover.from_instance == current.node_id,
+                           10, "a failover in progress")
+    assert promoting.failover.to_instance == "writer", "tier 0 is promoted first"
+    leader = group.leader()
+    leader.kill()
     recovered_s = work.first_ack_after(killed_at, FAILOVER_S_MAX)
-    catalog = group.wait(lambda c: c.writer != current.node_id and c.failover.state == "done", 10,
-                         "failover under the new leader")
-    print(f"failover under a new coordinator leader: {recovered_s:.2f}s")
+    catalog = group.wait(lambda c: c.failover.state == "done" and c.failover.id == promoting.failover.id, 15,
+                         "the new leader to finish the failover")
+    assert group.leader() is not leader
+    assert catalog.writer == "writer" and catalog.epoch == epoch_before + 1, catalog
+    assert compute.writer.compute_stub().Status(cpb.StatusRequest(), timeout=2).epoch == epoch_before + 1
+    print(f"failover finished by a new coordinator leader: {recovered_s:.2f}s")
     work.wait_acks(20)
     check_acked(group.writer_endpoint, list(work.acked))
 
-    # 4. planned failover (asked at a follower, which forwards to the leader) loses nothing
+    # 5. planned failover (asked at a follower, which forwards to the leader) loses nothing
     group.wait(lambda c: len(reader_targets_of(c)) >= 1, 10, "a healthy reader")
     follower = next(c for c in group.replicas if c.running and c is not group.leader())
     before = group.any_catalog().writer
@@ -234,3 +191,89 @@ def test_router_targets_are_pure():
     assert reader_targets(snap) == ["b:1"]
     snap["failover"] = {"state": "promoting"}
     assert writer_target(snap) is None   # new connections wait for the new writer
+
+
+def test_custom_endpoint_rules_are_pure():
+    instances = {"w": {"address": "a:1", "role": "writer", "health": "ok"},
+                 "r1": {"address": "b:1", "role": "reader", "health": "ok"},
+                 "r2": {"address": "c:1", "role": "reader", "health": "unreachable"}}
+    snap = {"writer": "w", "failover": None, "instances": instances,
+            "custom": {"ro": {"type": "reader", "members": ["w", "r1", "r2"], "port_slot": 0},
+                       "all": {"type": "any", "members": ["w", "r2"], "port_slot": 3}}}
+    assert custom_targets(snap, "ro") == ["b:1"]          # not the writer, not an unhealthy reader
+    assert custom_targets(snap, "all") == ["a:1"]
+    assert custom_targets(snap, "gone") == []
+    snap["failover"] = {"state": "promoting"}
+    assert custom_targets(snap, "all") == []              # the writer is changing: wait, like the writer endpoint
+    assert custom_addresses(snap, "h", 9000) == {"ro": "h:9000", "ro-pg": "h:9016", "all": "h:9003", "all-pg": "h:9019"}
+    assert check_custom_endpoint(instances, snap["custom"], "x", "reader", ["r1"]) == ""
+    for args, words in ((("writer", "reader", ["r1"]), "cluster endpoint"), (("r1", "reader", ["r1"]), "instance"),
+                        (("ro", "reader", ["r1"]), "already exists"), (("x", "primary", ["r1"]), "type"),
+                        (("x", "any", []), "at least one"), (("x", "any", ["nope"]), "no instance named nope"),
+                        (("a b", "any", ["r1"]), "letters"), (("x-pg", "any", ["r1"]), "-pg suffix")):
+        assert words in check_custom_endpoint(instances, snap["custom"], *args)
+
+
+def _instances_behind(address: str, connections: int) -> set[str]:
+    seen = set()
+    for _ in range(connections):
+        with sixfold.connect(address, autocommit=True, timeout_s=10) as conn:
+            seen.add(conn.node_id)
+    return seen
+
+
+def test_custom_endpoints_route_only_to_their_members(region):
+    compute, group = region
+    with sixfold.connect(group.writer_endpoint, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    follower = next(c for c in group.replicas if c is not group.leader())
+    channel, stub = follower.coordinator_stub()   # a follower: the change goes through the raft leader
+    with channel:
+        analytics = stub.CreateEndpoint(copb.CreateEndpointRequest(name="analytics", type="reader",
+                                                                   members=["reader-2", "reader-3"]), timeout=10)
+        mixed = stub.CreateEndpoint(copb.CreateEndpointRequest(name="mixed", type="any",
+                                                               members=["writer", "reader-1"]), timeout=10)
+        assert analytics.kind == "custom" and sorted(analytics.targets) == ["reader-2", "reader-3"]
+        for name, kind, members, words in (("writer", "reader", ["reader-1"], "cluster endpoint"),
+                                           ("analytics", "reader", ["reader-1"], "already exists"),
+                                           ("x", "reader", ["nope"], "no instance named nope")):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.CreateEndpoint(copb.CreateEndpointRequest(name=name, type=kind, members=members), timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.value.details()
+        # every replica's router listens within a maintenance pass of learning the endpoint
+        group.wait(lambda cat: {e.name for e in cat.endpoints} >= {"analytics", "mixed"}, 10, "custom endpoints")
+        time.sleep(0.5)
+        assert _instances_behind(analytics.address, 12) == {"reader-2", "reader-3"}
+        assert _instances_behind(mixed.address, 12) == {"writer", "reader-1"}
+        with sixfold.connect(analytics.address, autocommit=True) as conn:
+            with pytest.raises(sixfold.dbapi.ReadOnlyError):
+                conn.execute("INSERT INTO t VALUES (1)")
+        # reader-2 promoted: a "reader" endpoint routes only to its members that are still readers
+        assert follower.failover("reader-2").failover.state == "done"
+        group.wait(lambda cat: next(e for e in cat.endpoints if e.name == "analytics").targets == ["reader-3"],
+                   10, "analytics to follow the promotion")
+        assert _instances_behind(analytics.address, 6) == {"reader-3"}
+        stub.DeleteEndpoint(copb.DeleteEndpointRequest(name="analytics"), timeout=10)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.DeleteEndpoint(copb.DeleteEndpointRequest(name="analytics"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    deadline = time.monotonic() + 10
+    while True:  # every replica stops listening on a deleted endpoint
+        try:
+            sixfold.connect(analytics.address, timeout_s=2).close()
+        except sixfold.dbapi.OperationalError:
+            break
+        assert time.monotonic() < deadline, "the deleted endpoint still accepts connections"
+        time.sleep(0.2)
+
+
+def test_writer_stall_is_pure():
+    state, stalled = stall_step(None, vdl=10, issued_lsn=10, now_s=0.0)
+    assert state is None and stalled == 0.0                     # nothing waits: not stalled
+    state, stalled = stall_step(state, vdl=10, issued_lsn=12, now_s=1.0)
+    assert state == (10, 1.0) and stalled == 0.0                # commits start waiting
+    state, stalled = stall_step(state, vdl=10, issued_lsn=13, now_s=4.5)
+    assert stalled == 3.5                                       # VDL has not moved since
+    state, stalled = stall_step(state, vdl=11, issued_lsn=13, now_s=5.0)
+    assert state == (11, 5.0) and stalled == 0.0                # VDL moved: a slow quorum, not a lost one
+    assert stall_step(state, vdl=13, issued_lsn=13, now_s=9.0) == (None, 0.0)

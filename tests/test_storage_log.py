@@ -131,21 +131,24 @@ def test_group_commit_batches_concurrent_appends_and_keeps_order(tmp_path):
 
 def test_nothing_is_acknowledged_before_its_fsync(tmp_path, monkeypatch):
     synced = []
-    real_fsync = os.fsync
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
 
-    def slow_fsync(fd):
-        real_fsync(fd)
-        synced.append(True)
+    def counted(sync):
+        def sync_and_count(fd):
+            sync(fd)
+            synced.append(True)
+        return sync_and_count
 
-    monkeypatch.setattr(log_mod.os, "fsync", slow_fsync)
+    monkeypatch.setattr(log_mod.os, "fsync", counted(real_fsync))
+    monkeypatch.setattr(log_mod.os, "fdatasync", counted(real_fdatasync))
 
     async def run():
         wal = GroupCommitLog(tmp_path, LogPosition(1, 0))
         wal.start()
-        before = len(synced)
-        future = wal.append([(1, b"x")])
-        await future
-        assert len(synced) > before
+        for payload in (b"x", b"y"):  # the first group grows the file, the second goes over zeros
+            before = len(synced)
+            await wal.append([(1, payload)])
+            assert len(synced) > before
         await wal.close()
 
     asyncio.run(run())
@@ -194,6 +197,7 @@ def test_failed_fsync_fails_everything_queued_and_stops(tmp_path, monkeypatch):
     async def run():
         wal = GroupCommitLog(tmp_path, LogPosition(1, 0))
         monkeypatch.setattr(log_mod.os, "fsync", broken_fsync)
+        monkeypatch.setattr(log_mod.os, "fdatasync", broken_fsync)
         wal.start()
         futures = [wal.append([(1, b"x")]) for _ in range(3)]
         results = await asyncio.gather(*futures, return_exceptions=True)
@@ -207,3 +211,39 @@ def test_failed_fsync_fails_everything_queued_and_stops(tmp_path, monkeypatch):
         await wal.close()
 
     asyncio.run(run())
+
+
+def test_groups_sync_over_zeroed_space_and_a_crash_leaves_a_tail_that_reads_as_the_end(tmp_path, monkeypatch, caplog):
+    """The writer zeroes space ahead of its frames, so a group's sync need not commit file
+    metadata (fdatasync); only growing the file takes a full fsync. A node killed with its
+    zeroed tail in place reopens at its last frame, quietly, and writes on from there."""
+    calls = []
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+    monkeypatch.setattr(log_mod.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(log_mod.os, "fdatasync", lambda fd: (calls.append("fdatasync"), real_fdatasync(fd))[1])
+    data = payloads(20)
+
+    async def crash_after_writing():
+        wal = GroupCommitLog(tmp_path, LogPosition(1, 0))
+        calls.clear()  # (opening syncs the directory)
+        wal.start()
+        for p in data:
+            await wal.append([(1, p)])
+        end = wal.durable_position
+        wal._closing = True  # stop the writer thread, but leave the file as a crash would
+        wal._work.set()
+        await wal._stopped
+        return end
+
+    end = asyncio.run(crash_after_writing())
+    assert calls.count("fsync") == 1 and calls.count("fdatasync") == len(data) - 1
+    path = log_file_path(tmp_path, 1)
+    assert path.stat().st_size >= end.offset + log_mod.ZERO_AHEAD_BYTES // 2
+    with caplog.at_level("DEBUG", logger="sixfold.storage.log"):
+        frames, scanned_end = read_all(tmp_path)
+    assert [p for _, _, p in frames] == data and scanned_end == end
+    assert "truncating" not in caplog.text and "zeroed-ahead" in caplog.text
+    write_frames(tmp_path, [b"after-crash"])
+    frames, _ = read_all(tmp_path)
+    assert [p for _, _, p in frames] == data + [b"after-crash"]
+    assert path.stat().st_size == frames[-1][0].offset + FRAME_HEADER.size + len(b"after-crash")  # closed: cut

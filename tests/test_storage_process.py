@@ -126,7 +126,10 @@ def test_stale_epoch_is_refused_for_append_and_get_page(storage_cluster_factory)
 
 
 def last_log(node: StorageNodeProcess):
+    """The stopped node's last log file, ending at its last frame: a killed node leaves its
+    zeroed-ahead space after it (cut here as a restart would), so appending goes right after."""
     directory = node.data_dir / "log"
+    scan_log(directory, LogPosition(list_log_files(directory)[0], 0), lambda pos, t, p: None)
     return log_file_path(directory, list_log_files(directory)[-1])
 
 

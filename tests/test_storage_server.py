@@ -136,3 +136,36 @@ def test_bad_baselines_are_refused_over_grpc(tmp_path):
             await stop(node, server, channel)
 
     asyncio.run(run())
+
+
+def test_scl_moves_are_not_pushed_to_a_stream_of_an_older_epoch(tmp_path):
+    """A newer writer's SCL counts its own records; the fenced writer's stream must not get it."""
+    async def run():
+        node, server, channel, stub = await start(tmp_path)
+        try:
+            old_chain = ChainBuilder(epoch=1)
+            old = stub.Append()
+            await old.write(append_request(1, {0: [old_chain.full(lsn, 1, page_image(lsn)) for lsn in range(1, 6)]},
+                                           members=MEMBERS))
+            ack = await old.read()
+            assert ack.error == pb.OK and ack.segments[0].scl == 5
+            bump = await stub.BumpEpoch(pb.BumpEpochRequest(volume_id="vol-test", segment=0, new_epoch=2,
+                                                            owner="writer-2"))
+            assert bump.error == pb.OK
+            new_chain = ChainBuilder(epoch=2)
+            new_chain.prev_lsn = 5
+            new = stub.Append()
+            await new.write(append_request(1, {0: [new_chain.full(lsn, 1, page_image(lsn)) for lsn in range(6, 11)]},
+                                           epoch=2, writer="writer-2"))
+            ack = await new.read()
+            assert ack.error == pb.OK and ack.segments[0].scl == 10  # durable: the SCL move was announced
+            # the old writer tries once more: its stream's next message is the refusal, no SCL 10 before it
+            await old.write(append_request(2, {0: [old_chain.full(11, 1, page_image(11))]}))
+            ack = await old.read()
+            assert ack.error == pb.STALE_EPOCH and not ack.segments, ack
+            old.cancel()
+            new.cancel()
+        finally:
+            await stop(node, server, channel)
+
+    asyncio.run(run())

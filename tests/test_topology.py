@@ -24,7 +24,9 @@ def test_default_cluster_nodes_and_addresses():
     assert by_name["reader-1"].address == "127.1.2.101:7200"
     assert by_name["coordinator-1-3"].address == "127.1.3.200:7300"
     assert raft_address(by_name["coordinator-1-3"]) == "127.1.3.200:7301"
-    assert router_addresses(nodes) == {"writer": "127.1.0.200:7400", "reader": "127.1.0.200:7401"}
+    assert router_addresses(nodes) == {"writer": "127.1.0.200:7400", "reader": "127.1.0.200:7401",
+                                       "writer-pg": "127.1.0.200:8400", "reader-pg": "127.1.0.200:8401"}
+    assert by_name["reader-1"].pg_address == "127.1.2.101:8200"
     for n in nodes:  # the address says where the node lives
         _, region, az, _ = n.host.split(".")
         assert (int(region), int(az)) == (n.region, n.az)
@@ -86,7 +88,10 @@ def test_endpoints():
         ("writer-1", "instance", "writer-1"), ("reader-1", "instance", "reader-1"),
         ("reader-2", "instance", "reader-2")]
     assert eps[0].to_dict() == {"name": "writer", "kind": "writer", "host": "127.1.0.200", "port": 7400,
-                                "target": "router", "address": "127.1.0.200:7400"}
+                                "target": "router", "address": "127.1.0.200:7400", "pg_port": 8400,
+                                "pg_address": "127.1.0.200:8400",
+                                "dsn": "postgresql://sixfold@127.1.0.200:8400/sixfold"}
+    assert eps[3].pg_address == "127.1.2.101:8200"
     no_readers = endpoints_of(nodes_of(ClusterSpec(readers=0)))
     assert no_readers[1].name == "reader" and no_readers[1].address == "127.1.0.200:7401"
 

@@ -1,4 +1,4 @@
-"""`sixfold chaos kill|pause|resume|restart|partition|heal|log`: faults aimed at nodes, AZs or sets.
+"""`sixfold chaos kill|pause|resume|restart|partition|heal|log|run`: faults aimed at nodes, AZs or sets.
 
 Every action is appended to <data-dir>/chaos.log as a JSON line (ts, unix_s,
 action, targets, ok, detail), which the chaos harness reads.
@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from sixfold.cli.chaos_run import run_cmd
 from sixfold.cli.common import (CONTEXT, CliError, cluster_dir, data_dir_option, json_option, out, print_json,
                                 reports_errors)
 from sixfold.runtime import local
@@ -169,3 +170,6 @@ def log_cmd(data_dir, last, as_json) -> None:
         table.add_row(e["ts"], e["action"], "yes" if e.get("ok") else "[red]no[/red]", ", ".join(e["targets"]),
                       detail.replace("[", "\\["))
     out.print(table)
+
+
+chaos.add_command(run_cmd)

@@ -1,4 +1,4 @@
-"""`sixfold up | down | status | endpoints | settings`: the local cluster's life cycle."""
+"""`sixfold up | down | status | endpoints | endpoint | failover | settings`: the local cluster's life cycle."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ UP_SETTINGS = [s.name for s in SETTINGS if s.name != "data_dir"]
 
 def endpoints_table(endpoints: list[Endpoint]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for col in ("endpoint", "kind", "address", "instance"):
+    for col in ("endpoint", "kind", "address", "postgresql", "instance"):
         table.add_column(col)
     for e in endpoints:
-        table.add_row(e.name, e.kind, e.address, e.target)
+        kind = f"custom {e.type} ({','.join(e.members)})" if e.kind == "custom" else e.kind
+        table.add_row(e.name, kind, e.address, e.pg_address or "-", e.target)
     return table
 
 
@@ -167,14 +168,103 @@ def endpoints(data_dir: Path | None, as_json: bool) -> None:
     The writer and reader endpoints are the coordinators' router on the region's
     endpoint address (127.<region>.0.200): the writer endpoint forwards to the current
     writer (a client that reconnects after a failover reaches the new one), the reader
-    endpoint round-robins over healthy readers (the writer when there are none). The
-    instance column shows where they point now.
+    endpoint round-robins over healthy readers (the writer when there are none). Custom
+    endpoints (`sixfold endpoint create`) round-robin over their members. The instance
+    column shows where they point now. The postgresql column is the same endpoint for
+    PostgreSQL clients (psql, psycopg, pgbench, ...); --json adds a ready-to-use `dsn`
+    with the cluster's password (kept in DATA_DIR/pg_password).
     """
     eps = local.endpoints(cluster_dir(data_dir))
     if as_json:
         print_json([e.to_dict() for e in eps])
     else:
         out.print(endpoints_table(eps))
+
+
+@click.group("endpoint", context_settings=CONTEXT)
+def endpoint() -> None:
+    """Custom endpoints: a named subset of the instances on its own router address."""
+
+
+@endpoint.command("create", context_settings=CONTEXT)
+@data_dir_option
+@click.argument("name")
+@click.option("--type", "kind", type=click.Choice(["reader", "any"]), default="reader", show_default=True,
+              help="reader: route only to members that are readers now; any: readers and the writer.")
+@click.option("--members", required=True, help="Instance names, comma-separated (see `sixfold endpoints`).")
+@json_option
+@reports_errors
+def endpoint_create(data_dir: Path | None, name: str, kind: str, members: str, as_json: bool) -> None:
+    """Create the custom endpoint NAME over --members.
+
+    Every coordinator replica's router listens on it (127.<region>.0.200, a port from
+    compute port + 210) and on its PostgreSQL twin NAME-pg (16 ports up); new connections
+    are balanced over the members that are healthy and of the right role. A member
+    promoted to writer leaves a `reader` endpoint.
+    """
+    names = [m.strip() for m in members.split(",") if m.strip()]
+    e = local.create_endpoint(cluster_dir(data_dir), name, kind, names)
+    if as_json:
+        print_json(e.to_dict())
+    else:
+        out.print(f"custom endpoint [bold]{e.name}[/bold] ({e.type}: {', '.join(e.members)}) on {e.address}")
+
+
+@endpoint.command("delete", context_settings=CONTEXT)
+@data_dir_option
+@click.argument("name")
+@json_option
+@reports_errors
+def endpoint_delete(data_dir: Path | None, name: str, as_json: bool) -> None:
+    """Delete the custom endpoint NAME (its open connections are closed)."""
+    local.delete_endpoint(cluster_dir(data_dir), name)
+    if as_json:
+        print_json({"deleted": name})
+    else:
+        out.print(f"deleted the custom endpoint {name}")
+
+
+@click.group("replica", context_settings=CONTEXT)
+def replica() -> None:
+    """Add or remove a reader (a replica) while the cluster runs."""
+
+
+@replica.command("add", context_settings=CONTEXT)
+@data_dir_option
+@click.option("--az", type=click.IntRange(1), default=None, help="AZ of the new reader [default: the next in turn].")
+@click.option("--tier", type=click.IntRange(0, 15), default=None,
+              help="Promotion tier 0-15, lower is promoted first [default: its reader number].")
+@json_option
+@reports_errors
+def replica_add(data_dir: Path | None, az: int | None, tier: int | None, as_json: bool) -> None:
+    """Start a new reader and add it to the coordinators' catalog.
+
+    It follows the current writer at once; the reader endpoint balances over it as
+    soon as its health checks pass. Readers hold no data: it reads the shared volume.
+    """
+    result = local.add_replica(cluster_dir(data_dir), az, tier, progress=progress_printer(not as_json))
+    if as_json:
+        print_json(result)
+    else:
+        out.print(f"added [bold]{result['name']}[/bold] in AZ {result['az']} on {result['address']} "
+                  f"(promotion tier {result['tier']})")
+
+
+@replica.command("remove", context_settings=CONTEXT)
+@data_dir_option
+@click.argument("name")
+@json_option
+@reports_errors
+def replica_remove(data_dir: Path | None, name: str, as_json: bool) -> None:
+    """Remove the reader NAME: out of the catalog and the endpoints first, then stopped.
+
+    The writer cannot be removed: fail over first (`sixfold failover`).
+    """
+    result = local.remove_replica(cluster_dir(data_dir), name, progress=progress_printer(not as_json))
+    if as_json:
+        print_json(result)
+    else:
+        out.print(f"removed {name}")
 
 
 @click.command("failover", context_settings=CONTEXT)

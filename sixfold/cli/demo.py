@@ -39,7 +39,7 @@ from sixfold.runtime import local, procs
 from sixfold.runtime.layout import ClusterDir
 from sixfold.runtime.probe import probe_compute
 from sixfold.runtime.settings import BY_NAME
-from sixfold.runtime.topology import COMPUTE, READER, STORAGE, WRITER, ClusterSpec, NodeSpec, nodes_of
+from sixfold.runtime.topology import COMPUTE, READER, STORAGE, WRITER, ClusterSpec, NodeSpec, listen_addresses, nodes_of
 
 WRITER_THREADS = 2
 READER_THREADS = 2
@@ -53,7 +53,7 @@ def pick_ports(spec: ClusterSpec) -> ClusterSpec:
     rng = random.Random()
     candidate = spec
     for _ in range(PORT_TRIES_MAX):
-        if not any(procs.port_taken(n.host, n.port) for n in nodes_of(candidate)):
+        if not any(procs.port_taken(host, port) for host, port in listen_addresses(nodes_of(candidate))):
             return candidate
         base = rng.randrange(20_000, 40_000, 2)
         candidate = ClusterSpec.from_dict({**spec.to_dict(), "storage_port": base, "compute_port": base + 1})

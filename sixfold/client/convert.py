@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sixfold.rpc import storage_pb2 as pb
 from sixfold.volume.epochs import Truncation
+from sixfold.volume.membership import COPIES, Membership
 from sixfold.volume.recovery import MemberState
 
 
@@ -29,4 +30,15 @@ def member_state(member: str, state: pb.SegmentState) -> MemberState:
         highest_lsn=state.highest_lsn,
         vdl_hint=state.vdl_hint,
         truncations=truncations_from_pb(state.truncations),
+        membership=membership_of(state),
     )
+
+
+def membership_of(state: pb.SegmentState) -> Membership | None:
+    """The PG membership a replica reports (None: a replica that does not know one yet)."""
+    if len(state.members) != COPIES or len(set(state.members)) != COPIES:
+        return None
+    try:
+        return Membership(state.membership_epoch, tuple(state.members), tuple(state.next_members))
+    except ValueError:
+        return None

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import grpc
 
+from sixfold import unsafe
 from sixfold.client.channels import ChannelPool
 from sixfold.client.convert import truncations_to_pb
+from sixfold.client.membership import MembershipChanger
 from sixfold.client.errors import CommitTimeoutError, FencedError, ReadUnavailableError, StorageError
 from sixfold.client.recovery import RecoveredVolume, recover_volume
 from sixfold.rpc import storage_pb2 as pb
@@ -94,16 +96,18 @@ class _MemberStream:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    def push(self, segment: int, encoded: bytes) -> None:
-        if self.pending_bytes + len(encoded) > PENDING_MAX_BYTES:
+    def push(self, item: tuple[int, bytes], size_bytes: int) -> None:
+        """item: (segment, encoded record), shared by the PG's six streams."""
+        if self.pending_bytes + size_bytes > PENDING_MAX_BYTES:
             # never let a slow node hold the writer's memory: it catches up by gossip
             self.dropped_records += len(self.pending) + 1
             self.pending.clear()
             self.pending_bytes = 0
             return
-        self.pending.append((segment, encoded))
-        self.pending_bytes += len(encoded)
-        self._wakeup.set()
+        self.pending.append(item)
+        self.pending_bytes += size_bytes
+        if not self._wakeup.is_set():
+            self._wakeup.set()
 
     async def _run(self) -> None:
         while not self.client.closed:
@@ -142,6 +146,7 @@ class _MemberStream:
         call = stub.Append()
         self.sent_seq = self.acked_seq = 0
         reader = asyncio.get_running_loop().create_task(self._read_acks(call))
+        reader.add_done_callback(self._wake)  # one event for "work to send" and "the stream ended"
         first = True
         try:
             while True:
@@ -151,9 +156,7 @@ class _MemberStream:
                 idle = not self.pending and not self._must_announce
                 if idle or self.sent_seq - self.acked_seq >= MAX_INFLIGHT_BATCHES:
                     self._wakeup.clear()
-                    waiter = asyncio.ensure_future(self._wakeup.wait())
-                    await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
+                    await self._wakeup.wait()
                     continue
                 self.sent_seq += 1
                 request = self._take_batch(first, self.sent_seq)
@@ -163,20 +166,32 @@ class _MemberStream:
             reader.cancel()
             call.cancel()
 
+    def _wake(self, _task: asyncio.Task) -> None:
+        self._wakeup.set()
+
     def _take_batch(self, first: bool, batch_seq: int) -> pb.AppendRequest:
         client = self.client
+        if self.pending_bytes <= BATCH_MAX_BYTES:
+            taken, self.pending = self.pending, []  # the usual case: everything fits
+            self.pending_bytes = 0
+        else:
+            size = count = 0
+            for _, encoded in self.pending:
+                if size + len(encoded) > BATCH_MAX_BYTES and count:
+                    break
+                size += len(encoded)
+                count += 1
+            taken = self.pending[:count]
+            del self.pending[:count]
+            self.pending_bytes -= size
+        self._unacked.append((batch_seq, taken))
         by_segment: dict[int, list[bytes]] = {}
-        size = 0
-        taken = 0
-        for segment, encoded in self.pending:
-            if size + len(encoded) > BATCH_MAX_BYTES and taken:
-                break
-            by_segment.setdefault(segment, []).append(encoded)
-            size += len(encoded)
-            taken += 1
-        self._unacked.append((batch_seq, self.pending[:taken]))
-        del self.pending[:taken]
-        self.pending_bytes -= size
+        for segment, encoded in taken:
+            records = by_segment.get(segment)
+            if records is None:
+                by_segment[segment] = [encoded]
+            else:
+                records.append(encoded)
         if self._must_announce:
             self._must_announce = False
             mine = set(client.tracker.pg_segments_of(self.node.address))
@@ -204,7 +219,7 @@ class _MemberStream:
             if ack.error in (pb.STALE_EPOCH, pb.NOT_EPOCH_OWNER) or ack.node_epoch > self.client.epoch:
                 # a newer epoch: another writer recovered the volume. The SCLs in this ack may
                 # count *its* records (same LSNs, newer epoch), so they must never move our VDL
-                # (a storage node pushes SCL moves to every stream of the segment, stale ones too)
+                # (an ack of one of our own batches reports the segment's SCL as it is now)
                 self.client._on_fenced(self.node, ack)
                 return
             if ack.error != pb.OK:
@@ -214,7 +229,8 @@ class _MemberStream:
             while self._unacked and self._unacked[0][0] <= self.acked_seq:
                 self._unacked.popleft()
             self.client._on_ack(self.node, ack)
-            self._wakeup.set()
+            if self.pending or self._must_announce:
+                self._wakeup.set()  # room in the window for what waits (else push wakes the sender)
 
 
 class QuorumClient:
@@ -230,10 +246,16 @@ class QuorumClient:
         self.history: tuple = ()
         self.closed = False
         self.fenced: str | None = None
+        self.fencing_ignored = False   # only with SIXFOLD_UNSAFE_IGNORE_FENCING (see sixfold/unsafe.py)
+        if unsafe.enabled():
+            log.critical("UNSAFE fault injection is on: %s (see sixfold/unsafe.py)", ", ".join(unsafe.enabled()))
         self.recovered: RecoveredVolume | None = None
         self._streams: dict[str, _MemberStream] = {}
         self._node_by_address = {n.address: n for n in self.nodes}
-        self._waiters: list[tuple[int, int, asyncio.Future]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []          # by LSN
+        self._deadlines: list[tuple[float, int, int, asyncio.Future]] = []  # by deadline (monotonic s)
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer_at = 0.0
         self._waiter_ids = itertools.count()
         self._room = asyncio.Event()
         self.commits = 0
@@ -245,6 +267,7 @@ class QuorumClient:
         self.read_floor_provider = None   # callable -> the compute node's oldest pinned read LSN
         self._vdl_listeners: list = []
         self.records_sent = 0
+        self.membership = MembershipChanger(self)   # replaces storage nodes when the coordinator asks
 
     # --- life cycle ---------------------------------------------------------------
     async def open_writer(self) -> RecoveredVolume:
@@ -257,8 +280,9 @@ class QuorumClient:
         self.epoch = recovered.epoch
         self.history = recovered.history
         self.tracker = VolumeTracker(recovered.vdl, recovered.segment_tails, self.settings.lal_records)
-        for segment, members in recovered.segment_members.items():
-            self.tracker.add_pg(segment, members)
+        for segment, membership in recovered.segment_memberships.items():
+            self.tracker.add_pg(segment, membership.members)
+            self.tracker.set_membership(segment, membership)  # the placement was only the start
         for node in self.nodes:
             stream = self._streams[node.address] = _MemberStream(self, node)
             stream.start()
@@ -270,6 +294,7 @@ class QuorumClient:
         self.closed = True
         with self._cond:
             self._cond.notify_all()
+        await self.membership.close()
         for stream in self._streams.values():
             await stream.stop()
         self._fail_waiters(StorageError("the quorum client was closed"))
@@ -283,7 +308,8 @@ class QuorumClient:
     def _segment_members(self, segment: int) -> tuple[str, ...]:
         with self._cond:   # re-entrant use from issue_from_thread is fine: Condition wraps an RLock
             if not self.tracker.has_pg(segment):
-                self.tracker.add_pg(segment, tuple(n.address for n in place_segment(segment, self.nodes)))
+                placed = tuple(n.address for n in place_segment(segment, self.nodes))
+                self.tracker.add_pg(segment, self.membership.initial_members(placed))
             return self.tracker.pg(segment).members
 
     async def commit(self, writes: list[PageWrite]) -> int:
@@ -368,9 +394,11 @@ class QuorumClient:
 
     def _push_issued(self, encoded: list[tuple[int, LogRecord, bytes]]) -> None:
         """On the loop: into every member's boxcar, and to the redo listeners."""
+        streams = self._streams
         for segment, record, blob in encoded:
+            item = (segment, blob)
             for member in self.tracker.pg(segment).members:
-                self._streams[member].push(segment, blob)
+                streams[member].push(item, len(blob))
             for listener in self._record_listeners:
                 listener(record)
         self.records_sent += len(encoded)
@@ -386,18 +414,50 @@ class QuorumClient:
         await self._wait_durable(lsn, deadline)
         self.commits += commits
 
+    def _unsafe_ack(self) -> bool:
+        """A test build's deliberate bug (sixfold/unsafe.py): commits acknowledged without a quorum."""
+        return unsafe.ACK_BEFORE_QUORUM or self.fencing_ignored
+
     async def _wait_durable(self, lsn: int, deadline: float) -> None:
-        if self.tracker.is_durable(lsn):
+        if self.tracker.is_durable(lsn) or self._unsafe_ack():
             return
         future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (lsn, next(self._waiter_ids), future))
-        try:
-            await asyncio.wait_for(asyncio.shield(future), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+        waiter_id = next(self._waiter_ids)
+        heapq.heappush(self._waiters, (lsn, waiter_id, future))
+        # no timer per commit: one timer for the earliest deadline (_expire_waiters)
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][3].done():
+            heapq.heappop(deadlines)  # resolved long ago: keeps the heap at about the waiters in flight
+        heapq.heappush(deadlines, (deadline, waiter_id, lsn, future))
+        if self._deadline_timer is None or deadline < self._deadline_timer_at:
+            self._arm_deadline_timer(deadline)
+        await future
+
+    def _arm_deadline_timer(self, deadline: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_timer_at = deadline
+        self._deadline_timer = asyncio.get_running_loop().call_later(
+            max(0.0, deadline - time.monotonic()), self._expire_waiters)
+
+    def _expire_waiters(self) -> None:
+        """Fails the waiters whose deadline passed; re-arms the timer for the next one."""
+        self._deadline_timer = None
+        now = time.monotonic()
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, _, lsn, future = deadlines[0]
+            if not future.done() and deadline > now:
+                self._arm_deadline_timer(deadline)
+                return
+            heapq.heappop(deadlines)
+            if future.done():
+                continue
             if self.fenced:
-                raise FencedError(self.fenced) from None
-            raise CommitTimeoutError(self._quorum_report(f"commit LSN {lsn} is not durable after "
-                                                         f"{self.settings.commit_timeout_s:.1f} s")) from None
+                future.set_exception(FencedError(self.fenced))
+            else:
+                future.set_exception(CommitTimeoutError(self._quorum_report(
+                    f"commit LSN {lsn} is not durable after {self.settings.commit_timeout_s:.1f} s")))
 
     def _quorum_report(self, what: str) -> str:
         lines = [what + "; its outcome is unknown until a write quorum returns."]
@@ -431,6 +491,19 @@ class QuorumClient:
         self._vdl_listeners.append(listener)
 
     def _on_fenced(self, node: StorageNodeInfo, ack: pb.AppendAck) -> None:
+        if unsafe.IGNORE_FENCING:
+            if not self.fencing_ignored:
+                log.critical("UNSAFE: writer %s at epoch %d was fenced (node %s is at epoch %d) and ignores it: "
+                             "from now on it acknowledges commits that storage refused",
+                             self.writer_id, self.epoch, node.address, ack.node_epoch)
+            self.fencing_ignored = True
+            with self._cond:
+                self._cond.notify_all()
+            while self._waiters:
+                future = heapq.heappop(self._waiters)[2]
+                if not future.done():
+                    future.set_result(self.tracker.vdl)
+            return
         if self.fenced:
             return
         self.fenced = (f"writer {self.writer_id} at epoch {self.epoch} was fenced: node {node.address} is at "
@@ -442,6 +515,10 @@ class QuorumClient:
         self._room.set()
 
     def _fail_waiters(self, exc: Exception) -> None:
+        self._deadlines.clear()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         while self._waiters:
             _, _, future = heapq.heappop(self._waiters)
             if not future.done():

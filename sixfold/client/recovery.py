@@ -22,6 +22,7 @@ from sixfold.client.errors import RecoveryError
 from sixfold.rpc import storage_pb2 as pb
 from sixfold.volume import recovery as decide
 from sixfold.volume.epochs import Truncation, merge_histories
+from sixfold.volume.membership import Membership, has_read_quorum, has_write_quorum
 from sixfold.volume.placement import StorageNodeInfo, place_segment
 from sixfold.volume.quorum import READ_QUORUM, WRITE_QUORUM
 from sixfold.volume.records import decode_records, encode_records
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 FETCH_MAX_RECORDS = 2000
 FETCH_MAX_BYTES = 8 * 1024 * 1024
 PARALLEL_SEGMENTS_MAX = 32
+MEMBERSHIP_ROUNDS_MAX = 4
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class RecoveredVolume:
     baseline: int
     history: tuple[Truncation, ...]
     segment_tails: dict[int, int]
-    segment_members: dict[int, tuple[str, ...]]
+    segment_memberships: dict[int, Membership]
     discarded_lsns: int
     duration_s: float
 
@@ -89,21 +91,39 @@ async def recover_volume(
     epoch = decide.choose_epoch(all_states)
     history = merge_histories(decide.merged_history(all_states))
     segments = sorted(seen)
-    members = {seg: tuple(n.address for n in place_segment(seg, nodes)) for seg in segments}
+    # the membership with the highest epoch any replica reports; the placement is only the start
+    memberships = {
+        seg: decide.current_membership(seen[seg], Membership(0, tuple(n.address for n in place_segment(seg, nodes))))
+        for seg in segments
+    }
     log.info("recovery: %d segment(s), new epoch %d", len(segments), epoch)
     gate = asyncio.Semaphore(PARALLEL_SEGMENTS_MAX)
 
     async def fence(seg: int) -> list[decide.MemberState]:
+        # A fenced write quorum meets every quorum a newer membership was recorded on
+        # (sixfold/volume/membership.py): when the replies name one, fence again under it.
+        for _ in range(MEMBERSHIP_ROUNDS_MAX):
+            fenced = await fence_once(seg, memberships[seg])
+            newer = decide.current_membership(fenced, memberships[seg])
+            if newer.epoch == memberships[seg].epoch:
+                return fenced
+            log.info("recovery: segment %d has membership %d, not %d: fencing again", seg, newer.epoch,
+                     memberships[seg].epoch)
+            memberships[seg] = newer
+        raise RecoveryError(f"segment {seg}: its membership kept changing during recovery; retry")
+
+    async def fence_once(seg: int, membership: Membership) -> list[decide.MemberState]:
+        members = membership.all_members()
         async with gate:
             request = pb.BumpEpochRequest(
                 volume_id=volume_id, segment=seg, new_epoch=epoch, owner=owner,
-                truncations=truncations_to_pb(history), members=list(members[seg]),
+                truncations=truncations_to_pb(history), members=list(membership.members),
             )
             replies = await asyncio.gather(*(
-                _call(pool.stub(m).BumpEpoch(request, timeout=rpc_timeout_s), rpc_timeout_s) for m in members[seg]
+                _call(pool.stub(m).BumpEpoch(request, timeout=rpc_timeout_s), rpc_timeout_s) for m in members
             ))
         fenced: list[decide.MemberState] = []
-        for member, reply in zip(members[seg], replies):
+        for member, reply in zip(members, replies):
             if reply is None:
                 continue
             if reply.error == pb.STALE_EPOCH:
@@ -113,10 +133,11 @@ async def recover_volume(
                 )
             if reply.error == pb.OK:
                 fenced.append(member_state(member, reply.state))
-        if len(fenced) < WRITE_QUORUM:
+        if not has_write_quorum(membership, {s.member for s in fenced}):
             raise RecoveryError(
-                f"segment {seg}: only {len(fenced)} of 6 members accepted epoch {epoch} "
-                f"(need {WRITE_QUORUM}); unreachable: {sorted(set(members[seg]) - {s.member for s in fenced})}"
+                f"segment {seg}: only {len(fenced)} of {len(members)} members accepted epoch {epoch} "
+                f"(need {WRITE_QUORUM} of 6{' in both quorum sets' if membership.transitional else ''}); "
+                f"unreachable: {sorted(set(members) - {s.member for s in fenced})}"
             )
         return fenced
 
@@ -145,8 +166,10 @@ async def recover_volume(
         async with gate:
             fetched = await asyncio.gather(*(fetch(seg, s.member) for s in fenced_by_seg[seg]))
         answered = [r for r in fetched if r is not None]
-        if len(answered) < READ_QUORUM:
-            raise RecoveryError(f"segment {seg}: only {len(answered)} members answered the read (need {READ_QUORUM})")
+        readers = {s.member for s, r in zip(fenced_by_seg[seg], fetched) if r is not None}
+        if not has_read_quorum(memberships[seg], readers):
+            raise RecoveryError(f"segment {seg}: only {len(answered)} members answered the read (need {READ_QUORUM} "
+                                f"of 6{' in both quorum sets' if memberships[seg].transitional else ''})")
         return decide.newest_copies([r for records in answered for r in records]), [s.scl for s in fenced_by_seg[seg]]
 
     reads = dict(zip(segments, await asyncio.gather(*(read_segment(s) for s in segments))))
@@ -166,9 +189,10 @@ async def recover_volume(
             request = pb.AppendRequest(
                 batch_seq=1, volume_id=volume_id, volume_epoch=epoch, writer_id=owner,
                 vdl_hint=baseline, truncations=truncations_to_pb(history),
-                segments=[pb.SegmentAppend(segment=seg, records=encode_records(list(records)), members=list(members[seg]))],
+                segments=[pb.SegmentAppend(segment=seg, records=encode_records(list(records)),
+                                           members=list(memberships[seg].members))],
             )
-        await _repair_segment(pool, volume_id, seg, members[seg], request, epoch, owner,
+        await _repair_segment(pool, volume_id, seg, memberships[seg], request, epoch, owner,
                               point.segment_tails.get(seg, 0), rpc_timeout_s, repair_timeout_s, gate)
 
     await asyncio.gather(*(repair(s) for s in segments))
@@ -177,19 +201,21 @@ async def recover_volume(
         async with gate:
             request = pb.TruncateRequest(volume_id=volume_id, segment=seg, epoch=epoch, owner=owner,
                                          start_lsn=point.vdl, baseline_lsn=point.baseline)
+            members = memberships[seg].all_members()
             replies = await asyncio.gather(*(
-                _call(pool.stub(m).Truncate(request, timeout=rpc_timeout_s), rpc_timeout_s) for m in members[seg]
+                _call(pool.stub(m).Truncate(request, timeout=rpc_timeout_s), rpc_timeout_s) for m in members
             ))
-        done = sum(1 for r in replies if r is not None and r.error == pb.OK)
-        if done < WRITE_QUORUM:
-            raise RecoveryError(f"segment {seg}: truncation reached {done} of 6 members (need {WRITE_QUORUM})")
+        done = {m for m, r in zip(members, replies) if r is not None and r.error == pb.OK}
+        if not has_write_quorum(memberships[seg], done):
+            raise RecoveryError(f"segment {seg}: truncation reached {len(done)} of {len(members)} members "
+                                f"(need {WRITE_QUORUM} of 6 in each quorum set)")
 
     await asyncio.gather(*(truncate(s) for s in segments))
     # (baseline, VDL] is re-stamped with our epoch on a write quorum: older copies there are stale
     history = merge_histories(history, (Truncation(epoch, point.vdl, point.baseline),))
     return RecoveredVolume(
         epoch=epoch, vdl=point.vdl, baseline=baseline, history=history,
-        segment_tails=point.segment_tails, segment_members=members,
+        segment_tails=point.segment_tails, segment_memberships=memberships,
         discarded_lsns=point.discarded_lsns, duration_s=time.monotonic() - started,
     )
 
@@ -209,8 +235,8 @@ async def _append_once(pool: ChannelPool, member: str, request: pb.AppendRequest
         call.cancel()
 
 
-async def _repair_segment(pool, volume_id, seg, members, request, epoch, owner, tail, rpc_timeout_s,
-                          timeout_s, gate) -> None:
+async def _repair_segment(pool, volume_id, seg, membership: Membership, request, epoch, owner, tail,
+                          rpc_timeout_s, timeout_s, gate) -> None:
     """Until a write quorum of members holds this recovery's copies up to the tail.
 
     A member counts only once *our* repair Append was acknowledged by it and it is
@@ -218,6 +244,7 @@ async def _repair_segment(pool, volume_id, seg, members, request, epoch, owner, 
     (not re-stamped) or SCL made by a newer writer must not count (see
     sixfold/volume/recovery.py)."""
     deadline = time.monotonic() + timeout_s
+    members = membership.all_members()
     appended: set[str] = set() if request is not None else set(members)
     state_request = pb.SegmentStateRequest(volume_id=volume_id, segments=[seg])
     confirmed: set[str] = set()
@@ -246,7 +273,7 @@ async def _repair_segment(pool, volume_id, seg, members, request, epoch, owner, 
                                         "a newer recovery took over")
                 if state.volume_epoch == epoch and state.scl >= tail:
                     confirmed.add(member)
-        if len(confirmed) >= WRITE_QUORUM:
+        if has_write_quorum(membership, confirmed):
             return
         if time.monotonic() > deadline:
             raise RecoveryError(

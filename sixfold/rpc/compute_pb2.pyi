@@ -118,7 +118,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "role", "region", "az", "address", "epoch", "vdl", "replica_lag_ms_p50", "replica_lag_ms_p99", "commits", "cached_pages", "health", "sessions", "writer_address")
+    __slots__ = ("node_id", "role", "region", "az", "address", "epoch", "vdl", "replica_lag_ms_p50", "replica_lag_ms_p99", "commits", "cached_pages", "health", "sessions", "writer_address", "issued_lsn")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +133,7 @@ class StatusResponse(_message.Message):
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     WRITER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_LSN_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     region: str
@@ -147,7 +148,8 @@ class StatusResponse(_message.Message):
     health: str
     sessions: int
     writer_address: str
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., region: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., replica_lag_ms_p50: _Optional[float] = ..., replica_lag_ms_p99: _Optional[float] = ..., commits: _Optional[int] = ..., cached_pages: _Optional[int] = ..., health: _Optional[str] = ..., sessions: _Optional[int] = ..., writer_address: _Optional[str] = ...) -> None: ...
+    issued_lsn: int
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., region: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., replica_lag_ms_p50: _Optional[float] = ..., replica_lag_ms_p99: _Optional[float] = ..., commits: _Optional[int] = ..., cached_pages: _Optional[int] = ..., health: _Optional[str] = ..., sessions: _Optional[int] = ..., writer_address: _Optional[str] = ..., issued_lsn: _Optional[int] = ...) -> None: ...
 
 class PromoteRequest(_message.Message):
     __slots__ = ("failover_id",)
@@ -182,3 +184,23 @@ class FollowResponse(_message.Message):
     outcome: str
     detail: str
     def __init__(self, outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ReplaceStorageNodeRequest(_message.Message):
+    __slots__ = ("old_address", "healthy_addresses")
+    OLD_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    old_address: str
+    healthy_addresses: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, old_address: _Optional[str] = ..., healthy_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReplaceStorageNodeResponse(_message.Message):
+    __slots__ = ("pgs_holding", "pgs_changing", "pgs_without_candidate", "detail")
+    PGS_HOLDING_FIELD_NUMBER: _ClassVar[int]
+    PGS_CHANGING_FIELD_NUMBER: _ClassVar[int]
+    PGS_WITHOUT_CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    pgs_holding: int
+    pgs_changing: int
+    pgs_without_candidate: int
+    detail: str
+    def __init__(self, pgs_holding: _Optional[int] = ..., pgs_changing: _Optional[int] = ..., pgs_without_candidate: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...

@@ -69,6 +69,11 @@ class ComputeStub:
                 request_serializer=sixfold_dot_rpc_dot_compute__pb2.FollowRequest.SerializeToString,
                 response_deserializer=sixfold_dot_rpc_dot_compute__pb2.FollowResponse.FromString,
                 _registered_method=True)
+        self.ReplaceStorageNode = channel.unary_unary(
+                '/sixfold.v1.Compute/ReplaceStorageNode',
+                request_serializer=sixfold_dot_rpc_dot_compute__pb2.ReplaceStorageNodeRequest.SerializeToString,
+                response_deserializer=sixfold_dot_rpc_dot_compute__pb2.ReplaceStorageNodeResponse.FromString,
+                _registered_method=True)
 
 
 class ComputeServicer:
@@ -116,6 +121,12 @@ class ComputeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplaceStorageNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ComputeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +164,11 @@ def add_ComputeServicer_to_server(servicer, server):
                     servicer.Follow,
                     request_deserializer=sixfold_dot_rpc_dot_compute__pb2.FollowRequest.FromString,
                     response_serializer=sixfold_dot_rpc_dot_compute__pb2.FollowResponse.SerializeToString,
+            ),
+            'ReplaceStorageNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplaceStorageNode,
+                    request_deserializer=sixfold_dot_rpc_dot_compute__pb2.ReplaceStorageNodeRequest.FromString,
+                    response_serializer=sixfold_dot_rpc_dot_compute__pb2.ReplaceStorageNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +360,33 @@ class Compute:
             '/sixfold.v1.Compute/Follow',
             sixfold_dot_rpc_dot_compute__pb2.FollowRequest.SerializeToString,
             sixfold_dot_rpc_dot_compute__pb2.FollowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaceStorageNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sixfold.v1.Compute/ReplaceStorageNode',
+            sixfold_dot_rpc_dot_compute__pb2.ReplaceStorageNodeRequest.SerializeToString,
+            sixfold_dot_rpc_dot_compute__pb2.ReplaceStorageNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

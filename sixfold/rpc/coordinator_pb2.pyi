@@ -25,16 +25,22 @@ class Instance(_message.Message):
     def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., az: _Optional[str] = ..., promotion_tier: _Optional[int] = ..., address: _Optional[str] = ..., health: _Optional[str] = ..., vdl: _Optional[int] = ...) -> None: ...
 
 class Endpoint(_message.Message):
-    __slots__ = ("name", "kind", "address", "targets")
+    __slots__ = ("name", "kind", "address", "targets", "type", "members", "pg_address")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TARGETS_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    PG_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     address: str
     targets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ...) -> None: ...
+    type: str
+    members: _containers.RepeatedScalarFieldContainer[str]
+    pg_address: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., type: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., pg_address: _Optional[str] = ...) -> None: ...
 
 class FailoverRecord(_message.Message):
     __slots__ = ("id", "from_instance", "to_instance", "reason", "state", "started_unix_s", "finished_unix_s", "epoch")
@@ -56,12 +62,28 @@ class FailoverRecord(_message.Message):
     epoch: int
     def __init__(self, id: _Optional[str] = ..., from_instance: _Optional[str] = ..., to_instance: _Optional[str] = ..., reason: _Optional[str] = ..., state: _Optional[str] = ..., started_unix_s: _Optional[float] = ..., finished_unix_s: _Optional[float] = ..., epoch: _Optional[int] = ...) -> None: ...
 
+class StorageNode(_message.Message):
+    __slots__ = ("name", "az", "address", "health", "down_s", "detail")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AZ_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    DOWN_S_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    az: str
+    address: str
+    health: str
+    down_s: float
+    detail: str
+    def __init__(self, name: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., health: _Optional[str] = ..., down_s: _Optional[float] = ..., detail: _Optional[str] = ...) -> None: ...
+
 class CatalogRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class CatalogResponse(_message.Message):
-    __slots__ = ("replica", "is_leader", "leader", "writer", "epoch", "instances", "endpoints", "failover", "failovers")
+    __slots__ = ("replica", "is_leader", "leader", "writer", "epoch", "instances", "endpoints", "failover", "failovers", "storage")
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     IS_LEADER_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +93,7 @@ class CatalogResponse(_message.Message):
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     FAILOVER_FIELD_NUMBER: _ClassVar[int]
     FAILOVERS_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
     replica: str
     is_leader: bool
     leader: str
@@ -80,7 +103,8 @@ class CatalogResponse(_message.Message):
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
     failover: FailoverRecord
     failovers: int
-    def __init__(self, replica: _Optional[str] = ..., is_leader: _Optional[bool] = ..., leader: _Optional[str] = ..., writer: _Optional[str] = ..., epoch: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., failover: _Optional[_Union[FailoverRecord, _Mapping]] = ..., failovers: _Optional[int] = ...) -> None: ...
+    storage: _containers.RepeatedCompositeFieldContainer[StorageNode]
+    def __init__(self, replica: _Optional[str] = ..., is_leader: _Optional[bool] = ..., leader: _Optional[str] = ..., writer: _Optional[str] = ..., epoch: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., failover: _Optional[_Union[FailoverRecord, _Mapping]] = ..., failovers: _Optional[int] = ..., storage: _Optional[_Iterable[_Union[StorageNode, _Mapping]]] = ...) -> None: ...
 
 class FailoverRequest(_message.Message):
     __slots__ = ("target",)
@@ -93,3 +117,39 @@ class FailoverResponse(_message.Message):
     FAILOVER_FIELD_NUMBER: _ClassVar[int]
     failover: FailoverRecord
     def __init__(self, failover: _Optional[_Union[FailoverRecord, _Mapping]] = ...) -> None: ...
+
+class CreateEndpointRequest(_message.Message):
+    __slots__ = ("name", "type", "members")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteEndpointRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteEndpointResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AddInstanceRequest(_message.Message):
+    __slots__ = ("instance",)
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    instance: Instance
+    def __init__(self, instance: _Optional[_Union[Instance, _Mapping]] = ...) -> None: ...
+
+class RemoveInstanceRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveInstanceResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -44,6 +44,26 @@ class CoordinatorStub:
                 request_serializer=sixfold_dot_rpc_dot_coordinator__pb2.FailoverRequest.SerializeToString,
                 response_deserializer=sixfold_dot_rpc_dot_coordinator__pb2.FailoverResponse.FromString,
                 _registered_method=True)
+        self.CreateEndpoint = channel.unary_unary(
+                '/sixfold.v1.Coordinator/CreateEndpoint',
+                request_serializer=sixfold_dot_rpc_dot_coordinator__pb2.CreateEndpointRequest.SerializeToString,
+                response_deserializer=sixfold_dot_rpc_dot_coordinator__pb2.Endpoint.FromString,
+                _registered_method=True)
+        self.DeleteEndpoint = channel.unary_unary(
+                '/sixfold.v1.Coordinator/DeleteEndpoint',
+                request_serializer=sixfold_dot_rpc_dot_coordinator__pb2.DeleteEndpointRequest.SerializeToString,
+                response_deserializer=sixfold_dot_rpc_dot_coordinator__pb2.DeleteEndpointResponse.FromString,
+                _registered_method=True)
+        self.AddInstance = channel.unary_unary(
+                '/sixfold.v1.Coordinator/AddInstance',
+                request_serializer=sixfold_dot_rpc_dot_coordinator__pb2.AddInstanceRequest.SerializeToString,
+                response_deserializer=sixfold_dot_rpc_dot_coordinator__pb2.Instance.FromString,
+                _registered_method=True)
+        self.RemoveInstance = channel.unary_unary(
+                '/sixfold.v1.Coordinator/RemoveInstance',
+                request_serializer=sixfold_dot_rpc_dot_coordinator__pb2.RemoveInstanceRequest.SerializeToString,
+                response_deserializer=sixfold_dot_rpc_dot_coordinator__pb2.RemoveInstanceResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -62,6 +82,32 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEndpoint(self, request, context):
+        """Custom endpoints: a named subset of the instances on its own router address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteEndpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddInstance(self, request, context):
+        """Replicas: a running reader joins the catalog; a reader (never the writer) leaves it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveInstance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +120,26 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Failover,
                     request_deserializer=sixfold_dot_rpc_dot_coordinator__pb2.FailoverRequest.FromString,
                     response_serializer=sixfold_dot_rpc_dot_coordinator__pb2.FailoverResponse.SerializeToString,
+            ),
+            'CreateEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEndpoint,
+                    request_deserializer=sixfold_dot_rpc_dot_coordinator__pb2.CreateEndpointRequest.FromString,
+                    response_serializer=sixfold_dot_rpc_dot_coordinator__pb2.Endpoint.SerializeToString,
+            ),
+            'DeleteEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEndpoint,
+                    request_deserializer=sixfold_dot_rpc_dot_coordinator__pb2.DeleteEndpointRequest.FromString,
+                    response_serializer=sixfold_dot_rpc_dot_coordinator__pb2.DeleteEndpointResponse.SerializeToString,
+            ),
+            'AddInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddInstance,
+                    request_deserializer=sixfold_dot_rpc_dot_coordinator__pb2.AddInstanceRequest.FromString,
+                    response_serializer=sixfold_dot_rpc_dot_coordinator__pb2.Instance.SerializeToString,
+            ),
+            'RemoveInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveInstance,
+                    request_deserializer=sixfold_dot_rpc_dot_coordinator__pb2.RemoveInstanceRequest.FromString,
+                    response_serializer=sixfold_dot_rpc_dot_coordinator__pb2.RemoveInstanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +196,114 @@ class Coordinator:
             '/sixfold.v1.Coordinator/Failover',
             sixfold_dot_rpc_dot_coordinator__pb2.FailoverRequest.SerializeToString,
             sixfold_dot_rpc_dot_coordinator__pb2.FailoverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sixfold.v1.Coordinator/CreateEndpoint',
+            sixfold_dot_rpc_dot_coordinator__pb2.CreateEndpointRequest.SerializeToString,
+            sixfold_dot_rpc_dot_coordinator__pb2.Endpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sixfold.v1.Coordinator/DeleteEndpoint',
+            sixfold_dot_rpc_dot_coordinator__pb2.DeleteEndpointRequest.SerializeToString,
+            sixfold_dot_rpc_dot_coordinator__pb2.DeleteEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sixfold.v1.Coordinator/AddInstance',
+            sixfold_dot_rpc_dot_coordinator__pb2.AddInstanceRequest.SerializeToString,
+            sixfold_dot_rpc_dot_coordinator__pb2.Instance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sixfold.v1.Coordinator/RemoveInstance',
+            sixfold_dot_rpc_dot_coordinator__pb2.RemoveInstanceRequest.SerializeToString,
+            sixfold_dot_rpc_dot_coordinator__pb2.RemoveInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -123,7 +123,7 @@ class GetPageResponse(_message.Message):
     def __init__(self, error: _Optional[_Union[ErrorCode, str]] = ..., detail: _Optional[str] = ..., exists: _Optional[bool] = ..., data: _Optional[bytes] = ..., page_lsn: _Optional[int] = ..., scl: _Optional[int] = ...) -> None: ...
 
 class SegmentState(_message.Message):
-    __slots__ = ("segment", "volume_epoch", "epoch_owner", "scl", "highest_lsn", "vdl_hint", "truncations", "members", "record_count", "oldest_version_lsn")
+    __slots__ = ("segment", "volume_epoch", "epoch_owner", "scl", "highest_lsn", "vdl_hint", "truncations", "members", "record_count", "oldest_version_lsn", "membership_epoch", "next_members", "materialised_lsn", "records_gc_lsn")
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     VOLUME_EPOCH_FIELD_NUMBER: _ClassVar[int]
     EPOCH_OWNER_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +134,10 @@ class SegmentState(_message.Message):
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     RECORD_COUNT_FIELD_NUMBER: _ClassVar[int]
     OLDEST_VERSION_LSN_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MATERIALISED_LSN_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_GC_LSN_FIELD_NUMBER: _ClassVar[int]
     segment: int
     volume_epoch: int
     epoch_owner: str
@@ -144,7 +148,11 @@ class SegmentState(_message.Message):
     members: _containers.RepeatedScalarFieldContainer[str]
     record_count: int
     oldest_version_lsn: int
-    def __init__(self, segment: _Optional[int] = ..., volume_epoch: _Optional[int] = ..., epoch_owner: _Optional[str] = ..., scl: _Optional[int] = ..., highest_lsn: _Optional[int] = ..., vdl_hint: _Optional[int] = ..., truncations: _Optional[_Iterable[_Union[Truncation, _Mapping]]] = ..., members: _Optional[_Iterable[str]] = ..., record_count: _Optional[int] = ..., oldest_version_lsn: _Optional[int] = ...) -> None: ...
+    membership_epoch: int
+    next_members: _containers.RepeatedScalarFieldContainer[str]
+    materialised_lsn: int
+    records_gc_lsn: int
+    def __init__(self, segment: _Optional[int] = ..., volume_epoch: _Optional[int] = ..., epoch_owner: _Optional[str] = ..., scl: _Optional[int] = ..., highest_lsn: _Optional[int] = ..., vdl_hint: _Optional[int] = ..., truncations: _Optional[_Iterable[_Union[Truncation, _Mapping]]] = ..., members: _Optional[_Iterable[str]] = ..., record_count: _Optional[int] = ..., oldest_version_lsn: _Optional[int] = ..., membership_epoch: _Optional[int] = ..., next_members: _Optional[_Iterable[str]] = ..., materialised_lsn: _Optional[int] = ..., records_gc_lsn: _Optional[int] = ...) -> None: ...
 
 class SegmentStateRequest(_message.Message):
     __slots__ = ("volume_id", "segments")
@@ -207,6 +215,70 @@ class TruncateRequest(_message.Message):
     start_lsn: int
     baseline_lsn: int
     def __init__(self, volume_id: _Optional[str] = ..., segment: _Optional[int] = ..., epoch: _Optional[int] = ..., owner: _Optional[str] = ..., start_lsn: _Optional[int] = ..., baseline_lsn: _Optional[int] = ...) -> None: ...
+
+class ChangeMembershipRequest(_message.Message):
+    __slots__ = ("volume_id", "segment", "volume_epoch", "owner", "membership_epoch", "members", "next_members", "truncations")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATIONS_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    segment: int
+    volume_epoch: int
+    owner: str
+    membership_epoch: int
+    members: _containers.RepeatedScalarFieldContainer[str]
+    next_members: _containers.RepeatedScalarFieldContainer[str]
+    truncations: _containers.RepeatedCompositeFieldContainer[Truncation]
+    def __init__(self, volume_id: _Optional[str] = ..., segment: _Optional[int] = ..., volume_epoch: _Optional[int] = ..., owner: _Optional[str] = ..., membership_epoch: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., next_members: _Optional[_Iterable[str]] = ..., truncations: _Optional[_Iterable[_Union[Truncation, _Mapping]]] = ...) -> None: ...
+
+class FetchPagesRequest(_message.Message):
+    __slots__ = ("volume_id", "segment", "at_lsn", "from_page", "max_bytes")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    AT_LSN_FIELD_NUMBER: _ClassVar[int]
+    FROM_PAGE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    segment: int
+    at_lsn: int
+    from_page: int
+    max_bytes: int
+    def __init__(self, volume_id: _Optional[str] = ..., segment: _Optional[int] = ..., at_lsn: _Optional[int] = ..., from_page: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
+
+class PageImage(_message.Message):
+    __slots__ = ("page", "lsn", "epoch", "data")
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    page: int
+    lsn: int
+    epoch: int
+    data: bytes
+    def __init__(self, page: _Optional[int] = ..., lsn: _Optional[int] = ..., epoch: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class FetchPagesResponse(_message.Message):
+    __slots__ = ("error", "detail", "at_lsn", "pages", "has_more", "next_page", "state")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    AT_LSN_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    error: ErrorCode
+    detail: str
+    at_lsn: int
+    pages: _containers.RepeatedCompositeFieldContainer[PageImage]
+    has_more: bool
+    next_page: int
+    state: SegmentState
+    def __init__(self, error: _Optional[_Union[ErrorCode, str]] = ..., detail: _Optional[str] = ..., at_lsn: _Optional[int] = ..., pages: _Optional[_Iterable[_Union[PageImage, _Mapping]]] = ..., has_more: _Optional[bool] = ..., next_page: _Optional[int] = ..., state: _Optional[_Union[SegmentState, _Mapping]] = ...) -> None: ...
 
 class FetchRecordsRequest(_message.Message):
     __slots__ = ("volume_id", "segment", "after_lsn", "up_to_lsn", "max_records", "max_bytes")

@@ -64,6 +64,16 @@ class StorageStub:
                 request_serializer=sixfold_dot_rpc_dot_storage__pb2.FetchRecordsRequest.SerializeToString,
                 response_deserializer=sixfold_dot_rpc_dot_storage__pb2.FetchRecordsResponse.FromString,
                 _registered_method=True)
+        self.ChangeMembership = channel.unary_unary(
+                '/sixfold.v1.Storage/ChangeMembership',
+                request_serializer=sixfold_dot_rpc_dot_storage__pb2.ChangeMembershipRequest.SerializeToString,
+                response_deserializer=sixfold_dot_rpc_dot_storage__pb2.SegmentStateReply.FromString,
+                _registered_method=True)
+        self.FetchPages = channel.unary_unary(
+                '/sixfold.v1.Storage/FetchPages',
+                request_serializer=sixfold_dot_rpc_dot_storage__pb2.FetchPagesRequest.SerializeToString,
+                response_deserializer=sixfold_dot_rpc_dot_storage__pb2.FetchPagesResponse.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/sixfold.v1.Storage/Health',
                 request_serializer=sixfold_dot_rpc_dot_storage__pb2.HealthRequest.SerializeToString,
@@ -110,6 +120,18 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChangeMembership(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchPages(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Health(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -148,6 +170,16 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.FetchRecords,
                     request_deserializer=sixfold_dot_rpc_dot_storage__pb2.FetchRecordsRequest.FromString,
                     response_serializer=sixfold_dot_rpc_dot_storage__pb2.FetchRecordsResponse.SerializeToString,
+            ),
+            'ChangeMembership': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeMembership,
+                    request_deserializer=sixfold_dot_rpc_dot_storage__pb2.ChangeMembershipRequest.FromString,
+                    response_serializer=sixfold_dot_rpc_dot_storage__pb2.SegmentStateReply.SerializeToString,
+            ),
+            'FetchPages': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchPages,
+                    request_deserializer=sixfold_dot_rpc_dot_storage__pb2.FetchPagesRequest.FromString,
+                    response_serializer=sixfold_dot_rpc_dot_storage__pb2.FetchPagesResponse.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -317,6 +349,60 @@ class Storage:
             '/sixfold.v1.Storage/FetchRecords',
             sixfold_dot_rpc_dot_storage__pb2.FetchRecordsRequest.SerializeToString,
             sixfold_dot_rpc_dot_storage__pb2.FetchRecordsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeMembership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sixfold.v1.Storage/ChangeMembership',
+            sixfold_dot_rpc_dot_storage__pb2.ChangeMembershipRequest.SerializeToString,
+            sixfold_dot_rpc_dot_storage__pb2.SegmentStateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchPages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sixfold.v1.Storage/FetchPages',
+            sixfold_dot_rpc_dot_storage__pb2.FetchPagesRequest.SerializeToString,
+            sixfold_dot_rpc_dot_storage__pb2.FetchPagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,6 +83,19 @@ class ClusterDir:
         """Short, stable id of this data dir (names cgroups and the iptables chain)."""
         return hashlib.sha1(str(self.root).encode()).hexdigest()[:8]
 
+    @property
+    def pg_password_file(self) -> Path:
+        return self.root / "pg_password"
+
+    def pg_password(self) -> str:
+        """The PostgreSQL password of the cluster's user: made at the first `up`, kept (0600) in the data dir."""
+        path = self.pg_password_file
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(18))
+        return path.read_text().strip()
+
     def node_dir(self, name: str) -> Path:
         return self.root / "nodes" / name
 
@@ -90,6 +104,17 @@ class ClusterDir:
 
     def node_log(self, name: str) -> Path:
         return self.node_dir(name) / "node.log"
+
+    @property
+    def requests_dir(self) -> Path:
+        """Changes the CLI asks of the running supervisor (add or remove a node), one JSON file each."""
+        return self.root / "requests"
+
+    def post_request(self, request: dict) -> None:
+        self.requests_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.requests_dir / f".{os.getpid()}-{time.monotonic_ns()}.tmp"
+        tmp.write_text(json.dumps(request))
+        tmp.rename(self.requests_dir / f"{time.time_ns()}.json")   # the supervisor sees only whole files
 
     def marker(self, name: str, kind: str) -> Path:
         return self.node_dir(name) / kind

@@ -29,9 +29,10 @@ from sixfold.runtime import partition, procs
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_PAUSED, MARKER_RESTART, MARKERS,
                                     RUNNING, STARTING, STATE_FORMAT, STOPPED, STOPPING, ClusterDir, StateError, tail)
 from sixfold.runtime.probe import probe, probe_many
-from sixfold.runtime.topology import (COMPUTE, COORDINATOR, READER, STORAGE, WRITER, ClusterSpec, Endpoint, NodeSpec,
+from sixfold.runtime.topology import (COMPUTE, COMPUTE_OCTET_BASE, COORDINATOR, READER, READERS_MAX, STORAGE,
+                                      TIER_MAX, WRITER, ClusterSpec, Endpoint, NodeSpec, reader_az,
                                       extra_listen_addresses, raft_address, router_addresses,
-                                      TopologyError, endpoints_of, nodes_of)
+                                      TopologyError, endpoints_of, nodes_of, pg_dsn)
 
 Progress = Callable[[str], None]
 
@@ -127,7 +128,8 @@ def check_data_dir(cdir: ClusterDir) -> None:
     if (state_file := cdir.state_file).exists():
         return
     unknown = [p.name for p in root.iterdir() if p.name not in
-               {"nodes", "cli.lock", "supervisor.lock", "supervisor.log", "chaos.log", "partitions.json"}]
+               {"nodes", "cli.lock", "supervisor.lock", "supervisor.log", "chaos.log", "partitions.json",
+                "pg_password"}]
     if unknown:
         raise UsageProblem(f"{root} is not empty and holds no cluster ({state_file.name} missing; found "
                            f"{', '.join(sorted(unknown)[:5])}); pass an empty or new --data-dir")
@@ -191,7 +193,7 @@ def up(cdir: ClusterDir, spec: ClusterSpec, tuning: dict, explicit: set[str], pr
                     state = _wait_started(cdir, None, float(state.get("tuning", {}).get("start_timeout_s", 90)),
                                           progress)
                 nodes = node_specs(state)
-                return UpResult(False, cdir.root, endpoints_of(nodes), nodes,
+                return UpResult(False, cdir.root, with_pg_password(cdir, endpoints_of(nodes)), nodes,
                                 [f"the cluster in {cdir.root} is already up"], time.monotonic() - t0)
             leftovers = live_pids(cdir, state)
             if leftovers:
@@ -242,6 +244,7 @@ def up(cdir: ClusterDir, spec: ClusterSpec, tuning: dict, explicit: set[str], pr
             "nodes": [{**n.to_dict(), "pid": None, "state": "stopped", "restarts": 0} for n in nodes],
         }
         cdir.write_state(new_state)
+        cdir.pg_password()   # made once; the compute nodes get it in their environment
         supervisor = _spawn_supervisor(cdir, python)
         try:
             state = _wait_started(cdir, supervisor, float(tuning.get("start_timeout_s", 90.0)), progress)
@@ -249,7 +252,8 @@ def up(cdir: ClusterDir, spec: ClusterSpec, tuning: dict, explicit: set[str], pr
             _teardown_after_failed_start(cdir, supervisor)
             raise
     nodes = node_specs(state)
-    return UpResult(True, cdir.root, endpoints_of(nodes), nodes, notes, time.monotonic() - t0)
+    return UpResult(True, cdir.root, with_pg_password(cdir, endpoints_of(nodes)), nodes, notes,
+                    time.monotonic() - t0)
 
 
 def _spawn_supervisor(cdir: ClusterDir, python: str) -> subprocess.Popen:
@@ -438,12 +442,18 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
             continue
         if kind == COORDINATOR:
             role = "leader" if result["is_leader"] else ("follower" if result["leader"] else "no-leader")
+            healing = ", ".join(f"{name} {s['health']}" for name, s in sorted(result.get("storage", {}).items())
+                                if s["health"] not in ("ok", "unknown"))
             row.update(health="ok", role=role, epoch=result["epoch"],
-                       detail=f"catalog: writer {result['writer'] or '?'}, {result['failovers']} failover(s)")
+                       detail=f"catalog: writer {result['writer'] or '?'}, {result['failovers']} failover(s)"
+                              + (f"; storage: {healing}" if healing else ""))
         elif kind == STORAGE:
+            pgs = result.get("pgs") or {}
             row.update(health="ok" if result.get("serving") else "not-serving", epoch=result.get("epoch"),
                        scl=result.get("scl"), segments=result.get("segments"), scl_min=result.get("scl_min"),
-                       uptime_s=result.get("uptime_s"))
+                       uptime_s=result.get("uptime_s"), pgs=pgs,
+                       detail=", ".join(f"{n} PG(s) {role}" if role != "member" else f"member of {n} PG(s)"
+                                        for role, n in pgs.items() if n))
         else:
             row["role"] = result["role"] or row["role"]   # the live role: failovers move the writer
             row.update(health=result["health"], epoch=result["epoch"], vdl=result["vdl"],
@@ -465,7 +475,7 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
 
 def endpoints(cdir: ClusterDir) -> list[Endpoint]:
     """The router's writer and reader endpoints (their target is the current writer or the
-    readers, when a coordinator answers), then one endpoint per instance."""
+    readers, when a coordinator answers), the custom endpoints, then one per instance."""
     nodes = node_specs(require(cdir))
     out = endpoints_of(nodes)
     catalog = _catalog(nodes)
@@ -473,7 +483,64 @@ def endpoints(cdir: ClusterDir) -> list[Endpoint]:
         targets = {e["name"]: ",".join(e["targets"]) for e in catalog["endpoints"]}
         out = [dataclasses.replace(e, target=targets.get(e.name) or e.target) if e.name in ("writer", "reader")
                else e for e in out]
-    return out
+        out[2:2] = [_custom_endpoint(e) for e in catalog["endpoints"] if e["kind"] == "custom"]
+    return with_pg_password(cdir, out)
+
+
+def _custom_endpoint(e: dict) -> Endpoint:
+    host, port = e["address"].rsplit(":", 1)
+    pg_port = int(e["pg_address"].rsplit(":", 1)[1]) if e.get("pg_address") else 0
+    return Endpoint(e["name"], "custom", host, int(port), ",".join(e["targets"]), pg_port=pg_port, type=e["type"],
+                    members=tuple(e["members"]))
+
+
+def _coordinator_call(nodes: list[NodeSpec], call, what: str):
+    """`call(stub)` on the first coordinator that answers; usage errors from it become UsageProblem."""
+    import grpc
+
+    from sixfold.rpc import coordinator_pb2_grpc
+
+    last_error = "no coordinator is configured" if not any(n.kind == COORDINATOR for n in nodes) else ""
+    for n in nodes:
+        if n.kind != COORDINATOR:
+            continue
+        with grpc.insecure_channel(n.address) as channel:
+            try:
+                return call(coordinator_pb2_grpc.CoordinatorStub(channel))
+            except grpc.RpcError as exc:
+                if exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT,
+                                  grpc.StatusCode.NOT_FOUND):
+                    raise UsageProblem(exc.details()) from None
+                last_error = f"{n.name}: {exc.code().name} {exc.details()}"
+    raise RuntimeFailure(f"{what} did not run: {last_error}; check `sixfold status`")
+
+
+def create_endpoint(cdir: ClusterDir, name: str, kind: str, members: list[str]) -> Endpoint:
+    """A custom endpoint: a named subset of the instances on its own router address."""
+    from sixfold.rpc import coordinator_pb2 as copb
+
+    nodes = node_specs(require_running(cdir))
+    request = copb.CreateEndpointRequest(name=name, type=kind, members=members)
+    e = _coordinator_call(nodes, lambda stub: stub.CreateEndpoint(request, timeout=10), "creating the endpoint")
+    return with_pg_password(cdir, [_custom_endpoint({
+        "name": e.name, "address": e.address, "targets": list(e.targets), "type": e.type, "members": list(e.members),
+        "pg_address": e.pg_address})])[0]
+
+
+def delete_endpoint(cdir: ClusterDir, name: str) -> None:
+    from sixfold.rpc import coordinator_pb2 as copb
+
+    nodes = node_specs(require_running(cdir))
+    _coordinator_call(nodes, lambda stub: stub.DeleteEndpoint(copb.DeleteEndpointRequest(name=name), timeout=10),
+                      "deleting the endpoint")
+
+
+def with_pg_password(cdir: ClusterDir, eps: list[Endpoint]) -> list[Endpoint]:
+    """The endpoints with DSNs that carry the cluster's PostgreSQL password (when it exists)."""
+    if not cdir.pg_password_file.exists():
+        return eps
+    password = cdir.pg_password()
+    return [dataclasses.replace(e, dsn=pg_dsn(e.host, e.pg_port, password)) if e.pg_port else e for e in eps]
 
 
 def with_live_roles(nodes: list[NodeSpec]) -> list[NodeSpec]:
@@ -500,32 +567,101 @@ def _catalog(nodes: list[NodeSpec], timeout_s: float = 1.0) -> dict | None:
 
 def failover(cdir: ClusterDir, target: str = "", timeout_s: float = 120.0) -> dict:
     """Planned failover: a coordinator (the leader) promotes `target` (or the best reader)."""
-    import grpc
-
     from sixfold.rpc import coordinator_pb2 as copb
-    from sixfold.rpc import coordinator_pb2_grpc
 
     nodes = node_specs(require_running(cdir))
     compute = {n.name for n in nodes if n.kind == COMPUTE}
     if target and target not in compute:
         raise UsageProblem(f"no instance named {target!r}; the instances are: {', '.join(sorted(compute))}")
-    last_error = "no coordinator answered"
-    for n in nodes:
-        if n.kind != COORDINATOR:
-            continue
-        with grpc.insecure_channel(n.address) as channel:
-            try:
-                reply = coordinator_pb2_grpc.CoordinatorStub(channel).Failover(copb.FailoverRequest(target=target),
-                                                                              timeout=timeout_s)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    raise UsageProblem(exc.details()) from None
-                last_error = f"{n.name}: {exc.code().name} {exc.details()}"
-                continue
-        f = reply.failover
-        return {"id": f.id, "from": f.from_instance, "to": f.to_instance, "state": f.state, "epoch": f.epoch,
-                "duration_s": round(max(0.0, f.finished_unix_s - f.started_unix_s), 3)}
-    raise RuntimeFailure(f"the failover did not run: {last_error}; check `sixfold status`")
+    reply = _coordinator_call(nodes, lambda stub: stub.Failover(copb.FailoverRequest(target=target),
+                                                                 timeout=timeout_s), "the failover")
+    f = reply.failover
+    return {"id": f.id, "from": f.from_instance, "to": f.to_instance, "state": f.state, "epoch": f.epoch,
+            "duration_s": round(max(0.0, f.finished_unix_s - f.started_unix_s), 3)}
+
+
+# ------------------------------------------------------------------ replicas
+
+REPLICA_CHANGE_TIMEOUT_S = 60.0
+
+
+def add_replica(cdir: ClusterDir, az: int | None = None, tier: int | None = None,
+                progress: Progress = _quiet) -> dict:
+    """A new reader: the supervisor starts it, then it joins the coordinators' catalog."""
+    from sixfold.rpc import coordinator_pb2 as copb
+
+    with cdir.cli_locked():
+        state = require_running(cdir)
+        spec = ClusterSpec.from_dict(state["spec"])
+        nodes = node_specs(state)
+        _refuse_while_partitioned(cdir)
+        compute = [n for n in nodes if n.kind == COMPUTE]
+        if len(compute) - 1 >= READERS_MAX:
+            raise UsageProblem(f"the cluster already has {READERS_MAX} readers (Aurora's limit); remove one first")
+        if az is not None and not 1 <= az <= spec.azs:
+            raise UsageProblem(f"--az {az}: the AZs are 1..{spec.azs}")
+        if tier is not None and not 0 <= tier <= TIER_MAX:
+            raise UsageProblem(f"--tier {tier}: a promotion tier is 0..{TIER_MAX}")
+        used = {n.name for n in compute}
+        number = next(k for k in range(1, READERS_MAX + 2) if f"reader-{k}" not in used)
+        az = az or reader_az(number, spec.azs)
+        node = NodeSpec(name=f"reader-{number}", kind=COMPUTE, role=READER, region=1, az=az,
+                        host=f"127.1.{az}.{COMPUTE_OCTET_BASE + number}", port=spec.compute_port,
+                        tier=number if tier is None else tier)
+        if procs.port_taken(node.host, node.port):
+            raise UsageProblem(f"{node.address} is taken by another process; free it and retry")
+        progress(f"starting {node.name} in AZ {az} on {node.address}")
+        cdir.post_request({"action": "add-node", "node": node.to_dict()})
+        _wait_for(cdir, lambda: node.name in _current(cdir), f"the supervisor to start {node.name}")
+        if wait_ready(cdir, [node.name], REPLICA_CHANGE_TIMEOUT_S):
+            cdir.post_request({"action": "remove-node", "name": node.name})
+            raise RuntimeFailure(f"{node.name} did not become healthy within {REPLICA_CHANGE_TIMEOUT_S:.0f} s; "
+                                 f"removed it again. Its log: {cdir.node_log(node.name)}")
+        progress(f"{node.name} is up; adding it to the coordinators' catalog")
+        instance = copb.Instance(name=node.name, az=str(az), promotion_tier=node.tier, address=node.address)
+        try:
+            _coordinator_call(nodes, lambda stub: stub.AddInstance(copb.AddInstanceRequest(instance=instance),
+                                                                   timeout=10), "adding the replica")
+        except RuntimeFailure:
+            cdir.post_request({"action": "remove-node", "name": node.name})
+            raise
+    return {"name": node.name, "az": az, "tier": node.tier, "address": node.address}
+
+
+def remove_replica(cdir: ClusterDir, name: str, progress: Progress = _quiet) -> dict:
+    """A reader leaves the catalog (so no endpoint routes to it), then the supervisor stops it."""
+    from sixfold.rpc import coordinator_pb2 as copb
+
+    with cdir.cli_locked():
+        state = require_running(cdir)
+        nodes = node_specs(state)
+        by_name = {n.name: n for n in nodes}
+        if by_name.get(name) is None or by_name[name].kind != COMPUTE:
+            readers = sorted(n.name for n in nodes if n.kind == COMPUTE)
+            raise UsageProblem(f"no compute instance named {name!r}; the instances are: {', '.join(readers)}")
+        _refuse_while_partitioned(cdir)
+        progress(f"removing {name} from the coordinators' catalog")
+        _coordinator_call(nodes, lambda stub: stub.RemoveInstance(copb.RemoveInstanceRequest(name=name),
+                                                                  timeout=10), "removing the replica")
+        progress(f"stopping {name}")
+        cdir.post_request({"action": "remove-node", "name": name})
+        _wait_for(cdir, lambda: name not in _current(cdir), f"the supervisor to stop {name}")
+    return {"name": name, "removed": True}
+
+
+def _refuse_while_partitioned(cdir: ClusterDir) -> None:
+    if partition.unavailable_reason() is None and partition.rules(cdir.cluster_id):
+        raise UsageProblem("a chaos partition is in force (node numbers would move under it); "
+                           "`sixfold chaos heal` first")
+
+
+def _wait_for(cdir: ClusterDir, predicate: Callable[[], bool], what: str,
+              timeout_s: float = REPLICA_CHANGE_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeFailure(f"timed out after {timeout_s:.0f} s waiting for {what}; see {cdir.supervisor_log}")
+        time.sleep(0.1)
 
 
 def resolve_endpoint(cdir: ClusterDir, name: str) -> tuple[str, str]:
@@ -554,7 +690,11 @@ def resolve_endpoint(cdir: ClusterDir, name: str) -> tuple[str, str]:
     for n in compute:
         if n.name == name:
             return n.address, f"instance {n.name}"
-    names = ", ".join(["writer", "reader"] + [n.name for n in compute])
+    catalog = _catalog(nodes)
+    custom = {e["name"]: e for e in catalog["endpoints"] if e["kind"] == "custom"} if catalog else {}
+    if name in custom:
+        return custom[name]["address"], f"custom endpoint {name} (router)"
+    names = ", ".join(["writer", "reader"] + sorted(custom) + [n.name for n in compute])
     if any(n.name == name for n in nodes):
         raise UsageProblem(f"{name} is a storage node; SQL goes to a compute endpoint: {names}")
     raise UsageProblem(f"no endpoint named {name!r}; the endpoints are: {names}")

@@ -45,7 +45,25 @@ def probe_storage(address: str, volume_id: str, timeout_s: float = 1.0) -> dict:
             scls = [s.scl for s in state.segments]
             out.update(epoch=max(s.volume_epoch for s in state.segments), scl=max(scls), scl_min=min(scls),
                        segments=len(state.segments))
+        out["pgs"] = pg_roles(health.address or address, state.segments)
         return out
+
+
+def pg_roles(address: str, segments) -> dict:
+    """How many PGs this node serves as a member, joins (being caught up), leaves (being
+    replaced), or holds only an old copy of (replaced: no longer a member)."""
+    roles = {"member": 0, "joining": 0, "leaving": 0, "removed": 0}
+    for s in segments:
+        current, changing = address in s.members, bool(s.next_members)
+        if current and changing and address not in s.next_members:
+            roles["leaving"] += 1
+        elif current:
+            roles["member"] += 1
+        elif address in s.next_members:
+            roles["joining"] += 1
+        else:
+            roles["removed"] += 1
+    return roles
 
 
 def probe_compute(address: str, timeout_s: float = 1.0) -> dict:
@@ -70,12 +88,15 @@ def probe_coordinator(address: str, timeout_s: float = 1.0) -> dict:
                 "epoch": cat.epoch, "failovers": cat.failovers,
                 "instances": {i.name: {"role": i.role, "health": i.health, "promotion_tier": i.promotion_tier}
                               for i in cat.instances},
-                "endpoints": [{"name": e.name, "kind": e.kind, "address": e.address, "targets": list(e.targets)}
+                "endpoints": [{"name": e.name, "kind": e.kind, "address": e.address, "targets": list(e.targets),
+                               "type": e.type, "members": list(e.members), "pg_address": e.pg_address}
                               for e in cat.endpoints],
                 "failover": {"id": cat.failover.id, "from": cat.failover.from_instance,
                              "to": cat.failover.to_instance, "state": cat.failover.state,
                              "reason": cat.failover.reason, "epoch": cat.failover.epoch}
-                if cat.HasField("failover") else None}
+                if cat.HasField("failover") else None,
+                "storage": {n.name: {"health": n.health, "down_s": round(n.down_s, 1), "detail": n.detail}
+                            for n in cat.storage}}
 
 
 def probe(kind: str, address: str, volume_id: str, timeout_s: float = 1.0) -> dict:

@@ -78,6 +78,9 @@ SETTINGS: tuple[Setting, ...] = (
             "How long a commit waits for a write quorum before it reports an unknown outcome.", "tuning"),
     Setting("gossip_interval_ms", click.IntRange(10, 60_000), 100,
             "How often storage nodes compare notes with their peers.", "tuning"),
+    Setting("storage_replace_after_s", click.FloatRange(0.5), 30.0,
+            "How long a storage node may stay unreachable before the coordinators have each of its PGs "
+            "re-replicated to another node of its AZ (needs --storage-per-az 3 or more).", "tuning"),
     Setting("start_timeout_s", click.FloatRange(1), 90.0,
             "How long `up` waits for the cluster to become healthy.", "tuning"),
     Setting("stop_timeout_s", click.FloatRange(0.5), 10.0,

@@ -27,6 +27,7 @@ cluster.json is written only by the supervisor while it runs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -43,8 +44,9 @@ from sixfold.runtime import partition
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_RESTART, RUNNING, STARTING, STOPPED,
                                     STOPPING, ClusterDir, hold_lock, tail)
 from sixfold.runtime.probe import probe
-from sixfold.runtime.topology import (COMPUTE, COORDINATOR, READER, STORAGE, WRITER, ClusterSpec, NodeSpec,
-                                      raft_address, router_addresses, storage_nodes_flag)
+from sixfold.runtime.topology import (COMPUTE, COORDINATOR, PG_USER, READER, STORAGE, TIER_MAX, WRITER,
+                                      ClusterSpec, NodeSpec, custom_endpoint_port_base, raft_address,
+                                      router_addresses, storage_nodes_flag)
 
 log = logging.getLogger("sixfold.supervisor")
 
@@ -75,6 +77,14 @@ class Managed:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def promotion_tier(node: NodeSpec, position: int) -> int:
+    """Its own tier if it was given one (`sixfold replica add --tier`); else readers in the order
+    they were made (reader-1 first), the writer last."""
+    if node.tier >= 0:
+        return node.tier
+    return min(position, TIER_MAX) if node.role == READER else TIER_MAX
 
 
 class StartFailed(Exception):
@@ -112,7 +122,7 @@ class Supervisor:
         if node.kind == COORDINATOR:
             compute = [s for s in specs if s.kind == COMPUTE]
             # promotion tier: readers in the order they were made (reader-1 first); the writer last
-            instances = ",".join(f"{s.name}:{s.role}:{s.az}:{i if s.role == READER else 15}={s.address}"
+            instances = ",".join(f"{s.name}:{s.role}:{s.az}:{promotion_tier(s, i)}={s.address}"
                                  for i, s in enumerate(compute))
             endpoints = router_addresses(specs)
             return [
@@ -120,7 +130,11 @@ class Supervisor:
                 "--raft", raft_address(node),
                 "--replicas", ",".join(f"{c.address}@{raft_address(c)}" for c in coordinators),
                 "--instances", instances, "--writer-endpoint", endpoints["writer"],
-                "--reader-endpoint", endpoints["reader"],
+                "--reader-endpoint", endpoints["reader"], "--writer-pg-endpoint", endpoints["writer-pg"],
+                "--reader-pg-endpoint", endpoints["reader-pg"],
+                "--custom-endpoint-port-base", str(custom_endpoint_port_base(specs)),
+                "--storage-nodes", storage_nodes_flag(specs),
+                "--storage-replace-after-s", str(self.tuning.get("storage_replace_after_s", 30.0)),
             ]
         cmd = [
             self.python, "-m", "sixfold.nodes.compute", "--node-id", node.name, "--role", node.role,
@@ -128,20 +142,24 @@ class Supervisor:
             "--storage-nodes", storage_nodes_flag(specs), "--volume-id", self.spec.volume_id,
             "--pages-per-segment", str(self.spec.pages_per_segment),
             "--commit-timeout-s", str(self.tuning.get("commit_timeout_s", 10.0)),
+            "--pg-listen", node.pg_address, "--pg-user", PG_USER,
         ]
         if coordinators:
             # a restarted instance asks the catalog for its role (the writer may have moved)
             cmd += ["--coordinators", ",".join(c.address for c in coordinators)]
-        if node.role == READER:
-            writer = next(s for s in specs if s.role == WRITER)
-            cmd += ["--writer-address", writer.address]
+        writer = next((s for s in specs if s.role == WRITER), None)
+        if node.role == READER and writer is not None:   # (the first writer may have been removed as a
+            cmd += ["--writer-address", writer.address]  # reader: then the catalog says who the writer is)
         return cmd
 
-    def child_env(self) -> dict[str, str]:
-        # the nodes read their flags from SIXFOLD_* variables too: none of the user's may leak in
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SIXFOLD_")}
+    def child_env(self, node: NodeSpec | None = None) -> dict[str, str]:
+        # the nodes read their flags from SIXFOLD_* variables too: none of the user's may leak in,
+        # except the chaos tests' fault-injection knobs (sixfold/unsafe.py)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIXFOLD_") or k.startswith("SIXFOLD_UNSAFE_")}
         env[CLUSTER_ENV] = str(self.cdir.root)
         env["PYTHONUNBUFFERED"] = "1"
+        if node is not None and node.kind == COMPUTE:
+            env["SIXFOLD_PG_PASSWORD"] = self.cdir.pg_password()   # a secret: not on the command line
         return env
 
     def spawn(self, m: Managed, why: str) -> None:
@@ -158,7 +176,7 @@ class Supervisor:
                       .encode())
             out.flush()
             m.proc = subprocess.Popen([*launcher, "--", *self.node_command(m.spec)], stdin=subprocess.DEVNULL,
-                                      stdout=out, stderr=out, env=self.child_env(), close_fds=True)
+                                      stdout=out, stderr=out, env=self.child_env(m.spec), close_fds=True)
         m.state = "starting" if why == "start" else "running"
         m.started_monotonic = time.monotonic()
         m.started_unix_s = time.time()
@@ -239,9 +257,70 @@ class Supervisor:
         m.failures_in_row = 1 if ran_s >= STABLE_AFTER_S else m.failures_in_row + 1
         return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (m.failures_in_row - 1))
 
+    # ------------------------------------------------------------ nodes added and removed
+
+    def handle_requests(self) -> bool:
+        """`sixfold replica add|remove` ask through request files; True when the node set changed."""
+        changed = False
+        for path in sorted(self.cdir.requests_dir.glob("*.json")) if self.cdir.requests_dir.exists() else []:
+            try:
+                request = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                log.error("ignoring the unreadable request %s: %s", path.name, exc)
+                path.unlink(missing_ok=True)
+                continue
+            path.unlink(missing_ok=True)
+            by_name = {m.name: m for m in self.nodes}
+            if request.get("action") == "add-node":
+                node = NodeSpec.from_dict(request["node"])
+                if node.name in by_name:
+                    log.error("add %s: a node with that name exists", node.name)
+                    continue
+                m = Managed(node)
+                self.nodes.append(m)
+                self.state["nodes"].append({**node.to_dict(), "pid": None, "state": "stopped", "restarts": 0})
+                self.remark()
+                self.spawn(m, "added by sixfold replica add")
+            elif request.get("action") == "remove-node" and request.get("name") in by_name:
+                m = by_name[request["name"]]
+                self.stop_node(m, float(self.tuning.get("stop_timeout_s", 10.0)))
+                self.nodes.remove(m)
+                self.state["nodes"] = [n for n in self.state["nodes"] if n["name"] != m.name]
+                self.remark()
+                log.info("removed %s (sixfold replica remove)", m.name)
+            else:
+                log.error("ignoring the request %s: %s", path.name, request)
+                continue
+            self.state["spec"]["readers"] = sum(1 for m in self.nodes if m.spec.kind == COMPUTE) - 1
+            changed = True
+        return changed
+
+    def remark(self) -> None:
+        """Node numbers for partitions follow the node list (the CLI refuses while a partition is on)."""
+        if self.cgroups:
+            try:
+                partition.install_marks(self.cdir.cluster_id, [(i + 1, m.name) for i, m in enumerate(self.nodes)])
+            except (partition.PartitionError, OSError, subprocess.SubprocessError) as exc:
+                log.warning("partitions will not be possible: %s", exc)
+                self.partition_reason = f"re-installing the connection-marking rules failed: {exc}"
+                self.cgroups = False
+
+    def stop_node(self, m: Managed, timeout_s: float) -> None:
+        if m.running:
+            m.proc.send_signal(signal.SIGCONT)  # a paused node cannot act on SIGTERM
+            m.proc.send_signal(signal.SIGTERM)
+            try:
+                m.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s of SIGTERM: SIGKILL", m.name, timeout_s)
+                m.proc.kill()
+                m.proc.wait()
+            m.last_exit_code = m.proc.returncode
+        m.state = "stopped"
+
     def tick(self) -> bool:
         """One pass over the nodes; True when cluster.json needs rewriting."""
-        changed = False
+        changed = self.handle_requests()
         now = time.monotonic()
         for m in self.nodes:
             restart_marker = self.cdir.marker(m.name, MARKER_RESTART)
@@ -302,14 +381,7 @@ class Supervisor:
                 m.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + timeout_s
             for m in group:
-                try:
-                    m.proc.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop within %.0f s of SIGTERM: SIGKILL", m.name, timeout_s)
-                    m.proc.kill()
-                    m.proc.wait()
-                m.last_exit_code = m.proc.returncode
-                m.state = "stopped"
+                self.stop_node(m, max(0.0, deadline - time.monotonic()))
                 log.info("stopped %s (exit code %s)", m.name, m.last_exit_code)
         for m in self.nodes:  # anything left (e.g. started during the stop)
             if m.running:

@@ -17,6 +17,8 @@ address, and partitions can be cut between addresses.
   address `127.<region>.0.200`: writer endpoint compute_port + 200 (7400), reader + 201 (7401),
   shared by the three replicas (SO_REUSEPORT). The ports follow compute_port so that
   clusters on other ports (tests, the demo) never collide.
+- PostgreSQL wire protocol: every compute instance on its own address, port compute_port + 1000
+  (8200); the router's PostgreSQL writer endpoint compute_port + 1200 (8400), reader + 1201 (8401).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import asdict, dataclass, fields
 from sixfold.volume.placement import AZ_COUNT, COPIES_PER_AZ, StorageNodeInfo
 
 READERS_MAX = 15  # Aurora's limit; promotion tiers are 0..15
+TIER_MAX = 15
 COMPUTE_OCTET_BASE = 100  # compute instances are 127.<r>.<az>.100+k
 STORAGE_PER_AZ_MAX = COMPUTE_OCTET_BASE - 1  # storage octets must stay below the compute ones
 
@@ -37,6 +40,14 @@ COORDINATOR_PORT_OFFSET = 100   # from compute_port
 RAFT_PORT_OFFSET = 101
 WRITER_ENDPOINT_PORT_OFFSET = 200
 READER_ENDPOINT_PORT_OFFSET = 201
+CUSTOM_ENDPOINT_PORT_OFFSET = 210   # custom endpoints: + 210 .. + 225 (the catalog assigns a slot),
+CUSTOM_ENDPOINT_SLOTS = 16           # their PostgreSQL twins + 226 .. + 241
+PG_PORT_OFFSET = 1000                 # an instance's PostgreSQL port, from its compute (gRPC) port
+PG_WRITER_ENDPOINT_PORT_OFFSET = 1200  # from compute_port
+PG_READER_ENDPOINT_PORT_OFFSET = 1201
+HIGHEST_PORT_OFFSET = PG_READER_ENDPOINT_PORT_OFFSET
+PG_USER = "sixfold"
+PG_DATABASE = "sixfold"
 WRITER = "writer"
 READER = "reader"
 
@@ -83,10 +94,17 @@ class ClusterSpec:
         for name, port in (("--storage-port", self.storage_port), ("--compute-port", self.compute_port)):
             if not 1 <= port <= 65535:
                 found.append(f"{name} {port}: a port is 1..65535")
-        if self.compute_port > 65535 - READER_ENDPOINT_PORT_OFFSET:
-            found.append(f"--compute-port {self.compute_port}: at most {65535 - READER_ENDPOINT_PORT_OFFSET} "
-                         f"(the coordinators and endpoints use the ports up to compute port + "
-                         f"{READER_ENDPOINT_PORT_OFFSET})")
+        if self.compute_port > 65535 - HIGHEST_PORT_OFFSET:
+            found.append(f"--compute-port {self.compute_port}: at most {65535 - HIGHEST_PORT_OFFSET} "
+                         f"(the coordinators, endpoints and PostgreSQL ports use the ports up to compute port + "
+                         f"{HIGHEST_PORT_OFFSET})")
+        if self.storage_port - self.compute_port in (PG_PORT_OFFSET, PG_WRITER_ENDPOINT_PORT_OFFSET,
+                                                     PG_READER_ENDPOINT_PORT_OFFSET):
+            found.append("--storage-port must not be --compute-port + 1000, + 1200 or + 1201 (PostgreSQL ports)")
+        custom = range(CUSTOM_ENDPOINT_PORT_OFFSET, CUSTOM_ENDPOINT_PORT_OFFSET + 2 * CUSTOM_ENDPOINT_SLOTS)
+        if self.storage_port - self.compute_port in custom:
+            found.append(f"--storage-port must not be --compute-port + {custom.start} .. + {custom.stop - 1} "
+                         "(custom endpoints)")
         if self.storage_port - self.compute_port in (COORDINATOR_PORT_OFFSET, RAFT_PORT_OFFSET):
             found.append("--storage-port must not be --compute-port + 100 or + 101 (the coordinators' ports)")
         if self.storage_port == self.compute_port:
@@ -126,10 +144,17 @@ class NodeSpec:
     az: int
     host: str
     port: int
+    tier: int = -1   # compute: promotion tier 0-15 (-1: by position, readers first, the writer last)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def pg_address(self) -> str:
+        """A compute instance's PostgreSQL wire protocol address."""
+        assert self.kind == COMPUTE
+        return f"{self.host}:{self.port + PG_PORT_OFFSET}"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "address": self.address}
@@ -189,17 +214,37 @@ def storage_nodes_flag(nodes: list[NodeSpec]) -> str:
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     name: str
-    kind: str  # "writer" | "reader" | "instance"
+    kind: str  # "writer" | "reader" | "custom" | "instance"
     host: str
     port: int
     target: str  # the instance it points at
+    pg_port: int = 0   # the PostgreSQL wire protocol on the same host
+    dsn: str = ""      # a ready-to-use postgresql:// URL (with the cluster's password, when known)
+    type: str = ""             # custom endpoints: "reader" or "any"
+    members: tuple[str, ...] = ()   # custom endpoints: the instances it may route to
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def pg_address(self) -> str:
+        return f"{self.host}:{self.pg_port}" if self.pg_port else ""
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "address": self.address}
+        out = {**asdict(self), "address": self.address, "pg_address": self.pg_address}
+        if self.kind == "custom":
+            out["members"] = list(self.members)
+        else:
+            del out["type"], out["members"]
+        return out
+
+
+def pg_dsn(host: str, port: int, password: str = "") -> str:
+    from urllib.parse import quote
+
+    secret = f":{quote(password, safe='')}" if password else ""
+    return f"postgresql://{PG_USER}{secret}@{host}:{port}/{PG_DATABASE}"
 
 
 def raft_address(node: NodeSpec) -> str:
@@ -219,13 +264,32 @@ def router_addresses(nodes: list[NodeSpec]) -> dict[str, str]:
     compute_port = coordinators[0].port - COORDINATOR_PORT_OFFSET
     host = endpoint_host(coordinators[0].region)
     return {"writer": f"{host}:{compute_port + WRITER_ENDPOINT_PORT_OFFSET}",
-            "reader": f"{host}:{compute_port + READER_ENDPOINT_PORT_OFFSET}"}
+            "reader": f"{host}:{compute_port + READER_ENDPOINT_PORT_OFFSET}",
+            "writer-pg": f"{host}:{compute_port + PG_WRITER_ENDPOINT_PORT_OFFSET}",
+            "reader-pg": f"{host}:{compute_port + PG_READER_ENDPOINT_PORT_OFFSET}"}
+
+
+def custom_endpoint_port_base(nodes: list[NodeSpec]) -> int | None:
+    coordinators = [n for n in nodes if n.kind == COORDINATOR]
+    if not coordinators:
+        return None
+    return coordinators[0].port - COORDINATOR_PORT_OFFSET + CUSTOM_ENDPOINT_PORT_OFFSET
 
 
 def extra_listen_addresses(nodes: list[NodeSpec]) -> list[tuple[str, str]]:
     """(address, what) the cluster binds besides each node's own address: raft ports, endpoints."""
     out = [(raft_address(n), f"{n.name} raft") for n in nodes if n.kind == COORDINATOR]
     out += [(address, f"{name} endpoint") for name, address in router_addresses(nodes).items()]
+    out += [(n.pg_address, f"{n.name} PostgreSQL") for n in nodes if n.kind == COMPUTE]
+    return out
+
+
+def listen_addresses(nodes: list[NodeSpec]) -> list[tuple[str, int]]:
+    """(host, port) of every address the cluster binds: the nodes', raft, endpoints, PostgreSQL."""
+    out = [(n.host, n.port) for n in nodes]
+    for address, _what in extra_listen_addresses(nodes):
+        host, port = address.rsplit(":", 1)
+        out.append((host, int(port)))
     return out
 
 
@@ -240,8 +304,10 @@ def endpoints_of(nodes: list[NodeSpec]) -> list[Endpoint]:
     out = []
     for name, kind in (("writer", WRITER), ("reader", READER)):
         host, port = routed[name].rsplit(":", 1)
-        out.append(Endpoint(name, kind, host, int(port), "router"))
-    out += [Endpoint(n.name, "instance", n.host, n.port, n.name) for n in compute]
+        pg_port = int(routed[f"{name}-pg"].rsplit(":", 1)[1])
+        out.append(Endpoint(name, kind, host, int(port), "router", pg_port, pg_dsn(host, pg_port)))
+    out += [Endpoint(n.name, "instance", n.host, n.port, n.name, n.port + PG_PORT_OFFSET,
+                     pg_dsn(n.host, n.port + PG_PORT_OFFSET)) for n in compute]
     return out
 
 

@@ -32,10 +32,16 @@ class SegmentChain:
 
     def add(self, lsn: int, prev_lsn: int) -> bool:
         """Adds a record; returns True when the SCL moved."""
-        if lsn <= self.base_lsn or lsn in self:
+        lsns = self._lsns
+        if lsns and lsn <= lsns[-1]:
+            if lsn in self:
+                return False
+            bisect.insort(lsns, lsn)
+        elif lsn <= self.base_lsn:
             return False
+        else:
+            lsns.append(lsn)  # the common case: above everything held
         self._next_by_prev[prev_lsn] = lsn
-        bisect.insort(self._lsns, lsn)
         return self._advance()
 
     def _advance(self) -> bool:

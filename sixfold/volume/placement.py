@@ -1,8 +1,9 @@
 """Where each segment's six copies live: two storage nodes in each of three AZs.
 
-Pure and deterministic: the same node list always gives the same placement, so
-a writer that restarts finds its segments again. (Membership changes that
-replace a lost node are a later layer on top of this starting placement.)
+Pure and deterministic: the same node list always gives the same placement. It is
+only a PG's starting membership (epoch 0): membership changes that replace a lost
+node are recorded on the storage nodes with higher epochs, and recovery uses the
+highest one it finds (sixfold/volume/membership.py).
 """
 
 from __future__ import annotations

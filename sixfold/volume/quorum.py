@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from sixfold.volume.membership import Membership, complete_lsn
 from sixfold.volume.tails import SegmentTails
 
 COPIES = 6
@@ -28,9 +29,10 @@ LAL_RECORDS_DEFAULT = 100_000
 @dataclass(slots=True)
 class PGTracker:
     segment: int
-    members: tuple[str, ...]
+    members: tuple[str, ...]          # every member that gets writes (both sets while one is replaced)
     scl_by_member: dict[str, int] = field(default_factory=dict)
     pgcl: int = 0
+    membership: Membership | None = None  # None: the six `members`, never changed
 
     def on_ack(self, member: str, scl: int) -> bool:
         """Records a member's durable SCL; returns True when PGCL moved."""
@@ -39,8 +41,11 @@ class PGTracker:
         if scl <= self.scl_by_member.get(member, 0):
             return False  # SCL only moves up; a late ack carries nothing new
         self.scl_by_member[member] = scl
-        ranked = sorted(self.scl_by_member.values(), reverse=True)
-        pgcl = ranked[WRITE_QUORUM - 1] if len(ranked) >= WRITE_QUORUM else 0
+        if self.membership is not None and self.membership.transitional:
+            pgcl = complete_lsn(self.membership, self.scl_by_member)  # 4/6 of both quorum sets
+        else:
+            ranked = sorted(self.scl_by_member.values(), reverse=True)
+            pgcl = ranked[WRITE_QUORUM - 1] if len(ranked) >= WRITE_QUORUM else 0
         if pgcl > self.pgcl:
             self.pgcl = pgcl
             return True
@@ -50,7 +55,7 @@ class PGTracker:
         return [m for m in self.members if self.scl_by_member.get(m, 0) >= lsn]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per record on the commit path (see LogRecord)
 class IssuedRecord:
     lsn: int
     prev_lsn: int
@@ -86,6 +91,15 @@ class VolumeTracker:
             self._pgs[segment] = PGTracker(segment, members)
         else:
             assert known.members == members, f"segment {segment} members changed without a membership change"
+
+    def set_membership(self, segment: int, membership: Membership) -> None:
+        """A membership change (sixfold/volume/membership.py), in effect from now on: the
+        stricter transitional rule for every PGCL computed from here, or the new set alone
+        once finalised. PGCL never moves back: what was complete stays complete."""
+        pg = self._pgs[segment]
+        pg.membership = membership
+        pg.members = membership.all_members()
+        pg.scl_by_member = {m: scl for m, scl in pg.scl_by_member.items() if m in pg.members}
 
     def pg(self, segment: int) -> PGTracker:
         return self._pgs[segment]

@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from sixfold.volume.epochs import Truncation, durable_floor, merge_histories
+from sixfold.volume.membership import Membership, newest
 from sixfold.volume.records import LogRecord
 
 
@@ -49,6 +50,7 @@ class MemberState:
     highest_lsn: int
     vdl_hint: int
     truncations: tuple[Truncation, ...]
+    membership: Membership | None = None  # the PG membership this replica knows (None: none yet)
 
 
 class RecoveryInvariantError(AssertionError):
@@ -57,6 +59,11 @@ class RecoveryInvariantError(AssertionError):
 
 def choose_epoch(states: list[MemberState]) -> int:
     return max((s.epoch for s in states), default=0) + 1
+
+
+def current_membership(states: list[MemberState], placed: Membership) -> Membership:
+    """The highest membership epoch any replica reports (the placement when none knows one)."""
+    return newest(s.membership for s in states if s.membership is not None) or placed
 
 
 def merged_history(states: list[MemberState]) -> tuple[Truncation, ...]:

@@ -19,6 +19,10 @@ only when VDL has reached everything it could have seen: its commit LSN, or
 the newest LSN issued when it committed nothing. The writer connection is free
 again before that wait, so the next group runs while the previous one is on its
 way to the quorum.
+
+The gRPC service calls `Session.execute_async` on the volume loop; the PostgreSQL
+front end calls the blocking `Session.execute` from its own worker threads, which
+waits for durability on the volume loop the same way.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ FENCED = "fenced"
 COMMIT_UNKNOWN = "commit_unknown"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL = "internal"
+CANCELED = "canceled"
 VOLUME_FAILURES = (FENCED, COMMIT_UNKNOWN, STORAGE_UNAVAILABLE)
 
 
@@ -85,6 +90,8 @@ def map_error(exc: BaseException) -> SqlError:
         return SqlError(STORAGE_UNAVAILABLE, str(exc))
     if isinstance(exc, apsw.ReadOnlyError):
         return SqlError(READ_ONLY, "read-only: this connection cannot write (send writes to the writer endpoint)")
+    if isinstance(exc, apsw.InterruptError):
+        return SqlError(CANCELED, "canceling statement due to user request")
     if isinstance(exc, apsw.ConstraintError):
         return SqlError(CONSTRAINT, str(exc))
     if isinstance(exc, (apsw.BusyError, apsw.LockedError)):
@@ -123,10 +130,13 @@ def _groupable(sql: str) -> bool:
     return _first_word(sql) in GROUPED_KEYWORDS and ";" not in sql.rstrip().rstrip(";")
 
 
-def _run(conn: apsw.Connection, sql: str, params) -> Result:
+def _run(conn: apsw.Connection, sql: str, params, many: bool = False) -> Result:
     cursor = conn.cursor()
     changes_before = conn.total_changes()
-    cursor.execute(sql, params if params is not None else ())
+    if many:
+        cursor.executemany(sql, params)
+    else:
+        cursor.execute(sql, params if params is not None else ())
     columns: list[str] = []
     rows = []
     try:
@@ -139,6 +149,23 @@ def _run(conn: apsw.Connection, sql: str, params) -> Result:
     result.rowcount = conn.total_changes() - changes_before if not columns else -1
     result.lastrowid = conn.last_insert_rowid()
     return result
+
+
+def describe_on(conn: apsw.Connection, sql: str, bindings_count: int) -> list[tuple[str, str | None]]:
+    """Prepares `sql` on `conn` and stops before its first step: the result columns, nothing run."""
+    described: list = []
+
+    def stop_before_running(cursor, _sql, _bindings):
+        described.append(cursor.getdescription())
+        return False
+
+    cursor = conn.cursor()
+    cursor.exec_trace = stop_before_running
+    try:
+        cursor.execute(sql, [None] * bindings_count)
+    except apsw.ExecTraceAbort:
+        pass
+    return list(described[0]) if described else []
 
 
 class FifoLock:
@@ -182,8 +209,10 @@ class FifoLock:
 
 class Engine:
     def __init__(self, volume: VolumeState, writer: bool, snapshot_connections: int = 4,
-                 busy_timeout_s: float = 5.0, cache_size_pages: int = 2000) -> None:
+                 busy_timeout_s: float = 5.0, cache_size_pages: int = 2000,
+                 on_connect=lambda conn: None) -> None:
         self.volume = volume
+        self.on_connect = on_connect   # e.g. the PostgreSQL front end's SQL functions
         self.is_writer = writer
         self.busy_timeout_s = busy_timeout_s
         self.fenced: str | None = None
@@ -203,6 +232,7 @@ class Engine:
         for _ in range(snapshot_connections):
             conn = apsw.Connection(DB_NAME, vfs=self.vfs.vfs_name, flags=apsw.SQLITE_OPEN_READONLY)
             conn.execute("PRAGMA query_only=ON")
+            on_connect(conn)
             conn.set_progress_handler(volume.loop.is_current, LOOP_READ_STEPS_MAX)   # long reads leave the loop
             self._all.append(conn)
             self._pool.put(conn)
@@ -220,6 +250,7 @@ class Engine:
         conn.execute("PRAGMA synchronous=OFF")           # rule 2: we commit on PHASETWO
         conn.execute("PRAGMA cache_spill=OFF")            # rule 3
         conn.execute(f"PRAGMA cache_size={self._cache_size_pages}")
+        self.on_connect(conn)
         self.writer_conn = conn
         self._all.append(conn)
 
@@ -284,13 +315,13 @@ class Engine:
                 conn.execute("ROLLBACK")
             self._pool.put(conn)
 
-    def run_on_writer(self, sql: str, params) -> Result:
+    def run_on_writer(self, sql: str, params, many: bool = False) -> Result:
         """One statement on the writer connection (the caller holds the write lock);
         result.commit_lsn is set when it committed a transaction."""
         conn, file = self.writer_conn, self.writer_file
         assert conn is not None and file is not None
         try:
-            result = _run(conn, sql, params)
+            result = _run(conn, sql, params, many)
         except StorageError as exc:
             # a read or the publish failed (apsw re-raises what the VFS raised): SQLite may
             # believe a transaction committed that the volume never got; nothing was acknowledged
@@ -326,6 +357,11 @@ class Engine:
         if client.fenced:
             raise FencedError(client.fenced)
         await client.wait_durable(lsn, commits=0)
+
+    def wait_durable(self, lsn: int) -> None:
+        """durable(), from a thread other than the volume loop's."""
+        if not self.volume.client.tracker.is_durable(lsn):
+            self.volume.loop.run(self.durable(lsn))
 
 
 @dataclass(slots=True, eq=False)
@@ -620,12 +656,53 @@ class Session:
         self._holding_writer = False
         self._snapshot: apsw.Connection | None = None   # bound during a read transaction
         self._answered_at: float | None = None           # when its last grouped statement was answered
+        self.running_conn: apsw.Connection | None = None   # the connection a statement runs on (cancel)
 
     @property
     def in_transaction(self) -> bool:
         return self._holding_writer or self._snapshot is not None
 
-    async def execute(self, sql: str, params, in_thread) -> Result:
+    def with_connection(self, fn):
+        """fn(conn) on the connection this session sees: its transaction's, else a snapshot.
+        For reads that are not statements of the client (schema lookups, describing)."""
+        conn = self.engine.writer_conn if self._holding_writer else self._snapshot
+        borrowed = conn is None
+        if borrowed:
+            conn = self.engine.acquire_snapshot()
+        try:
+            return fn(conn)
+        except SqlError:
+            raise
+        except Exception as exc:
+            raise map_error(exc) from exc
+        finally:
+            if borrowed:
+                self.engine.release_snapshot(conn)
+
+    def describe(self, sql: str, bindings_count: int) -> list[tuple[str, str | None]]:
+        """(name, declared type) of each result column, from preparing `sql` without running it."""
+        return self.with_connection(lambda conn: describe_on(conn, sql, bindings_count))
+
+    def execute(self, sql: str, params=None) -> Result:
+        """Blocking, from a thread other than the volume loop's (the PostgreSQL front end):
+        runs one statement and returns when everything it wrote or saw on the writer is durable."""
+        return self._execute_blocking(sql, params, many=False)
+
+    def execute_many(self, sql: str, rows: list) -> Result:
+        """One write statement for many parameter rows (COPY FROM); blocking, as execute."""
+        return self._execute_blocking(sql, rows, many=True)
+
+    def _execute_blocking(self, sql: str, params, many: bool) -> Result:
+        outcome, durable_lsn = self._execute_now(sql, params, many)
+        if durable_lsn is not None:
+            try:
+                self.engine.wait_durable(durable_lsn)
+            except Exception as exc:
+                if isinstance(outcome, Result):
+                    outcome = map_error(exc)   # its commit's outcome is unknown (or it was fenced)
+        return self._answer(outcome)
+
+    async def execute_async(self, sql: str, params, in_thread) -> Result:
         """Runs one statement (on the volume loop; SQLite runs in threads: `in_thread(fn, *args)`)
         and returns when everything it wrote or saw on the writer is durable."""
         engine = self.engine
@@ -644,26 +721,29 @@ class Session:
                 except Exception as exc:
                     if isinstance(outcome, Result):
                         outcome = map_error(exc)   # its commit's outcome is unknown (or it was fenced)
+        return self._answer(outcome)
+
+    def _answer(self, outcome: Result | SqlError) -> Result:
         if isinstance(outcome, SqlError):
             raise outcome
         if outcome.commit_lsn is not None:
-            engine.volume.client.commits += 1
+            self.engine.volume.client.commits += 1
         return outcome
 
-    def _execute_now(self, sql: str, params) -> Outcome:
+    def _execute_now(self, sql: str, params, many: bool = False) -> Outcome:
         """In a worker thread: runs the statement, does not wait for durability."""
         ran_on_writer = False
         try:
             if self._holding_writer:
                 ran_on_writer = True
-                result = self._on_writer(sql, params)
+                result = self._on_writer(sql, params, many)
             elif self._snapshot is not None:
-                result = self._on_snapshot(sql, params)
+                result = self._on_snapshot(sql, params, many)
             else:
                 result = None
-                if _is_read(sql) or not self.engine.is_writer:
+                if (_is_read(sql) and not many) or not self.engine.is_writer:
                     try:
-                        result = self._on_snapshot(sql, params)
+                        result = self._on_snapshot(sql, params, many)
                     except SqlError as exc:
                         if exc.code != READ_ONLY or not self.engine.is_writer:
                             raise
@@ -671,7 +751,7 @@ class Session:
                 if result is None:
                     self.engine.acquire_writer()
                     self._holding_writer = ran_on_writer = True
-                    result = self._on_writer(sql, params)
+                    result = self._on_writer(sql, params, many)
             outcome: Result | SqlError = result
         except Exception as exc:
             outcome = map_error(exc)
@@ -683,11 +763,13 @@ class Session:
             return outcome, outcome.commit_lsn
         return outcome, self.engine.volume.issued_lsn
 
-    def _on_snapshot(self, sql: str, params) -> Result:
+    def _on_snapshot(self, sql: str, params, many: bool = False) -> Result:
         conn = self._snapshot or self.engine.acquire_snapshot()
+        self.running_conn = conn
         try:
-            result = _run(conn, sql, params)
+            result = _run(conn, sql, params, many)
         except BaseException:
+            self.running_conn = None
             if self._snapshot is None and conn.getautocommit():
                 self.engine.release_snapshot(conn)
             elif not conn.getautocommit() and self._snapshot is None:
@@ -698,12 +780,14 @@ class Session:
             self.engine.release_snapshot(conn)
         else:
             self._snapshot = conn   # BEGIN on a reader: the snapshot stays with the session
+        self.running_conn = None
         return result
 
-    def _on_writer(self, sql: str, params) -> Result:
+    def _on_writer(self, sql: str, params, many: bool = False) -> Result:
         engine = self.engine
+        self.running_conn = engine.writer_conn
         try:
-            result = engine.run_on_writer(sql, params)
+            result = engine.run_on_writer(sql, params, many)
         except StorageError:
             self._release_writer()   # the writer connection was reset: its transaction is gone
             raise
@@ -711,6 +795,8 @@ class Session:
             if engine.writer_conn is not None and engine.writer_conn.getautocommit():
                 self._release_writer()
             raise
+        finally:
+            self.running_conn = None
         if engine.writer_conn is not None and engine.writer_conn.getautocommit():
             self._release_writer()
         return result

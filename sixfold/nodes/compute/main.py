@@ -13,7 +13,11 @@ import grpc
 
 from sixfold.client.quorum import ClientSettings
 from sixfold.nodes.compute.engine import Engine
-from sixfold.nodes.compute.server import ComputeService, VolumeConfig, start_writer_hub
+from sixfold.nodes.compute.pgwire import functions as pg_functions
+from sixfold.nodes.compute.pgwire.protocol import Config as PgConfig
+from sixfold.nodes.compute.pgwire.scram import ScramVerifier
+from sixfold.nodes.compute.pgwire.server import PgServer, self_signed_context
+from sixfold.nodes.compute.server import IDLE_IN_TRANSACTION_TIMEOUT_S, ComputeService, VolumeConfig, start_writer_hub
 from sixfold.rpc import coordinator_pb2 as copb
 from sixfold.rpc import coordinator_pb2_grpc
 from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume
@@ -90,12 +94,38 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
                    "instance's role (a former writer comes back as a reader).")
 @click.option("--commit-timeout-s", envvar="SIXFOLD_COMMIT_TIMEOUT_S", type=click.FloatRange(0.1),
               default=10.0, show_default=True, help="How long a commit waits for a write quorum.")
+@click.option("--idle-in-transaction-timeout-s", envvar="SIXFOLD_IDLE_IN_TRANSACTION_TIMEOUT_S",
+              type=click.FloatRange(0.5), default=IDLE_IN_TRANSACTION_TIMEOUT_S, show_default=True,
+              help="A session idle this long inside a transaction is rolled back and closed (it may hold the "
+                   "write lock; its client may be gone).")
+@click.option("--fault-promote-delay-s", envvar="SIXFOLD_FAULT_PROMOTE_DELAY_S", type=click.FloatRange(0),
+              default=0.0, show_default=True,
+              help="Fault injection: a promotion waits this long before its recovery (widens the window "
+                   "in which a coordinator can die in the middle of a failover).")
+@click.option("--pg-listen", envvar="SIXFOLD_PG_LISTEN", default="",
+              help="HOST:PORT for the PostgreSQL wire protocol (off when empty; `sixfold up` uses the "
+                   "instance's address and compute port + 1000).")
+@click.option("--pg-auth", envvar="SIXFOLD_PG_AUTH", type=click.Choice(["scram", "trust"]), default="scram",
+              show_default=True, help="PostgreSQL authentication: SCRAM-SHA-256 with --pg-password, or trust "
+                                      "(no password; only for tests and local experiments).")
+@click.option("--pg-user", envvar="SIXFOLD_PG_USER", default="sixfold", show_default=True,
+              help="The PostgreSQL user name clients log in as.")
+@click.option("--pg-password", envvar="SIXFOLD_PG_PASSWORD", default="", show_envvar=True,
+              help="The PostgreSQL user's password (SCRAM); prefer the environment variable.")
+@click.option("--pg-tls/--no-pg-tls", envvar="SIXFOLD_PG_TLS", default=True, show_default=True,
+              help="Accept TLS (SSLRequest) with a self-signed certificate made at start; without it "
+                   "SSLRequest is refused and clients fall back to plain TCP or fail (sslmode=require).")
 def compute_node(node_id, role, region, az, listen, storage_nodes, writer_address, volume_id,
-                 pages_per_segment, cache_pages, coordinators, commit_timeout_s) -> None:
+                 pages_per_segment, cache_pages, coordinators, commit_timeout_s, idle_in_transaction_timeout_s,
+                 fault_promote_delay_s, pg_listen,
+                 pg_auth, pg_user, pg_password, pg_tls) -> None:
     """Run a compute node: SQLite on the shared Sixfold volume."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {node_id} %(name)s: %(message)s")
     nodes = parse_storage_nodes(storage_nodes)
+    if pg_listen and pg_auth == "scram" and not pg_password:
+        raise click.BadParameter("SCRAM needs a password: set SIXFOLD_PG_PASSWORD (or --pg-auth trust)",
+                                 param_hint="--pg-password")
     settings = ClientSettings(volume_id=volume_id, pages_per_segment=pages_per_segment,
                               commit_timeout_s=commit_timeout_s, local_az=az)
     if coordinators:
@@ -121,7 +151,8 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
     else:
         volume = ReaderVolume.open(nodes, node_id, settings, cache_pages)
     service = ComputeService(None, node_id, role, region, az, listen, hub,
-                             VolumeConfig(nodes, settings, cache_pages), writer_address, on_step_down=stop.set)
+                             VolumeConfig(nodes, settings, cache_pages, fault_promote_delay_s), writer_address,
+                             on_step_down=stop.set)
     if role == "reader":
         # follow the writer before opening SQLite: a reader must never read at a point
         # it did not get from the writer's redo stream
@@ -130,7 +161,20 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
         if not volume.subscribed.wait(60):
             volume.close()
             raise click.ClickException(f"could not follow the writer at {writer_address} within 60 s; is it up?")
-    service.engine = Engine(volume, writer=(role == "writer"))
+    service.engine_on_connect = pg_functions.register
+    service.engine = Engine(volume, writer=(role == "writer"), on_connect=pg_functions.register)
+    pg_server = None
+    if pg_listen:
+        verifier = ScramVerifier.from_password(pg_password) if pg_auth == "scram" else None
+        host = pg_listen.rsplit(":", 1)[0]
+        pg_server = PgServer(pg_listen, PgConfig(user=pg_user, verifier=verifier), lambda: service.engine,
+                             lambda: service.role == "reader", tls=self_signed_context(host) if pg_tls else None)
+        try:
+            pg_server.start()
+        except OSError as exc:
+            service.engine.close()
+            volume.close()
+            raise click.ClickException(f"cannot listen on {pg_listen} (PostgreSQL): {exc}") from None
     server_ready = threading.Event()
     failure: list[str] = []
 
@@ -147,8 +191,10 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
             return
         await server.start()
         server_ready.set()
+        reaper = asyncio.ensure_future(service.reap_idle_sessions(idle_in_transaction_timeout_s))
         while not stop.is_set():
             await asyncio.sleep(0.1)
+        reaper.cancel()
         await server.stop(grace=2)
 
     serving = volume.loop.submit(serve())
@@ -167,6 +213,8 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
         serving.result(timeout=10)
     except Exception:
         log.exception("server stopped with an error")
+    if pg_server is not None:
+        pg_server.stop()
     service.engine.close()
     service.engine.volume.close()
     log.info("stopped")

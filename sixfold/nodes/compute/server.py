@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 import grpc
 
+from sixfold import unsafe
 from sixfold.nodes.compute.engine import Engine, SqlError, INTERNAL
 from sixfold.nodes.compute.redo import RedoHub
 from sixfold.nodes.compute.values import from_pb, to_pb
 from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume
+from sixfold.client.membership import MembershipFenced
 from sixfold.client.quorum import ClientSettings
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import compute_pb2_grpc
@@ -30,6 +32,11 @@ from sixfold.volume.records import RecordError, decode_records
 log = logging.getLogger(__name__)
 
 SESSIONS_MAX = 512
+# A client that vanished in the middle of a transaction must not hold the one write lock
+# for good (sessions are not tied to a connection: it may come back through the router).
+IDLE_IN_TRANSACTION_TIMEOUT_S = 15.0
+IDLE_SESSION_TIMEOUT_S = 600.0
+EXPIRED_REMEMBERED_MAX = 1024
 SQL_THREADS = 32
 ROWS_MAX = 1_000_000
 
@@ -57,6 +64,11 @@ class VolumeConfig:
     nodes: list[StorageNodeInfo]
     settings: ClientSettings
     cache_pages: int
+    fault_promote_delay_s: float = 0.0   # fault injection: wait before the promotion's recovery
+
+
+class PromotionFailed(Exception):
+    pass
 
 
 class ComputeService(compute_pb2_grpc.ComputeServicer):
@@ -73,8 +85,13 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         self.follow_future = None               # reader: the follow_writer task
         self.on_step_down = on_step_down        # a fenced writer asks its process to exit (restart as reader)
         self.promoting = False
-        self._promote_lock: asyncio.Lock | None = None
+        self._ignored_epoch = 0                  # only with SIXFOLD_UNSAFE_IGNORE_FENCING: the last Follow ignored
+        self._promotion: asyncio.Future | None = None   # the promotion in progress (or the last one)
+        self.engine_on_connect = lambda conn: None   # set by the node: SQL functions of its front ends
         self.sessions: dict[str, object] = {}
+        self.session_seen: dict[str, float] = {}    # session id -> monotonic time of its last call
+        self.session_busy: dict[str, int] = {}      # session id -> calls in progress
+        self.expired: dict[str, str] = {}           # session id -> why it was closed (for a clear error)
         self.executor = ThreadPoolExecutor(max_workers=SQL_THREADS, thread_name_prefix="sql")
         self.started = time.monotonic()
 
@@ -93,52 +110,65 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         return self.engine.fenced or (self.engine.volume.client.fenced if self.role == "writer" else None)
 
     async def Promote(self, request, context):
-        if self._promote_lock is None:
-            self._promote_lock = asyncio.Lock()
-        async with self._promote_lock:
-            if self.role == "writer":
-                reason = self.fenced_reason()
-                if reason:
-                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                        f"this writer was fenced and cannot be promoted again: {reason}")
-                volume = self.engine.volume
-                return cpb.PromoteResponse(epoch=volume.client.epoch, vdl=volume.read_lsn, node_id=self.node_id)
-            if self.config is None:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node cannot be promoted")
-            log.warning("promotion requested (%s): stopping the redo stream, opening the volume as writer",
-                        request.failover_id or "no failover id")
-            self.promoting = True
-            loop = asyncio.get_running_loop()
-            old_engine, old_volume = self.engine, self.engine.volume
-            try:
-                if self.follow_future is not None:
-                    self.follow_future.cancel()
-                    self.follow_future = None
-                cfg = self.config
-                # recovery: a new volume epoch on a write quorum of every PG fences the old writer
-                volume = await loop.run_in_executor(None, functools.partial(
-                    WriterVolume.open, cfg.nodes, self.node_id, cfg.settings, cfg.cache_pages, loop=old_volume.loop))
-                hub = start_writer_hub(volume, self.node_id)
-                engine = await loop.run_in_executor(None, Engine, volume, True)
-            except Exception as exc:
-                self.promoting = False
-                log.error("promotion failed: %s; following %s again", exc, self.writer_address)
-                if self.writer_address:
-                    self.start_following(self.writer_address)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"promotion failed: {type(exc).__name__}: {exc}")
-            old_sessions = list(self.sessions.values())
-            self.sessions = {}
-            self.engine, self.hub, self.role, self.writer_address = engine, hub, "writer", ""
-            self.promoting = False
-            log.warning("promoted: writer at epoch %d, VDL %d", volume.client.epoch, volume.read_lsn)
-            try:
-                for session in old_sessions:
-                    await self._in_thread(session.close)
-                await old_volume.client.close()
-                await self._in_thread(old_engine.close)
-            except Exception:
-                log.exception("closing the reader's engine after promotion failed")
+        if self.role == "writer":
+            reason = self.fenced_reason()
+            if reason:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"this writer was fenced and cannot be promoted again: {reason}")
+            volume = self.engine.volume
             return cpb.PromoteResponse(epoch=volume.client.epoch, vdl=volume.read_lsn, node_id=self.node_id)
+        if self.config is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this node cannot be promoted")
+        # One promotion at a time, and it outlives the caller: if the coordinator that asked
+        # dies, gRPC cancels this handler, but the promotion goes on and a new leader's
+        # Promote joins it (a second recovery would fence this node's own first one).
+        if self._promotion is None or self._promotion.done():
+            self._promotion = asyncio.ensure_future(self._promote(request.failover_id))
+        try:
+            volume = await asyncio.shield(self._promotion)
+        except PromotionFailed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return cpb.PromoteResponse(epoch=volume.client.epoch, vdl=volume.read_lsn, node_id=self.node_id)
+
+    async def _promote(self, failover_id: str) -> WriterVolume:
+        log.warning("promotion requested (%s): stopping the redo stream, opening the volume as writer",
+                    failover_id or "no failover id")
+        self.promoting = True
+        loop = asyncio.get_running_loop()
+        old_engine, old_volume = self.engine, self.engine.volume
+        cfg = self.config
+        try:
+            if cfg.fault_promote_delay_s:
+                log.warning("fault injection: the promotion waits %.1f s", cfg.fault_promote_delay_s)
+                await asyncio.sleep(cfg.fault_promote_delay_s)
+            if self.follow_future is not None:
+                self.follow_future.cancel()
+                self.follow_future = None
+            # recovery: a new volume epoch on a write quorum of every PG fences the old writer
+            volume = await loop.run_in_executor(None, functools.partial(
+                WriterVolume.open, cfg.nodes, self.node_id, cfg.settings, cfg.cache_pages, loop=old_volume.loop))
+            hub = start_writer_hub(volume, self.node_id)
+            engine = await loop.run_in_executor(None, functools.partial(
+                Engine, volume, True, on_connect=self.engine_on_connect))
+        except Exception as exc:
+            self.promoting = False
+            log.error("promotion failed: %s; following %s again", exc, self.writer_address)
+            if self.writer_address:
+                self.start_following(self.writer_address)
+            raise PromotionFailed(f"promotion failed: {type(exc).__name__}: {exc}") from exc
+        old_sessions = list(self.sessions.values())
+        self.sessions = {}
+        self.engine, self.hub, self.role, self.writer_address = engine, hub, "writer", ""
+        self.promoting = False
+        log.warning("promoted: writer at epoch %d, VDL %d", volume.client.epoch, volume.read_lsn)
+        try:
+            for session in old_sessions:
+                await self._in_thread(session.close)
+            await old_volume.client.close()
+            await self._in_thread(old_engine.close)
+        except Exception:
+            log.exception("closing the reader's engine after promotion failed")
+        return volume
 
     async def Follow(self, request, context):
         if self.role == "reader":
@@ -154,6 +184,12 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         if request.writer_id == self.node_id:
             return cpb.FollowResponse(outcome="unchanged", detail="this node is the writer")
         if request.epoch > own_epoch or self.fenced_reason():
+            if unsafe.IGNORE_FENCING:   # the deliberate bug (sixfold/unsafe.py): a fenced writer stays on
+                if request.epoch != self._ignored_epoch:   # the coordinators ask every tick: say it once
+                    self._ignored_epoch = request.epoch
+                    log.critical("UNSAFE: ignoring fencing: %s is the writer at epoch %d (this one: %d); not "
+                                 "stepping down", request.writer_id, request.epoch, own_epoch)
+                return cpb.FollowResponse(outcome="refused", detail="UNSAFE: this writer ignores fencing")
             # a newer writer exists: this one may never write again; step down and let the
             # supervisor start this instance again (as a reader: the coordinators say so)
             self.engine.fenced = self.fenced_reason() or (
@@ -164,6 +200,18 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         return cpb.FollowResponse(outcome="refused",
                                   detail=f"this writer's epoch {own_epoch} is not older than {request.epoch}")
 
+    async def ReplaceStorageNode(self, request, context):
+        """Coordinator -> writer: replace a lost storage node in every PG that holds it."""
+        if self.role != "writer" or self.fenced_reason():
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"only the writer changes PG membership; this node is a {self.role}")
+        try:
+            progress = self.engine.volume.client.membership.replace_node(
+                request.old_address, set(request.healthy_addresses))
+        except MembershipFenced as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return cpb.ReplaceStorageNodeResponse(**progress)
+
     async def _in_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
@@ -173,16 +221,55 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
                                 f"this node already has {SESSIONS_MAX} sessions; close some and retry")
         session_id = uuid.uuid4().hex
         self.sessions[session_id] = self.engine.session()
+        self.session_seen[session_id] = time.monotonic()
         return cpb.OpenSessionResponse(session_id=session_id, role=self.role, node_id=self.node_id)
+
+    async def reap_idle_sessions(self, in_transaction_timeout_s: float = IDLE_IN_TRANSACTION_TIMEOUT_S) -> None:
+        """Rolls back and closes sessions idle in a transaction (they hold the write lock or a
+        snapshot) past in_transaction_timeout_s, and any session idle past IDLE_SESSION_TIMEOUT_S."""
+        while True:
+            await asyncio.sleep(min(1.0, in_transaction_timeout_s / 4))
+            now = time.monotonic()
+            for sid, session in list(self.sessions.items()):
+                if self.session_busy.get(sid):
+                    continue
+                idle_s = now - self.session_seen.get(sid, now)
+                in_transaction = session.in_transaction
+                if idle_s < (in_transaction_timeout_s if in_transaction else IDLE_SESSION_TIMEOUT_S):
+                    continue
+                del self.sessions[sid]
+                self.session_seen.pop(sid, None)
+                why = (f"this session was idle in a transaction for {idle_s:.0f} s: its transaction was rolled "
+                       "back and the session closed; open a new one" if in_transaction else
+                       f"this session was idle for {idle_s:.0f} s and was closed; open a new one")
+                log.warning("session %s: %s", sid[:8], why)
+                self.expired[sid] = why
+                while len(self.expired) > EXPIRED_REMEMBERED_MAX:
+                    self.expired.pop(next(iter(self.expired)))
+                try:
+                    await self._in_thread(session.close)
+                except Exception:
+                    log.exception("closing an idle session failed")
 
     async def Execute(self, request, context):
         session = self.sessions.get(request.session_id)
         if session is None:
-            return cpb.ExecuteResponse(error_code="no_session",
-                                       error_message="unknown session (expired or closed); open a new one")
+            return cpb.ExecuteResponse(error_code="no_session", error_message=self.expired.get(
+                request.session_id, "unknown session (expired or closed); open a new one"))
+        sid = request.session_id
+        self.session_busy[sid] = self.session_busy.get(sid, 0) + 1
+        try:
+            return await self._execute(session, request)
+        finally:
+            self.session_seen[sid] = time.monotonic()
+            self.session_busy[sid] -= 1
+            if not self.session_busy[sid]:
+                del self.session_busy[sid]
+
+    async def _execute(self, session, request):
         try:
             params = [from_pb(v) for v in request.params]
-            result = await session.execute(request.sql, params, self._in_thread)
+            result = await session.execute_async(request.sql, params, self._in_thread)
         except SqlError as exc:
             return cpb.ExecuteResponse(error_code=exc.code, error_message=exc.message,
                                        in_transaction=session.in_transaction)
@@ -204,6 +291,7 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
 
     async def CloseSession(self, request, context):
         session = self.sessions.pop(request.session_id, None)
+        self.session_seen.pop(request.session_id, None)
         if session is not None:
             await self._in_thread(session.close)
         return cpb.CloseSessionResponse()
@@ -245,6 +333,7 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
             replica_lag_ms_p99=lag.percentile(0.99) if lag else 0.0,
             commits=volume.client.commits, cached_pages=len(volume.cache), health=health,
             sessions=len(self.sessions), writer_address=self.writer_address,
+            issued_lsn=volume.client.tracker.next_lsn - 1 if self.role == "writer" else 0,
         )
 
 

@@ -144,17 +144,21 @@ class SnapshotFile(_VolumeFile):
             self.volume.unpin(self.pin)
             self.pin = None
 
+    def _read_point(self) -> int:
+        # Outside a read transaction (SQLite reads the header and the size before it locks)
+        # the newest read point serves without a pin: a pin taken here would never be
+        # released (no xUnlock follows), and would hold back storage GC for good.
+        return self.read_lsn if self.pin is not None else self.volume.read_lsn
+
     def xRead(self, amount: int, offset: int) -> bytes:
-        self._ensure_pinned()
         page, within = _page_span(amount, offset)
-        image = self.volume.read_at(page, self.read_lsn)
+        image = self.volume.read_at(page, self._read_point())
         if image is None:
             return b""
         return image[within:within + amount]
 
     def xFileSize(self) -> int:
-        self._ensure_pinned()
-        return db_size_pages(self.volume.page1_at(self.read_lsn)) * PAGE_SIZE_BYTES
+        return db_size_pages(self.volume.page1_at(self._read_point())) * PAGE_SIZE_BYTES
 
     def xWrite(self, data: bytes, offset: int) -> None:
         raise apsw.ReadOnlyError("this connection reads a snapshot of the volume; it cannot write")

@@ -19,6 +19,31 @@ import time
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
 WRITER, READER, FENCED = "writer", "reader", "fenced"
+CUSTOM_TYPES = ("reader", "any")
+CUSTOM_ENDPOINTS_MAX = 16
+RESERVED_ENDPOINT_NAMES = ("writer", "reader")
+
+
+def check_custom_endpoint(instances: dict, custom: dict, name: str, kind: str, members: list[str]) -> str:
+    """Why this custom endpoint cannot be created ("" when it can)."""
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        return f"endpoint name {name!r}: use letters, digits, '-' and '_'"
+    if name.endswith("-pg"):
+        return f"endpoint name {name!r}: the -pg suffix is kept for the PostgreSQL twin of each endpoint"
+    if name in RESERVED_ENDPOINT_NAMES or name in instances:
+        return f"{name!r} is already the name of {'a cluster endpoint' if name in RESERVED_ENDPOINT_NAMES else 'an instance'}"
+    if name in custom:
+        return f"a custom endpoint named {name!r} already exists (delete it first)"
+    if kind not in CUSTOM_TYPES:
+        return f"endpoint type {kind!r}: use one of {', '.join(CUSTOM_TYPES)}"
+    if not members:
+        return "a custom endpoint needs at least one member instance"
+    unknown = sorted(set(members) - set(instances))
+    if unknown:
+        return f"no instance named {', '.join(unknown)}; the instances are: {', '.join(sorted(instances))}"
+    if len(custom) >= CUSTOM_ENDPOINTS_MAX:
+        return f"a region has at most {CUSTOM_ENDPOINTS_MAX} custom endpoints"
+    return ""
 
 
 def raft_conf(bind_address: str) -> SyncObjConf:
@@ -37,6 +62,8 @@ class Catalog(SyncObj):
         self.epoch = 0
         self.failover: dict | None = None
         self.failovers = 0
+        self.custom: dict[str, dict] = {}   # custom endpoints: name -> {type, members, port_slot}
+        self.storage: dict[str, dict] = {}   # storage node name -> health, down since, replaced (healing.py)
 
     # ------------------------------------------------------------ changes (through the leader)
 
@@ -93,11 +120,65 @@ class Catalog(SyncObj):
         if f and f["id"] == failover_id and f["state"] == "promoting":
             f.update(state="failed", reason=f"{f['reason']}; failed: {reason}", finished_unix_s=time.time())
 
+    @replicated
+    def create_endpoint(self, name: str, kind: str, members: list[str]) -> str:
+        """Checked here, at apply time, so that every replica decides the same. Returns "" or why not."""
+        problem = check_custom_endpoint(self.instances, self.custom, name, kind, members)
+        if problem:
+            return problem
+        used = {e["port_slot"] for e in self.custom.values()}
+        slot = min(set(range(CUSTOM_ENDPOINTS_MAX)) - used)
+        self.custom[name] = {"type": kind, "members": sorted(set(members)), "port_slot": slot}
+        return ""
+
+    @replicated
+    def delete_endpoint(self, name: str) -> bool:
+        return self.custom.pop(name, None) is not None
+
+    @replicated
+    def add_instance(self, inst: dict) -> str:
+        """A new reader (already running). Returns "" or why not."""
+        if inst["name"] in self.instances or inst["name"] in self.custom:
+            return f"an instance or endpoint named {inst['name']!r} already exists"
+        if any(i["address"] == inst["address"] for i in self.instances.values()):
+            return f"another instance already has the address {inst['address']}"
+        self.instances[inst["name"]] = dict(inst, role=READER, health="unknown", vdl=0)
+        return ""
+
+    @replicated
+    def remove_instance(self, name: str) -> str:
+        """A reader leaves the catalog (and the custom endpoints it was in). Returns "" or why not."""
+        if name not in self.instances:
+            return f"no instance named {name!r}; the instances are: {', '.join(sorted(self.instances))}"
+        if name == self.writer:
+            return f"{name} is the writer: fail over first (`sixfold failover`), then remove it"
+        if self.failover and self.failover["state"] == "promoting" and self.failover["to_instance"] == name:
+            return f"{name} is being promoted right now; retry when the failover has finished"
+        del self.instances[name]
+        for custom in self.custom.values():
+            if name in custom["members"]:
+                custom["members"].remove(name)
+        return ""
+
+    @replicated
+    def seed_storage(self, nodes: list[dict]) -> bool:
+        if self.storage:
+            return False
+        self.storage = {n["name"]: dict(n) for n in nodes}
+        return True
+
+    @replicated
+    def set_storage(self, name: str, fields: dict) -> None:
+        if name in self.storage:
+            self.storage[name].update(fields)
+
     # ------------------------------------------------------------ reads (this replica's copy)
 
     def snapshot(self) -> dict:
         return {"instances": copy.deepcopy(self.instances), "writer": self.writer, "epoch": self.epoch,
-                "failover": copy.deepcopy(self.failover), "failovers": self.failovers}
+                "failover": copy.deepcopy(self.failover), "failovers": self.failovers,
+                "custom": copy.deepcopy(self.custom),
+                "storage": copy.deepcopy(self.storage)}
 
     def leader_address(self) -> str:
         leader = self._getLeader()

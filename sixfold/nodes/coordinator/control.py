@@ -31,6 +31,7 @@ log = logging.getLogger("sixfold.coordinator")
 HEALTH_INTERVAL_S = 0.2
 HEALTH_TIMEOUT_S = 0.5
 FAILURES_TO_LOST = 3
+WRITER_STALL_S = 5.0   # commits waiting this long with VDL not moving: cut off from the storage quorum
 PROMOTE_TIMEOUT_S = 60.0
 RAFT_WRITE_TIMEOUT_S = 5.0
 
@@ -54,6 +55,18 @@ def compute_status(address: str, timeout_s: float = HEALTH_TIMEOUT_S) -> cpb.Sta
         channel.close()
 
 
+def stall_step(previous: tuple[int, float] | None, vdl: int, issued_lsn: int,
+               now_s: float) -> tuple[tuple[int, float] | None, float]:
+    """(the writer's stall state, seconds it has been stalled): records are waiting for a write
+    quorum (issued > VDL) and VDL has not moved since. A writer that answers its health checks
+    but cannot reach 4 of 6 copies is lost too; the new writer's recovery fences it."""
+    if issued_lsn <= vdl:
+        return None, 0.0
+    if previous is None or previous[0] != vdl:
+        return (vdl, now_s), 0.0
+    return previous, now_s - previous[1]
+
+
 def choose_target(snap: dict, statuses: dict, exclude: str, wanted: str = "") -> str | None:
     """Promotion tier first, then least lag (highest VDL), then name; only healthy readers."""
     candidates = []
@@ -73,6 +86,7 @@ class Controller:
         self.seed_instances = seed_instances
         self.seed_writer = seed_writer
         self.failures: dict[str, int] = {}
+        self.stall: tuple[int, float] | None = None   # (VDL, since) of the writer while commits wait
         self.statuses: dict[str, cpb.StatusResponse | None] = {}
         self.lock = threading.Lock()          # one failover at a time (health loop or planned)
         self.stop = threading.Event()
@@ -105,8 +119,8 @@ class Controller:
             return
         names = list(snap["instances"])
         results = list(self.pool.map(lambda n: compute_status(snap["instances"][n]["address"]), names))
+        self.statuses = dict(zip(names, results))   # removed instances drop out
         for name, status in zip(names, results):
-            self.statuses[name] = status
             self.failures[name] = 0 if status is not None else self.failures.get(name, 0) + 1
             inst = snap["instances"][name]
             if status is None:
@@ -126,9 +140,19 @@ class Controller:
         status = self.statuses.get(writer)
         lost = self.failures.get(writer, 0) >= FAILURES_TO_LOST
         fenced = status is not None and (status.health == "fenced" or status.role != WRITER)
-        if lost or fenced:
-            reason = (f"writer {writer} did not answer {FAILURES_TO_LOST} health checks" if lost
-                      else f"writer {writer} reports {status.health} ({status.role})")
+        stalled_s = 0.0
+        if status is not None and status.role == WRITER:
+            self.stall, stalled_s = stall_step(self.stall, status.vdl, status.issued_lsn, time.monotonic())
+        isolated = stalled_s >= WRITER_STALL_S
+        if lost or fenced or isolated:
+            if lost:
+                reason = f"writer {writer} did not answer {FAILURES_TO_LOST} health checks"
+            elif fenced:
+                reason = f"writer {writer} reports {status.health} ({status.role})"
+            else:
+                reason = (f"writer {writer} has had commits waiting for a write quorum for {stalled_s:.1f} s "
+                          f"(VDL {status.vdl}, issued {status.issued_lsn})")
+            self.stall = None
             self._failover(writer, "", reason)
             return
         self._repoint(snap)

@@ -13,13 +13,18 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 import click
 import grpc
 
-from sixfold.nodes.coordinator.catalog import Catalog
-from sixfold.nodes.coordinator.control import Controller, FailoverError
-from sixfold.nodes.coordinator.router import Router, reader_targets, writer_target
+from pysyncobj import SyncObjException
+
+from sixfold.nodes.coordinator.catalog import CUSTOM_ENDPOINTS_MAX, Catalog
+from sixfold.nodes.coordinator.control import RAFT_WRITE_TIMEOUT_S, Controller, FailoverError
+from sixfold.nodes.coordinator.router import (PG_SUFFIX, Router, custom_addresses, custom_targets,
+                                              reader_targets, writer_target)
+from sixfold.nodes.coordinator.healing import REPLACE_AFTER_S_DEFAULT, StorageHealer, parse_storage_nodes
 from sixfold.rpc import coordinator_pb2 as pb
 from sixfold.rpc import coordinator_pb2_grpc
 
@@ -61,7 +66,7 @@ def parse_replicas(spec: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def endpoint_list(snap: dict, endpoints: dict[str, str]) -> list[pb.Endpoint]:
+def endpoint_list(snap: dict, endpoints: dict[str, str], custom_port_base: int | None = None) -> list[pb.Endpoint]:
     out = []
     writer = writer_target(snap)
     by_address = {i["address"]: n for n, i in snap["instances"].items()}
@@ -71,6 +76,14 @@ def endpoint_list(snap: dict, endpoints: dict[str, str]) -> list[pb.Endpoint]:
     if "reader" in endpoints:
         readers = [by_address[a] for a in reader_targets(snap)] or ([snap["writer"]] if writer else [])
         out.append(pb.Endpoint(name="reader", kind="reader", address=endpoints["reader"], targets=readers))
+    host = next(iter(endpoints.values())).rsplit(":", 1)[0] if endpoints else ""
+    addresses = custom_addresses(snap, host, custom_port_base)
+    for name, custom in sorted(snap.get("custom", {}).items()):
+        if name not in addresses:
+            continue
+        out.append(pb.Endpoint(name=name, kind="custom", address=addresses[name], type=custom["type"],
+                               members=custom["members"], pg_address=addresses[name + PG_SUFFIX],
+                               targets=[by_address[a] for a in custom_targets(snap, name)]))
     for name, inst in sorted(snap["instances"].items()):
         out.append(pb.Endpoint(name=name, kind="instance", address=inst["address"], targets=[name]))
     return out
@@ -78,12 +91,62 @@ def endpoint_list(snap: dict, endpoints: dict[str, str]) -> list[pb.Endpoint]:
 
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, catalog: Catalog, controller: Controller, raft_address: str,
-                 grpc_of_raft: dict[str, str], endpoints: dict[str, str]) -> None:
+                 grpc_of_raft: dict[str, str], endpoints: dict[str, str],
+                 custom_port_base: int | None = None) -> None:
         self.catalog = catalog
         self.controller = controller
         self.raft_address = raft_address
         self.grpc_of_raft = grpc_of_raft
         self.endpoints = endpoints
+        self.custom_port_base = custom_port_base
+
+    def _endpoints(self, snap: dict) -> list[pb.Endpoint]:
+        return endpoint_list(snap, self.endpoints, self.custom_port_base)
+
+    async def _replicate(self, context, change, *args):
+        """A catalog change through the raft leader (pysyncobj forwards it from a follower)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, lambda: change(*args, sync=True, timeout=RAFT_WRITE_TIMEOUT_S))
+        except SyncObjException as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"the coordinators could not agree on the change ({exc}); retry when they have a leader")
+
+    async def CreateEndpoint(self, request, context):
+        if self.custom_port_base is None or not self.endpoints:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "custom endpoints are off: start the coordinators with --custom-endpoint-port-base")
+        problem = await self._replicate(context, self.catalog.create_endpoint, request.name, request.type,
+                                        list(request.members))
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        return next(e for e in self._endpoints(self.catalog.snapshot()) if e.name == request.name)
+
+    async def AddInstance(self, request, context):
+        i = request.instance
+        if not i.name or not i.address or not 0 <= i.promotion_tier <= TIER_MAX:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"an instance needs a name, an address and a promotion tier 0-{TIER_MAX}")
+        problem = await self._replicate(context, self.catalog.add_instance,
+                                        {"name": i.name, "az": i.az, "tier": i.promotion_tier, "address": i.address})
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        inst = self.catalog.snapshot()["instances"][i.name]
+        return pb.Instance(name=i.name, role=inst["role"], az=str(inst["az"]), promotion_tier=inst["tier"],
+                           address=inst["address"], health=inst["health"])
+
+    async def RemoveInstance(self, request, context):
+        problem = await self._replicate(context, self.catalog.remove_instance, request.name)
+        if problem:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+        return pb.RemoveInstanceResponse()
+
+    async def DeleteEndpoint(self, request, context):
+        if not await self._replicate(context, self.catalog.delete_endpoint, request.name):
+            known = sorted(self.catalog.snapshot()["custom"])
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no custom endpoint named {request.name!r}; "
+                                f"the custom endpoints are: {', '.join(known) or 'none'}")
+        return pb.DeleteEndpointResponse()
 
     async def GetCatalog(self, request, context):
         snap = self.catalog.snapshot()
@@ -94,8 +157,12 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             instances=[pb.Instance(name=n, role=i["role"], az=str(i["az"]), promotion_tier=i.get("tier", 1),
                                    address=i["address"], health=i["health"], vdl=i.get("vdl", 0))
                        for n, i in sorted(snap["instances"].items())],
-            endpoints=endpoint_list(snap, self.endpoints),
-            failover=pb.FailoverRecord(**f) if f else None, failovers=snap["failovers"])
+            endpoints=self._endpoints(snap),
+            failover=pb.FailoverRecord(**f) if f else None, failovers=snap["failovers"],
+            storage=[pb.StorageNode(name=n, az=str(s["az"]), address=s["address"], health=s["health"],
+                                    down_s=max(0.0, time.time() - s["down_since_unix"]) if s.get("down_since_unix")
+                                    else 0.0, detail=s.get("detail", ""))
+                     for n, s in sorted(snap["storage"].items())])
 
     async def Failover(self, request, context):
         if not self.catalog.is_leader():
@@ -126,20 +193,44 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
               help="HOST:PORT of the writer endpoint (shared by the replicas with SO_REUSEPORT).")
 @click.option("--reader-endpoint", envvar="SIXFOLD_READER_ENDPOINT", default="",
               help="HOST:PORT of the reader endpoint.")
-def coordinator(listen, raft_address, replicas, instances, writer_endpoint, reader_endpoint) -> None:
+@click.option("--custom-endpoint-port-base", envvar="SIXFOLD_CUSTOM_ENDPOINT_PORT_BASE",
+              type=click.IntRange(1, 65535 - 2 * CUSTOM_ENDPOINTS_MAX), default=None,
+              help=f"Custom endpoints listen on the endpoint host at this port and the next "
+                   f"{CUSTOM_ENDPOINTS_MAX - 1}, their PostgreSQL twins (NAME-pg) on the {CUSTOM_ENDPOINTS_MAX} "
+                   f"after those (off when not given).")
+@click.option("--writer-pg-endpoint", envvar="SIXFOLD_WRITER_PG_ENDPOINT", default="",
+              help="HOST:PORT of the writer endpoint for the PostgreSQL protocol (to the instances' PostgreSQL ports).")
+@click.option("--reader-pg-endpoint", envvar="SIXFOLD_READER_PG_ENDPOINT", default="",
+              help="HOST:PORT of the reader endpoint for the PostgreSQL protocol.")
+@click.option("--storage-nodes", envvar="SIXFOLD_STORAGE_NODES", default="",
+              help="The volume's storage nodes, ID@AZ=HOST:PORT, comma-separated: the leader health-checks "
+                   "them and has a lost one replaced in every PG (none: no storage self-healing).")
+@click.option("--storage-replace-after-s", envvar="SIXFOLD_STORAGE_REPLACE_AFTER_S", type=click.FloatRange(0.5),
+              default=REPLACE_AFTER_S_DEFAULT, show_default=True,
+              help="How long a storage node may stay unreachable before its PGs get a replacement member.")
+def coordinator(listen, raft_address, replicas, instances, writer_endpoint, reader_endpoint,
+                custom_endpoint_port_base, writer_pg_endpoint, reader_pg_endpoint, storage_nodes,
+                storage_replace_after_s) -> None:
     """Run one region coordinator replica: catalog, health checks, failover, endpoint router."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s.%(msecs)03d %(levelname)s coordinator {listen} %(name)s: %(message)s",
                         datefmt="%Y-%m-%dT%H:%M:%S")
     seed, writer = parse_instances(instances)
+    try:
+        storage = parse_storage_nodes(storage_nodes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--storage-nodes") from None
     pairs = parse_replicas(replicas)
     if raft_address not in [r for _, r in pairs]:
         raise click.BadParameter("--replicas must include this replica's --raft address", param_hint="--replicas")
     catalog = Catalog(raft_address, [r for _, r in pairs if r != raft_address])
     controller = Controller(catalog, seed, writer)
     endpoints = {k: v for k, v in (("writer", writer_endpoint), ("reader", reader_endpoint)) if v}
-    service = CoordinatorService(catalog, controller, raft_address, {r: g for g, r in pairs}, endpoints)
-    router = Router(catalog.snapshot, endpoints, in_contact=lambda: bool(catalog.leader_address()))
+    pg_endpoints = {k: v for k, v in (("writer-pg", writer_pg_endpoint), ("reader-pg", reader_pg_endpoint)) if v}
+    service = CoordinatorService(catalog, controller, raft_address, {r: g for g, r in pairs}, endpoints,
+                                 custom_endpoint_port_base)
+    router = Router(catalog.snapshot, {**endpoints, **pg_endpoints}, in_contact=lambda: bool(catalog.leader_address()),
+                    custom_port_base=custom_endpoint_port_base)
     stop = threading.Event()
     failure: list[str] = []
     ready = threading.Event()
@@ -169,6 +260,7 @@ def coordinator(listen, raft_address, replicas, instances, writer_endpoint, read
         catalog.destroy()
         raise click.ClickException(failure[0])
     controller.start()
+    StorageHealer(catalog, storage, storage_replace_after_s, controller.pool).start(controller.stop)
     log.info("coordinator serving on %s (raft %s; endpoints %s)", listen, raft_address, endpoints or "none")
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

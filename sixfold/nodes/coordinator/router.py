@@ -11,8 +11,13 @@ epoch) and only costs a retry.
 - writer endpoint -> the current writer; while a failover is in progress, a new
   connection waits (up to CONNECT_WAIT_S) for the new writer instead of failing;
 - reader endpoint -> round-robin over healthy readers, the writer when none;
+- custom endpoints (named subsets in the catalog, each on its own port from
+  `custom_port_base`) -> round-robin over their healthy members: of type "reader",
+  only members that are readers now; of type "any", readers and the writer;
 - when the writer changes, proxied writer connections to the old one are closed
-  (a paused old writer would otherwise hold them open until the client times out).
+  (a paused old writer would otherwise hold them open until the client times out);
+- `writer-pg` / `reader-pg` / `NAME-pg` (a custom endpoint's twin): the same choice,
+  forwarded to the instance's PostgreSQL port (its gRPC port + PG_PORT_OFFSET).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import itertools
 import logging
 from typing import Callable
 
+from sixfold.nodes.coordinator.catalog import CUSTOM_ENDPOINTS_MAX
+
 log = logging.getLogger("sixfold.router")
 
 CONNECT_WAIT_S = 20.0
@@ -29,6 +36,16 @@ CONNECT_TIMEOUT_S = 2.0
 BUFFER_BYTES = 64 * 1024
 CONNECTIONS_MAX = 4096
 LEADERLESS_GRACE_S = 3.0
+PG_SUFFIX = "-pg"
+PG_PORT_OFFSET = 1000   # sixfold.runtime.topology.PG_PORT_OFFSET (the router stays free of the runtime)
+
+
+def protocol_address(endpoint: str, grpc_address: str | None) -> str | None:
+    """The address an endpoint forwards to: the instance's gRPC address, or its PostgreSQL one."""
+    if grpc_address is None or not endpoint.endswith(PG_SUFFIX):
+        return grpc_address
+    host, port = grpc_address.rsplit(":", 1)
+    return f"{host}:{int(port) + PG_PORT_OFFSET}"
 
 
 def writer_target(snap: dict) -> str | None:
@@ -46,40 +63,102 @@ def reader_targets(snap: dict) -> list[str]:
             if i["role"] == "reader" and i["health"] == "ok"]
 
 
+def custom_targets(snap: dict, endpoint: str) -> list[str]:
+    """A custom endpoint's members it may route to now ([] when none, or no such endpoint)."""
+    custom = snap.get("custom", {}).get(endpoint)
+    if custom is None:
+        return []
+    writer = writer_target(snap)
+    out = []
+    for name in custom["members"]:
+        inst = snap["instances"].get(name)
+        if inst is None:
+            continue
+        if inst["role"] == "reader" and inst["health"] == "ok":
+            out.append(inst["address"])
+        elif custom["type"] == "any" and name == snap["writer"] and inst["address"] == writer:
+            out.append(inst["address"])
+    return out
+
+
+def custom_addresses(snap: dict, host: str, port_base: int | None) -> dict[str, str]:
+    """Each custom endpoint's address, and its PostgreSQL twin's (NAME-pg, CUSTOM_ENDPOINTS_MAX ports up)."""
+    if port_base is None:
+        return {}
+    out = {}
+    for name, e in snap.get("custom", {}).items():
+        out[name] = f"{host}:{port_base + e['port_slot']}"
+        out[name + PG_SUFFIX] = f"{host}:{port_base + CUSTOM_ENDPOINTS_MAX + e['port_slot']}"
+    return out
+
+
 class Router:
     def __init__(self, snapshot: Callable[[], dict], endpoints: dict[str, str],
-                 in_contact: Callable[[], bool] = lambda: True) -> None:
+                 in_contact: Callable[[], bool] = lambda: True, custom_port_base: int | None = None) -> None:
         self.snapshot = snapshot
         self.endpoints = endpoints           # name ("writer"|"reader") -> HOST:PORT
         self.in_contact = in_contact         # this replica knows a raft leader
+        self.custom_port_base = custom_port_base
+        self.host = next(iter(endpoints.values())).rsplit(":", 1)[0] if endpoints else ""
         self._rr = itertools.count()
         self._conns: set[tuple[str, str, asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self.servers: list[asyncio.AbstractServer] = []
+        self.servers: dict[str, tuple[str, asyncio.AbstractServer]] = {}   # endpoint -> (address, server)
+        self.listening = False
+        self._bind_failures: dict[str, str] = {}
+
+    def wanted(self, snap: dict) -> dict[str, str]:
+        """Every endpoint this router should listen on: the cluster ones and the custom ones."""
+        return {**self.endpoints, **custom_addresses(snap, self.host, self.custom_port_base)}
 
     def target(self, endpoint: str, unreachable: frozenset[str] = frozenset()) -> str | None:
         snap = self.snapshot()
-        if endpoint == "reader":
+        base = endpoint.removesuffix(PG_SUFFIX)
+        if base not in ("writer", "reader"):
+            members = [a for a in (protocol_address(endpoint, t) for t in custom_targets(snap, base))
+                       if a not in unreachable]
+            return members[next(self._rr) % len(members)] if members else None
+        if base == "reader":
             # readers the catalog calls healthy but this connection could not reach (the
             # health checks lag a crash by a few probes) are skipped: then the writer
-            readers = [r for r in reader_targets(snap) if r not in unreachable]
+            readers = [a for a in (protocol_address(endpoint, r) for r in reader_targets(snap))
+                       if a not in unreachable]
             if readers:
                 return readers[next(self._rr) % len(readers)]
-        return writer_target(snap)
+        return protocol_address(endpoint, writer_target(snap))
 
     async def start(self) -> None:
         self._last_contact = asyncio.get_running_loop().time()
-        await self._listen()
-        asyncio.get_running_loop().create_task(self._close_stale())
+        await self._sync_listeners(self.snapshot(), listen=True)
+        asyncio.get_running_loop().create_task(self._maintain())
 
-    async def _listen(self) -> None:
-        for name, address in self.endpoints.items():
+    async def _sync_listeners(self, snap: dict, listen: bool) -> None:
+        """Listen on every wanted endpoint (all of them, or none while cut off from the group)."""
+        self.listening = listen
+        wanted = self.wanted(snap) if listen else {}
+        for name, (address, server) in list(self.servers.items()):
+            if wanted.get(name) != address:
+                server.close()
+                del self.servers[name]
+                log.info("endpoint %s stopped listening on %s", name, address)
+        for name, address in wanted.items():
+            if name in self.servers:
+                continue
             host, port = address.rsplit(":", 1)
-            server = await asyncio.start_server(lambda r, w, n=name: self._serve(n, r, w), host, int(port),
-                                                reuse_port=True, reuse_address=True)
-            self.servers.append(server)
+            try:
+                server = await asyncio.start_server(lambda r, w, n=name: self._serve(n, r, w), host, int(port),
+                                                    reuse_port=True, reuse_address=True)
+            except OSError as exc:
+                if name in self.endpoints:
+                    raise
+                if self._bind_failures.get(name) != address:   # retried every pass, logged once
+                    log.error("custom endpoint %s cannot listen on %s: %s", name, address, exc)
+                self._bind_failures[name] = address
+                continue
+            self._bind_failures.pop(name, None)
+            self.servers[name] = (address, server)
             log.info("endpoint %s listening on %s", name, address)
 
-    async def _close_stale(self) -> None:
+    async def _maintain(self) -> None:
         while True:
             await asyncio.sleep(0.1)
             # A replica cut off from the group stops listening, so that the kernel hands new
@@ -88,24 +167,27 @@ class Router:
             # about a second, and refusing connections meanwhile was an outage. (Routing to
             # the last known writer meanwhile is safe: a stale one is fenced by the epoch.)
             now = asyncio.get_running_loop().time()
+            snap = self.snapshot()
             if self.in_contact():
                 self._last_contact = now
-                if not self.servers and self.endpoints:
-                    try:
-                        await self._listen()
-                    except OSError as exc:
-                        log.error("cannot listen on the endpoints again: %s", exc)
-            elif self.servers and now - self._last_contact > LEADERLESS_GRACE_S:
+                try:
+                    await self._sync_listeners(snap, listen=True)
+                except OSError as exc:
+                    log.error("cannot listen on the endpoints again: %s", exc)
+            elif self.listening and now - self._last_contact > LEADERLESS_GRACE_S:
                 log.warning("no raft leader for %.0f s: endpoints stop listening on this replica",
                             LEADERLESS_GRACE_S)
-                for server in self.servers:
-                    server.close()
-                self.servers = []
-            current = writer_target(self.snapshot())
+                await self._sync_listeners(snap, listen=False)
+            current = writer_target(snap)
             for conn in list(self._conns):
                 endpoint, target, down, up = conn
-                if endpoint == "writer" and current is not None and target != current:
-                    log.info("closing a writer-endpoint connection to %s (the writer is now %s)", target, current)
+                now_target = protocol_address(endpoint, current)
+                base = endpoint.removesuffix(PG_SUFFIX)
+                moved = base == "writer" and current is not None and target != now_target
+                deleted = endpoint not in self.endpoints and base not in snap.get("custom", {})
+                if moved or deleted:
+                    log.info("closing a %s-endpoint connection to %s (%s)", endpoint, target,
+                             f"the writer is now {now_target}" if moved else "the endpoint was deleted")
                     self._conns.discard(conn)
                     down.close()
                     up.close()

@@ -4,7 +4,8 @@ RECORDS       [u16 volume length][volume utf-8][u32 segment][records...]
               the records exactly as the writer encoded them (each with its CRC),
               so a batch is persisted without re-encoding.
 SEGMENT_META  [u16 volume length][volume utf-8][u32 segment][JSON meta]
-              epoch, owner, truncation history, members, vdl_hint, min_read_lsn:
+              epoch, owner, truncation history, members (with the membership epoch
+              and, while a member is replaced, next_members), vdl_hint, min_read_lsn:
               rare (epoch changes, truncations, membership), so readable JSON.
               A history entry is [epoch, start_lsn, baseline_lsn]; [epoch, start_lsn]
               (written before baselines existed) reads as baseline = start_lsn.
@@ -66,6 +67,8 @@ def meta_to_json(meta: Meta, vdl_hint: int, min_read_lsn: int) -> dict:
         "owner": meta.owner,
         "history": [[t.epoch, t.start_lsn, t.baseline_lsn] for t in meta.history],
         "members": list(meta.members),
+        "membership_epoch": meta.membership_epoch,
+        "next_members": list(meta.next_members),
         "vdl_hint": vdl_hint,
         "min_read_lsn": min_read_lsn,
     }
@@ -78,6 +81,8 @@ def meta_from_json(doc: dict) -> tuple[Meta, int, int]:
             str(doc["owner"]),
             tuple(_truncation(entry) for entry in doc["history"]),
             tuple(str(m) for m in doc["members"]),
+            int(doc.get("membership_epoch", 0)),  # (absent: written before membership changes)
+            tuple(str(m) for m in doc.get("next_members", ())),
         )
         return meta, int(doc.get("vdl_hint", 0)), int(doc.get("min_read_lsn", 0))
     except (KeyError, TypeError, ValueError) as e:

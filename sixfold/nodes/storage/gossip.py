@@ -8,7 +8,11 @@ What comes back is ingested under the same validity rules as an Append, after
 learning the peer's epoch and truncation history. Learning a truncation can
 drop old copies (a recovery re-stamped them elsewhere; sixfold/volume/epochs.py):
 the gap that leaves is what makes the next round fetch the re-stamped copies,
-and old copies a peer still serves are skipped. Everything is bounded:
+and old copies a peer still serves are skipped. A replica that joined a PG late
+(a membership change) and finds its peers have collected the records it lacks
+(FetchRecords answers TOO_OLD) is seeded from a peer's page images at a point
+that peer materialised (FetchPages), then fetches the records above it.
+Everything is bounded:
 replicas per round, concurrent RPCs, records per fetch, pages per fetch, and
 every RPC has a timeout. A dead peer is skipped quietly for a while.
 """
@@ -54,17 +58,26 @@ class PeerView:
     highest_lsn: int
 
 
+def meta_of(state: pb.SegmentState, history) -> Meta:
+    """A peer's segment state as the Meta to learn from (epoch, history, membership)."""
+    return Meta(state.volume_epoch, state.epoch_owner, history, tuple(state.members),
+                state.membership_epoch, tuple(state.next_members))
+
+
 class Gossiper:
     def __init__(self, node: StorageNode, config: GossipConfig) -> None:
         self.node = node
         self.config = config
         self.self_address = node.config.address
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, pb_grpc.StorageStub] = {}
         self._views: dict[tuple[Key, str], PeerView] = {}
+        self._best_view: dict[Key, PeerView] = {}  # the highest SCL / highest LSN any peer ever reported
         self._down_until_s: dict[str, float] = {}
         self._round_robin = 0
         self._behind_since_s: dict[Key, float] = {}
         self._limit = asyncio.Semaphore(config.concurrency)
+        self._seeding: set[Key] = set()
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
@@ -80,6 +93,7 @@ class Gossiper:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+        self._stubs.clear()
 
     async def _loop(self, step, interval_ms: int) -> None:
         while True:
@@ -96,8 +110,8 @@ class Gossiper:
     # --------------------------------------------------------------- peers
 
     def _stub(self, address: str) -> pb_grpc.StorageStub:
-        channel = self._channels.get(address)
-        if channel is None:
+        stub = self._stubs.get(address)
+        if stub is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(
                 address,
                 options=[
@@ -105,12 +119,13 @@ class Gossiper:
                     ("grpc.max_send_message_length", MESSAGE_MAX_BYTES),
                 ],
             )
-        return pb_grpc.StorageStub(channel)
+            stub = self._stubs[address] = pb_grpc.StorageStub(channel)
+        return stub
 
     def _peers(self, replica: SegmentReplica) -> list[str]:
         now_s = time.monotonic()
         return [
-            m for m in replica.meta.members
+            m for m in replica.meta.all_members()
             if m != self.self_address and self._down_until_s.get(m, 0.0) <= now_s
         ]
 
@@ -145,21 +160,36 @@ class Gossiper:
         for state in response.segments:
             replica = self.node.replicas.get((volume_id, state.segment))
             if replica is not None:
-                await self._learn(replica, peer, state)
+                self._note(replica, peer, state)
+                if not self._nothing_new(replica, state):
+                    await self._learn(replica, peer, state)
+
+    @staticmethod
+    def _nothing_new(replica: SegmentReplica, state: pb.SegmentState) -> bool:
+        """The usual case, decided without building the peer's history: no newer epoch, and
+        every truncation it reports is one we hold."""
+        if state.volume_epoch > replica.epoch:
+            return False
+        known = {(t.epoch, t.start_lsn, t.baseline_lsn) for t in replica.meta.history}
+        return all((t.epoch, t.start_lsn, t.baseline_lsn if t.HasField("baseline_lsn") else t.start_lsn) in known
+                   for t in state.truncations)
 
     async def _learn(self, replica: SegmentReplica, peer: str, state: pb.SegmentState) -> None:
-        self._note(replica, peer, state)
         try:
             history = history_of(state.truncations)
         except ValueError as e:
             log.warning("segment %s/%d: peer %s reports a bad history: %s", *replica.key, peer, e)
             return
-        if state.volume_epoch > replica.epoch or not set(history) <= set(replica.meta.history):
-            meta = Meta(state.volume_epoch, state.epoch_owner, history, tuple(state.members))
-            await self.node.ingest_from_peer(replica, meta, [])
+        if (state.volume_epoch > replica.epoch or not set(history) <= set(replica.meta.history)
+                or state.membership_epoch > replica.meta.membership_epoch):
+            await self.node.ingest_from_peer(replica, meta_of(state, history), [])
 
     def _note(self, replica: SegmentReplica, peer: str, state: pb.SegmentState) -> None:
         self._views[(replica.key, peer)] = PeerView(state.scl, state.highest_lsn)
+        best = self._best_view.get(replica.key)
+        if best is None or state.scl > best.scl or state.highest_lsn > best.highest_lsn:
+            self._best_view[replica.key] = PeerView(max(state.scl, best.scl if best else 0),
+                                                    max(state.highest_lsn, best.highest_lsn if best else 0))
         replica.peer_scl[peer] = (state.scl, time.monotonic())
         # the VDL is a fact about the volume: records at or below it can never be voided,
         # so a replica fed only by gossip may still turn them into pages
@@ -171,7 +201,12 @@ class Gossiper:
         work = []
         now_s = time.monotonic()
         for replica in list(self.node.replicas.values()):
-            peer = self._pick_peer(replica)
+            best = self._best_view.get(replica.key)
+            chain = replica.chain
+            if not chain.has_gap() and (best is None or (best.scl <= chain.scl and best.highest_lsn <= chain.highest_lsn)):
+                peer = None  # no peer ever reported more than we hold: nothing to pick from
+            else:
+                peer = self._pick_peer(replica)
             if peer is None:
                 self._behind_since_s.pop(replica.key, None)
                 continue
@@ -182,8 +217,35 @@ class Gossiper:
                 break
         await asyncio.gather(*work)
 
+    async def _seed(self, replica: SegmentReplica, peer: str) -> None:
+        at_lsn, from_page, pages = 0, 0, []
+        while True:
+            response = await self._call(peer, "FetchPages", pb.FetchPagesRequest(
+                volume_id=replica.volume_id, segment=replica.segment, at_lsn=at_lsn, from_page=from_page,
+                max_bytes=self.config.fetch_max_bytes,
+            ))
+            if response is None or response.error != Code.OK:
+                if response is not None:
+                    log.info("seeding %s/%d from %s: %s %s (next round tries again)", *replica.key, peer,
+                             pb.ErrorCode.Name(response.error), response.detail)
+                return
+            at_lsn = response.at_lsn
+            pages += [(p.page, p.lsn, p.epoch, p.data) for p in response.pages]
+            if not response.has_more:
+                break
+            from_page = response.next_page
+        try:
+            history = history_of(response.state.truncations)
+        except ValueError as e:
+            log.warning("segment %s/%d: peer %s reports a bad history: %s", *replica.key, peer, e)
+            return
+        await self.node.ingest_from_peer(replica, meta_of(response.state, history), [])
+        await self.node.install_snapshot(replica, at_lsn, pages)
+
     def _pick_peer(self, replica: SegmentReplica) -> str | None:
         """The peer with the most to give, or (with a gap and nothing known) any peer."""
+        if self.self_address not in replica.meta.all_members():
+            return None  # no longer a member (replaced): nobody needs this copy to grow
         best, best_view = None, PeerView(replica.chain.scl, replica.chain.highest_lsn)
         unknown = []
         for peer in self._peers(replica):
@@ -206,6 +268,15 @@ class Gossiper:
             ))
             if response is None:
                 return
+            if response.error == Code.TOO_OLD and replica.key not in self._seeding:
+                # the peer collected records this replica lacks (it joined late): seed it
+                # from the peer's page images, then fetch the records above them
+                self._seeding.add(replica.key)
+                try:
+                    await self._seed(replica, peer)
+                finally:
+                    self._seeding.discard(replica.key)
+                return
             if response.error != Code.OK:
                 log.debug("FetchRecords %s/%d from %s: %s %s", *replica.key, peer, response.error, response.detail)
                 return
@@ -221,8 +292,7 @@ class Gossiper:
             except ValueError as e:
                 log.warning("segment %s/%d: peer %s reports a bad history: %s", *replica.key, peer, e)
                 return
-            meta = Meta(state.volume_epoch, state.epoch_owner, history, tuple(state.members))
-            added = await self.node.ingest_from_peer(replica, meta, incoming)
+            added = await self.node.ingest_from_peer(replica, meta_of(state, history), incoming)
             if added.records:
                 log.debug("gossip %s/%d: %d record(s) from %s, SCL now %d",
                           *replica.key, len(added.records), peer, replica.chain.scl)

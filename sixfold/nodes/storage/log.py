@@ -4,11 +4,20 @@ Frame: [u32 crc32][u32 payload length][u8 frame type][payload], the CRC over
 type + payload. Files are `<file_no:012d>.log` in one directory; a position is
 (file_no, offset). Nothing is acknowledged before the fsync covering it returns.
 
+Zeroed ahead: the writer extends the live file with zeros (ZERO_AHEAD_BYTES at a
+time, with a full fsync) and then writes its groups over them, so that a group's
+sync is an fdatasync of blocks already allocated and initialised: no file size
+or block map changes, so no filesystem journal commit per group. The zeros past
+the last frame read as the end of the log; a finished file (rotation, close) is
+cut back to its last frame.
+
 Group commit: callers enqueue frames synchronously (so log order is the order
 in which the node's state machines accepted the changes) and get a future; one
-writer task writes everything pending with one write + one fsync in a thread,
-runs the entries' `on_durable` callbacks in log order, then resolves their
-futures. While an fsync runs, new frames queue up for the next group.
+writer thread writes everything pending with one write + one fsync, and hands
+the group back to the event loop, which runs the entries' `on_durable`
+callbacks in log order, then resolves their futures. While an fsync runs, new
+frames queue up for the next group. A thread of its own (not an executor job
+per group): a group costs one wake-up each way, nothing more.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import collections
 import logging
 import os
 import struct
+import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +38,8 @@ log = logging.getLogger("sixfold.storage.log")
 FRAME_HEADER = struct.Struct("<IIB")
 FRAME_PAYLOAD_MAX_BYTES = 64 * 1024 * 1024
 LOG_SUFFIX = ".log"
+ZERO_AHEAD_BYTES = 1024 * 1024
+_ZEROS = bytes(ZERO_AHEAD_BYTES)
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -58,6 +70,14 @@ def list_log_files(directory: Path) -> list[int]:
         if stem.isdigit():
             numbers.append(int(stem))
     return sorted(numbers)
+
+
+def _write_fully(fd: int, data: bytes | memoryview, position: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, position)
+        view = view[written:]
+        position += written
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -91,7 +111,8 @@ def scan_log(
     At the first damaged frame (bad CRC, short length) the file is truncated
     there and later files are deleted, with a warning: a write is only
     acknowledged after its fsync, so damage can only be an unacknowledged torn
-    tail (or disk corruption, which gossip from peers repairs)."""
+    tail (or disk corruption, which gossip from peers repairs). Zeros from there
+    to the end of the last file are the writer's zeroed-ahead space: cut quietly."""
     directory.mkdir(parents=True, exist_ok=True)
     files = list_log_files(directory)
     for file_no in files:
@@ -111,11 +132,14 @@ def scan_log(
             if problem is not None:
                 dropped = len(data) - offset
                 later = files[i + 1 :]
-                log.warning(
-                    "log %s: %s at offset %d: truncating, dropping %d bytes%s",
-                    path.name, problem, offset, dropped,
-                    f" and later files {later}" if later else "",
-                )
+                if not later and data.count(0, offset) == dropped:
+                    log.debug("log %s: end at offset %d, %d zeroed-ahead bytes cut", path.name, offset, dropped)
+                else:
+                    log.warning(
+                        "log %s: %s at offset %d: truncating, dropping %d bytes%s",
+                        path.name, problem, offset, dropped,
+                        f" and later files {later}" if later else "",
+                    )
                 with open(path, "r+b") as f:
                     f.truncate(offset)
                     os.fsync(f.fileno())
@@ -172,23 +196,29 @@ class GroupCommitLog:
         self.failure: BaseException | None = None
         self._file_no = end.file_no
         self._fd = os.open(log_file_path(directory, end.file_no), os.O_WRONLY | os.O_CREAT, 0o644)
-        os.lseek(self._fd, end.offset, os.SEEK_SET)
         os.ftruncate(self._fd, end.offset)  # scan_log already cut any torn tail; be sure
-        self._file_size_bytes = end.offset
+        self._file_size_bytes = end.offset   # where the next frame goes
+        self._zeroed_to = end.offset         # the file's size: zeros from _file_size_bytes on
         for n in list_log_files(directory):
             self.stats.file_bytes[n] = log_file_path(directory, n).stat().st_size
         _fsync_dir(directory)
+        # appended to on the loop, taken by the writer thread (deque appends and pops are atomic)
         self._pending: collections.deque[_Entry] = collections.deque()
-        self._pending_bytes = 0
-        self._wakeup = asyncio.Event()
+        self._pending_bytes = 0  # on the loop only: queued and not yet durable
         self._room = asyncio.Event()
         self._room.set()
         self._closing = False
-        self._task: asyncio.Task | None = None
+        self._work = threading.Event()  # loop -> writer thread: something is queued (or closing)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Future | None = None
         self.failed = asyncio.Event()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="log-writer")
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        self._thread = threading.Thread(target=self._writer, name="log-writer", daemon=True)
+        self._thread.start()
 
     # ---------------------------------------------------------------- intake
 
@@ -208,43 +238,58 @@ class GroupCommitLog:
         entry = _Entry(frames, size, asyncio.get_running_loop().create_future(), on_durable)
         self._pending.append(entry)
         self._pending_bytes += size
-        self._wakeup.set()
+        if not self._work.is_set():
+            self._work.set()
         return entry.future
 
     # ---------------------------------------------------------------- writer
 
-    async def _run(self) -> None:
+    def _writer(self) -> None:
+        """The writer thread: groups, writes and fsyncs; the loop does the rest."""
         while True:
-            while not self._pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            group = self._take_group()
-            frames = [f for entry in group for f in entry.frames]
-            if frames:
-                try:
-                    end = await asyncio.to_thread(self._write_group, frames)
-                except Exception as e:  # any failure means nothing more can be acknowledged
-                    self._fail(e, group)
-                    return
-                self.durable_position = end
-                self.stats.file_bytes[end.file_no] = end.offset
-                self.stats.bytes_written += sum(FRAME_HEADER.size + len(p) for _, p in frames)
-                self.stats.fsync_count += 1
-                self.stats.groups += 1
-                self.stats.frames += len(frames)
-            for entry in group:
-                self._pending_bytes -= entry.size_bytes
-                if entry.on_durable is not None:
+            self._work.wait()
+            self._work.clear()  # before taking: an append after this sets it again
+            while self._pending:
+                group = self._take_group()
+                frames = [f for entry in group for f in entry.frames]
+                end = None
+                if frames:
                     try:
-                        entry.on_durable()
-                    except Exception:  # a bug in a callback must not stall the log
-                        log.exception("on_durable callback failed")
-                if not entry.future.done():
-                    entry.future.set_result(None)
-            if self._pending_bytes < self.queue_limit_bytes:
-                self._room.set()
+                        end = self._write_group(frames)
+                    except BaseException as e:  # any failure means nothing more can be acknowledged
+                        self._to_loop(self._fail, e, group)
+                        return
+                self._to_loop(self._group_durable, group, frames, end)
+            if self._closing and not self._pending:
+                self._to_loop(self._stopped.set_result, None)
+                return
+
+    def _to_loop(self, callback, *args) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+    def _group_durable(self, group: list[_Entry], frames: list[tuple[int, bytes]], end: LogPosition | None) -> None:
+        """On the loop, in log order: publish the group as durable."""
+        if end is not None:
+            self.durable_position = end
+            self.stats.file_bytes[end.file_no] = end.offset
+            self.stats.bytes_written += sum(FRAME_HEADER.size + len(p) for _, p in frames)
+            self.stats.fsync_count += 1
+            self.stats.groups += 1
+            self.stats.frames += len(frames)
+        for entry in group:
+            self._pending_bytes -= entry.size_bytes
+            if entry.on_durable is not None:
+                try:
+                    entry.on_durable()
+                except Exception:  # a bug in a callback must not stall the log
+                    log.exception("on_durable callback failed")
+            if not entry.future.done():
+                entry.future.set_result(None)
+        if self._pending_bytes < self.queue_limit_bytes:
+            self._room.set()
 
     def _take_group(self) -> list[_Entry]:
         group = [self._pending.popleft()]
@@ -256,25 +301,47 @@ class GroupCommitLog:
         return group
 
     def _write_group(self, frames: list[tuple[int, bytes]]) -> LogPosition:
-        """Runs in a thread: encodes (CRC) and writes the group, then fsyncs."""
+        """Runs in the writer thread: encodes (CRC) and writes the group, then fsyncs."""
         if self._file_size_bytes >= self.file_size_limit_bytes:
             self._rotate()
         buffer = b"".join(encode_frame(t, p) for t, p in frames)
-        view = memoryview(buffer)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        start = self._file_size_bytes
+        end = start + len(buffer)
+        grows = end > self._zeroed_to
+        if grows:
+            self._zero_ahead(end)
+        _write_fully(self._fd, buffer, start)
+        if grows:
+            os.fsync(self._fd)  # the file's size changed: metadata too
+        else:
+            os.fdatasync(self._fd)  # over zeroed, allocated blocks: the data is all there is to sync
+        self._file_size_bytes = end
+        return LogPosition(self._file_no, end)
+
+    def _zero_ahead(self, end: int) -> None:
+        """Extends the file with zeros past `end` (the caller fsyncs)."""
+        target = max(end, min(end + ZERO_AHEAD_BYTES, self.file_size_limit_bytes))
+        position = max(self._zeroed_to, end)  # [_file_size_bytes, end) is the group's own
+        while position < target:
+            chunk = min(target - position, ZERO_AHEAD_BYTES)
+            _write_fully(self._fd, memoryview(_ZEROS)[:chunk], position)
+            position += chunk
+        self._zeroed_to = target
+
+    def _finish_file(self) -> None:
+        """Cuts the zeroed-ahead space off and makes the file's end durable."""
+        os.ftruncate(self._fd, self._file_size_bytes)
         os.fsync(self._fd)
-        self._file_size_bytes += len(buffer)
-        return LogPosition(self._file_no, self._file_size_bytes)
+        self._zeroed_to = self._file_size_bytes
 
     def _rotate(self) -> None:
-        os.fsync(self._fd)
+        self._finish_file()
         os.close(self._fd)
         self._file_no += 1
         self._fd = os.open(log_file_path(self.directory, self._file_no), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         _fsync_dir(self.directory)  # the new file's name must survive a crash too
         self._file_size_bytes = 0
+        self._zeroed_to = 0
 
     def _fail(self, error: BaseException, group: list[_Entry]) -> None:
         # After a failed fsync the page cache state is unknown (fsyncgate): stop for good.
@@ -286,6 +353,8 @@ class GroupCommitLog:
         self._pending.clear()
         self._room.set()
         self.failed.set()
+        if not self._stopped.done():
+            self._stopped.set_result(None)  # the writer thread has ended
 
     # ---------------------------------------------------------- maintenance
 
@@ -304,9 +373,11 @@ class GroupCommitLog:
     async def close(self) -> None:
         """Writes and fsyncs everything queued, then closes the file."""
         self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await asyncio.shield(self._task)
+        self._work.set()
+        if self._stopped is not None:
+            await asyncio.shield(self._stopped)
+        if self._fd >= 0 and self.failure is None:
+            self._finish_file()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

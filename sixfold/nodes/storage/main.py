@@ -102,7 +102,7 @@ def configure_logging(level: str, node_id: str) -> None:
               type=click.IntRange(10, 60_000))
 @option("--log-file-size-bytes", envvar="SIXFOLD_LOG_FILE_SIZE_BYTES", default=64 * 1024 * 1024,
               show_default=True, type=click.IntRange(4096), help="Rotate the durable log past this size.")
-@option("--materialise-interval-ms", envvar="SIXFOLD_MATERIALISE_INTERVAL_MS", default=50, hidden=True,
+@option("--materialise-interval-ms", envvar="SIXFOLD_MATERIALISE_INTERVAL_MS", default=100, hidden=True,
               type=click.IntRange(1), help="Testing knob: how often the materialiser runs.")
 @option("--log-level", envvar="SIXFOLD_LOG_LEVEL", default="INFO",
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))

@@ -45,7 +45,8 @@ from sixfold.nodes.storage.replica import (
     split_records,
 )
 from sixfold.volume.epochs import Truncation, record_is_current
-from sixfold.volume.records import RecordError, RecordKind, apply_record
+from sixfold.volume.membership import Membership
+from sixfold.volume.records import PAGE_SIZE_BYTES, RecordError, RecordKind, apply_record
 
 log = logging.getLogger("sixfold.storage.node")
 
@@ -63,7 +64,7 @@ class NodeConfig:
     gossip_interval_ms: int = 100
     log_file_size_bytes: int = 64 * 1024 * 1024
     log_queue_limit_bytes: int = 32 * 1024 * 1024
-    materialise_interval_ms: int = 50
+    materialise_interval_ms: int = 100  # each round is a SQLite commit (WAL fsync) and a new version of every hot page
     materialise_batch_records: int = 20_000
     gc_interval_ms: int = 1_000
     peer_scl_fresh_ms: int = 5_000  # records GC trusts peer SCLs no older than this
@@ -73,9 +74,12 @@ class NodeConfig:
 
 
 class StreamSink(Protocol):
-    """An open Append stream: told when a segment it touched moved its SCL."""
+    """An open Append stream: told when a segment it touched moved its SCL, and when one of
+    its own batches is durable (its futures resolve right after)."""
 
     def push_scl(self, key: Key) -> None: ...
+
+    def batch_durable(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,11 @@ class FetchResult:
     records: bytes = b""
     has_more: bool = False
     replica: SegmentReplica | None = None
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def bad_volume_id(volume_id: str) -> str | None:
@@ -140,6 +149,9 @@ class StorageNode:
         self._reader_pool = ThreadPoolExecutor(2, thread_name_prefix="store-reader")
         self._background: asyncio.Task | None = None
         self._closing = asyncio.Event()
+        # held by materialise/GC rounds and by installing a snapshot: each writes the segment row
+        self._store_lock = asyncio.Lock()
+        self._tick: asyncio.Future | None = None  # the background loop's sleep; close() ends it
 
     # ------------------------------------------------------------ lifecycle
 
@@ -173,6 +185,8 @@ class StorageNode:
         """Finishes what is in flight: queued frames are fsynced, then one last
         materialise round, then the store is closed."""
         self._closing.set()
+        if self._tick is not None and not self._tick.done():
+            self._tick.set_result(None)
         if self._background is not None:
             await self._background
         if self.log is not None:
@@ -327,6 +341,8 @@ class StorageNode:
                     # materialise these records, and nothing else may mark the replica again
                     self._dirty.add(replica.key)
                     self._scl_moved(replica.key, origin)
+            if origin is not None:
+                origin.batch_durable()
 
         return self.log.append(frames, on_durable)
 
@@ -541,16 +557,21 @@ class StorageNode:
         loop = asyncio.get_running_loop()
         next_gc_s = loop.time() + self.config.gc_interval_ms / 1000
         while not self._closing.is_set():
+            # a plain timer, not wait_for(closing.wait()): this runs 20 times a second
+            self._tick = loop.create_future()
+            timer = loop.call_later(self.config.materialise_interval_ms / 1000, _resolve, self._tick)
             try:
-                await asyncio.wait_for(self._closing.wait(), self.config.materialise_interval_ms / 1000)
+                await self._tick
+            finally:
+                timer.cancel()
+            if self._closing.is_set():
                 return
-            except TimeoutError:
-                pass
             try:
-                await self._materialise_once()
-                if loop.time() >= next_gc_s:
-                    next_gc_s = loop.time() + self.config.gc_interval_ms / 1000
-                    await self._gc_once()
+                async with self._store_lock:
+                    await self._materialise_once()
+                    if loop.time() >= next_gc_s:
+                        next_gc_s = loop.time() + self.config.gc_interval_ms / 1000
+                        await self._gc_once()
             except Exception:
                 # the log still holds everything; keep serving and retry later
                 log.exception("materialise/GC round failed")
@@ -626,6 +647,68 @@ class StorageNode:
             replica.on_records_gc(floor)
             log.debug("GC %s/%d: horizon %d floor %d: %d version(s), %d record(s) dropped",
                       replica.volume_id, replica.segment, horizon, floor, versions, records)
+
+    # ----------------------------------------------------------- membership
+
+    async def change_membership(self, volume_id: str, segment: int, epoch: int, owner: str,
+                                history: tuple[Truncation, ...], proposed: Membership
+                                ) -> tuple[Rejection | None, SegmentReplica | None]:
+        problem = bad_volume_id(volume_id) or bad_segment(segment)
+        if problem is not None:
+            return Rejection(Code.INVALID, problem), None
+        await self.log.wait_for_room()
+        replica = self.replicas.get((volume_id, segment)) or SegmentReplica(volume_id, segment)
+        result = replica.change_membership(epoch, owner, history, proposed)
+        if isinstance(result, Rejection):
+            return result, replica if replica.key in self.replicas else None
+        if replica.key not in self.replicas:
+            self.replicas[replica.key] = replica
+            log.info("created replica %s/%d by a membership change (joining)", volume_id, segment)
+        log.info("segment %s/%d: membership %d: %s%s", volume_id, segment, proposed.epoch, list(proposed.members),
+                 f" -> {list(proposed.next_members)}" if proposed.transitional else "")
+        await self._persist([(replica, result, None)], None)
+        return None, replica
+
+    async def fetch_pages(self, volume_id: str, segment: int, at_lsn: int, from_page: int,
+                          max_bytes: int) -> tuple[Code, str, int, list[tuple[int, int, int, bytes]], bool]:
+        """(code, detail, at_lsn, pages, has_more): the newest version <= at_lsn of each page,
+        at_lsn 0 meaning this replica's materialised point (never truncated)."""
+        replica = self.replicas.get((volume_id, segment))
+        if replica is None:
+            return Code.UNKNOWN_SEGMENT, f"no replica of {volume_id}/{segment}", 0, [], False
+        at_lsn = at_lsn or replica.materialised_lsn
+        if at_lsn > replica.materialised_lsn:
+            return Code.NOT_AVAILABLE, f"materialised only up to {replica.materialised_lsn}", at_lsn, [], False
+        max_pages = max(1, min(max_bytes or 4 << 20, self.config.fetch_max_bytes_cap) // PAGE_SIZE_BYTES)
+        for _ in range(2):
+            if at_lsn < replica.oldest_version_lsn:
+                break
+            rows = await self._in_reader(self.store.read_pages_at, volume_id, segment, at_lsn, from_page,
+                                         max_pages + 1)
+            if at_lsn >= replica.oldest_version_lsn:  # GC may have raised it while we read
+                return Code.OK, "", at_lsn, rows[:max_pages], len(rows) > max_pages
+        return Code.TOO_OLD, f"versions below {replica.oldest_version_lsn} were collected", at_lsn, [], False
+
+    async def install_snapshot(self, replica: SegmentReplica, at_lsn: int,
+                               pages: list[tuple[int, int, int, bytes]]) -> bool:
+        """Seeds a replica that joined late (its peers collected the records it lacks) with a
+        peer's page images as of at_lsn, a point that peer materialised; gossip then fetches
+        the records above it. False when there is nothing to do (the replica is past it)."""
+        async with self._store_lock:
+            if at_lsn <= replica.materialised_lsn or self.replicas.get(replica.key) is not replica:
+                return False
+            row = SegmentRow(replica.volume_id, replica.segment, replica.meta, replica.vdl_hint,
+                             replica.min_read_lsn, at_lsn, at_lsn + 1, max(at_lsn, replica.oldest_version_lsn))
+            await self._in_writer(self.store.install_snapshot, row, pages)
+            replica.install_snapshot(at_lsn, row.oldest_version_lsn)
+            self._stored_history[replica.key] = row.meta.history
+            self._dirty.add(replica.key)
+        log.info("segment %s/%d: seeded with %d page image(s) as of LSN %d from a peer; SCL %d",
+                 replica.volume_id, replica.segment, len(pages), at_lsn, replica.chain.scl)
+        # a meta frame after everything accepted so far: once durable, durable_scl covers the chain
+        changes = Changes(meta=replica.meta, scl_after=replica.chain.scl)
+        await self._persist([(replica, changes, None)], None)
+        return True
 
     # -------------------------------------------------------------- helpers
 

@@ -35,7 +35,7 @@ from sixfold.nodes.storage.codec import meta_from_json, meta_to_json
 from sixfold.nodes.storage.log import LogPosition
 from sixfold.nodes.storage.replica import Incoming, Meta, record_crc
 from sixfold.volume.epochs import Truncation
-from sixfold.volume.records import PAGE_SIZE_BYTES, LogRecord, RecordKind, apply_record
+from sixfold.volume.records import EMPTY_PAGE, PAGE_SIZE_BYTES, LogRecord, RecordKind, apply_record_in_place
 
 LSN_MAX = 2**63 - 1  # SQLite integers are signed 64-bit
 
@@ -254,14 +254,14 @@ class PageStore:
                 " ORDER BY lsn DESC LIMIT 1",
                 (volume_id, segment, page),
             ).fetchone()
-            image = found[1] if found else None
             assert found is None or found[0] < page_records[0].lsn, "materialising below an existing version"
+            image = bytearray(found[1] if found else EMPTY_PAGE)
             for i, record in enumerate(page_records):
-                image = apply_record(image, record)
-                assert image is not None and len(image) == PAGE_SIZE_BYTES
+                apply_record_in_place(image, record)
+                assert len(image) == PAGE_SIZE_BYTES
                 superseded = i + 1 < len(page_records) and page_records[i + 1].lsn <= skip_below_lsn
                 if not superseded:
-                    rows.append((volume_id, segment, page, record.lsn, record.epoch, image))
+                    rows.append((volume_id, segment, page, record.lsn, record.epoch, bytes(image)))
         db.executemany(
             "INSERT OR REPLACE INTO versions (volume, segment, page, lsn, epoch, image) VALUES (?, ?, ?, ?, ?, ?)",
             rows,
@@ -295,7 +295,41 @@ class PageStore:
             raise
         return versions, records
 
+    def install_snapshot(self, row: SegmentRow, pages: list[tuple[int, int, int, bytes]]) -> None:
+        """Seeds a joining replica: its page versions become `pages` (page, lsn, epoch, image)
+        as of row.materialised_lsn; records at or below it go (the images hold them)."""
+        db = self._writer
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM versions WHERE volume = ? AND segment = ?", (row.volume_id, row.segment))
+            db.execute("DELETE FROM records WHERE volume = ? AND segment = ? AND lsn <= ?",
+                       (row.volume_id, row.segment, row.materialised_lsn))
+            db.executemany(
+                "INSERT INTO versions (volume, segment, page, lsn, epoch, image) VALUES (?, ?, ?, ?, ?, ?)",
+                [(row.volume_id, row.segment, page, lsn, epoch, image) for page, lsn, epoch, image in pages],
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO segments (volume, segment, meta, vdl_hint, min_read_lsn, materialised_lsn,"
+                " records_gc_lsn, oldest_version_lsn) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (row.volume_id, row.segment, json.dumps(meta_to_json(row.meta, row.vdl_hint, row.min_read_lsn)),
+                 row.vdl_hint, row.min_read_lsn, row.materialised_lsn, row.records_gc_lsn, row.oldest_version_lsn),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
     # ---------------------------------------------------------------- reads
+
+    def read_pages_at(self, volume_id: str, segment: int, at_lsn: int, from_page: int,
+                      max_pages: int) -> list[tuple[int, int, int, bytes]]:
+        """(page, lsn, epoch, image) of the newest version <= at_lsn of each page >= from_page."""
+        return self._reader().execute(
+            "SELECT page, lsn, epoch, image FROM versions AS v WHERE volume = ?1 AND segment = ?2 AND page >= ?3"
+            " AND lsn = (SELECT MAX(w.lsn) FROM versions AS w WHERE w.volume = ?1 AND w.segment = ?2"
+            " AND w.page = v.page AND w.lsn <= ?4) ORDER BY page LIMIT ?5",
+            (volume_id, segment, from_page, min(at_lsn, LSN_MAX), max_pages),
+        ).fetchall()
 
     def read_version(self, volume_id: str, segment: int, page: int, max_lsn: int) -> tuple[int, bytes] | None:
         """The newest version of a page with lsn <= max_lsn."""

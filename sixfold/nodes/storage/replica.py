@@ -50,6 +50,7 @@ from sixfold.volume.records import (
     decode_one,
     encode_record,
 )
+from sixfold.volume.membership import COPIES, Membership, check_change
 from sixfold.volume.recovery import same_record
 
 MEMBERS_MAX = 16
@@ -83,6 +84,14 @@ class Meta:
     owner: str = ""
     history: tuple[Truncation, ...] = ()
     members: tuple[str, ...] = ()
+    # the PG membership (sixfold/volume/membership.py): epoch 0 is the set the replica was
+    # created with; only a ChangeMembership (or a peer/log with a higher epoch) changes it
+    membership_epoch: int = 0
+    next_members: tuple[str, ...] = ()
+
+    def all_members(self) -> tuple[str, ...]:
+        """Every member that gets writes: the current set and, while it changes, the joining ones."""
+        return self.members + tuple(m for m in self.next_members if m not in self.members)
 
 
 @dataclass(slots=True)
@@ -277,17 +286,27 @@ class SegmentReplica:
         upgrades: list[Incoming] = []
         duplicates = 0
         stale = 0
-        for record, encoded in incoming:
+        # only an entry with a newer epoch than a record's can void it or make it an old copy
+        newest_entry_epoch = merged[-1].epoch if merged else 0
+        materialised_lsn = self.materialised_lsn
+        held_records = self.held
+        for item in incoming:
+            record = item[0]
             if record.epoch > epoch:
                 return Rejection(Code.INVALID, f"record lsn={record.lsn} epoch {record.epoch} > request epoch {epoch}")
-            if not record_is_valid(record.lsn, record.epoch, merged):
-                return Rejection(
-                    Code.INVALID, f"record lsn={record.lsn} epoch {record.epoch} is void under the history"
-                )
-            if not record_is_current(record.lsn, record.epoch, merged):
-                stale += 1  # an old copy of a record a recovery re-stamped: the same record, not stored
+            if record.epoch < newest_entry_epoch:
+                if not record_is_valid(record.lsn, record.epoch, merged):
+                    return Rejection(
+                        Code.INVALID, f"record lsn={record.lsn} epoch {record.epoch} is void under the history"
+                    )
+                if not record_is_current(record.lsn, record.epoch, merged):
+                    stale += 1  # an old copy of a record a recovery re-stamped: the same record, not stored
+                    continue
+            held = held_records.get(record.lsn)
+            if held is None and record.lsn > materialised_lsn:
+                fresh.append(item)  # the common case: a new record
                 continue
-            held = self.held.get(record.lsn)
+            encoded = item[1]
             if held is not None and record.lsn not in gone:
                 match = _compare(held.record, held.encoded, record, encoded)
                 if match == "different":
@@ -297,7 +316,7 @@ class SegmentReplica:
                 else:
                     duplicates += 1
                 continue
-            if record.lsn <= self.materialised_lsn:
+            if record.lsn <= materialised_lsn:
                 match = self._materialised_match(record, encoded)
                 if match == "different":
                     return Rejection(Code.INVALID, f"lsn {record.lsn} was materialised with different bytes")
@@ -308,8 +327,9 @@ class SegmentReplica:
                 else:
                     duplicates += 1
                 continue
-            fresh.append((record, encoded))
-        meta = Meta(epoch, writer_id, merged, tuple(members) or self.meta.members)
+            fresh.append(item)  # held, but dropped by the merged history: it comes back
+        m = self.meta  # a request's member list only creates the replica: membership changes have epochs
+        meta = Meta(epoch, writer_id, merged, m.members or tuple(members), m.membership_epoch, m.next_members)
         return AppendPlan(None if meta == self.meta else meta, fresh, duplicates, upgrades, stale)
 
     def apply_append(self, plan: AppendPlan) -> Changes:
@@ -346,7 +366,9 @@ class SegmentReplica:
         changes = Changes()
         # persisted even when unchanged: a retry must not be answered before the
         # first attempt's frame is durable
-        self._set_meta(Meta(new_epoch, owner, merged, tuple(members) or self.meta.members), changes)
+        m = self.meta
+        self._set_meta(Meta(new_epoch, owner, merged, m.members or tuple(members), m.membership_epoch,
+                            m.next_members), changes)
         changes.scl_after = self.chain.scl
         return changes
 
@@ -364,9 +386,55 @@ class SegmentReplica:
         if isinstance(merged, Rejection):
             return merged
         changes = Changes()
-        self._set_meta(Meta(self.meta.epoch, self.meta.owner, merged, self.meta.members), changes)
+        self._set_meta(replace(self.meta, history=merged), changes)
         changes.scl_after = self.chain.scl
         return changes
+
+    def change_membership(self, epoch: int, owner: str, history: tuple[Truncation, ...],
+                          proposed: Membership) -> Changes | Rejection:
+        """The writer (owner of the current volume epoch, or of a newer one) records a new
+        PG membership. Persisted even when unchanged: a retry must not be answered before
+        the first attempt's frame is durable."""
+        if epoch <= 0 or not owner or len(owner) > NAME_MAX_CHARS:
+            return Rejection(Code.INVALID, "volume_epoch must be positive and owner 1..256 characters")
+        if epoch < self.meta.epoch:
+            return Rejection(Code.STALE_EPOCH, f"request epoch {epoch} < segment epoch {self.meta.epoch}")
+        if epoch == self.meta.epoch and owner != self.meta.owner:
+            return Rejection(Code.NOT_EPOCH_OWNER, f"epoch {epoch} is owned by {self.meta.owner!r}")
+        merged = self._merge(history, epoch)
+        if isinstance(merged, Rejection):
+            return merged
+        if (problem := check_members(proposed.all_members())) is not None:
+            return Rejection(Code.INVALID, problem)
+        current = None
+        if len(self.meta.members) == len(set(self.meta.members)) == COPIES:
+            current = Membership(self.meta.membership_epoch, self.meta.members, self.meta.next_members)
+        if (problem := check_change(current, proposed)) is not None:
+            return Rejection(Code.INVALID, problem)
+        changes = Changes()
+        self._set_meta(Meta(epoch, owner, merged, proposed.members, proposed.epoch, proposed.next_members), changes)
+        changes.scl_after = self.chain.scl
+        return changes
+
+    def install_snapshot(self, base_lsn: int, oldest_version_lsn: int) -> None:
+        """The page store now holds a peer's page images as of base_lsn, a point that peer
+        had materialised (so nothing at or below it can ever be truncated): that is this
+        replica's new base. Held records at or below it are in the images; records at or
+        below it that arrive later are taken as duplicates (as if collected)."""
+        assert base_lsn > self.materialised_lsn, (base_lsn, self.materialised_lsn)
+        for lsn in [lsn for lsn in self.held if lsn <= base_lsn]:
+            self.restamp.pop(lsn, None)
+            self._unindex_page(self.held.pop(lsn).record)
+        self.chain = SegmentChain(base_lsn)
+        for lsn in sorted(self.held):
+            self.chain.add(lsn, self.held[lsn].record.prev_lsn)
+        self.unstored = [lsn for lsn in self.unstored if lsn > base_lsn]
+        self._mat_lsns, self._mat_crcs, self._mat_epochs = array("Q"), array("I"), array("Q")
+        self.records_gc_lsn = base_lsn + 1
+        self.oldest_version_lsn = max(oldest_version_lsn, self.oldest_version_lsn)
+        # only what is in the store is known durable; the log's next callback raises it
+        self.durable_scl = base_lsn
+        self.scl_cap = None
 
     def on_durable(self, scl_after: int, drop_seq: int) -> bool:
         """A logged change is durable: it left the SCL at scl_after, after `drop_seq` drops.
@@ -377,6 +445,7 @@ class SegmentReplica:
                 self.scl_cap = None  # the latest drop is durable with this change
             else:
                 scl = min(scl, self.scl_cap)
+        scl = max(scl, self.materialised_lsn)  # in the store: durable (a snapshot may have moved the base)
         moved = scl != self.durable_scl
         self.durable_scl = scl
         return moved
@@ -396,16 +465,18 @@ class SegmentReplica:
         Epochs are only ever created by a writer or a recoverer, so a higher one
         seen anywhere is legitimate and fences the older owner here too."""
         changes = Changes()
-        epoch, owner, members = self.meta.epoch, self.meta.owner, self.meta.members
+        epoch, owner = self.meta.epoch, self.meta.owner
         if meta.epoch > epoch or (from_log and meta.epoch == epoch):
             epoch, owner = meta.epoch, meta.owner
-            members = meta.members or members
+        membership = (self.meta.membership_epoch, self.meta.members, self.meta.next_members)
+        if meta.members and (meta.membership_epoch > membership[0] or from_log or not membership[1]):
+            membership = (meta.membership_epoch, meta.members, meta.next_members)  # the highest epoch wins
         try:
             history = merge_histories(self.meta.history, meta.history)
         except HistoryConflict as e:
             changes.warnings.append(f"segment {self.segment}: ignoring a conflicting history: {e}")
             history = self.meta.history
-        new = Meta(epoch, owner, history, members)
+        new = Meta(epoch, owner, history, membership[1], membership[0], membership[2])
         if new != self.meta:
             self._set_meta(new, changes)
         changes.scl_after = self.chain.scl
@@ -481,14 +552,16 @@ class SegmentReplica:
         lsns = lsns[: min(max_records, bisect.bisect_right(lsns, limit))]
         out = [self.held[lsn] for lsn in lsns]
         history = self.meta.history
+        newest_entry_epoch = max((t.epoch for t in history), default=0)
         for held in out:  # never a page version from an old copy (see materialise_limit)
-            assert record_is_current(held.record.lsn, held.record.epoch, history), (
+            assert held.record.epoch >= newest_entry_epoch or record_is_current(
+                held.record.lsn, held.record.epoch, history), (
                 f"segment {self.segment}: materialising lsn {held.record.lsn} epoch {held.record.epoch}, "
                 f"not current under {history}")
         return out
 
     def take_unstored(self) -> list[Held]:
-        out = [self.held[lsn] for lsn in self.unstored if lsn in self.held and not self.held[lsn].in_store]
+        out = [held for held in map(self.held.get, self.unstored) if held is not None and not held.in_store]
         self.unstored = []
         return out
 
@@ -516,15 +589,26 @@ class SegmentReplica:
             # the chain moves its base only to one of its own LSNs (see SegmentChain.rebase)
             return [(f"segment {self.segment}: materialised through {through_lsn}, which is not in the chain "
                      f"up to SCL {self.chain.scl} (voided?)")]
-        for lsn in self.chain.lsns_above(self.materialised_lsn):
-            if lsn > through_lsn:
-                break
+        lsns = self.chain.lsns_above(self.materialised_lsn)
+        lsns = lsns[: bisect.bisect_right(lsns, through_lsn)]
+        per_page: dict[int, int] = {}
+        for lsn in lsns:
             held = self.held.pop(lsn)
             assert held.in_store, f"lsn {lsn} materialised before it was stored"
-            self._unindex_page(held.record)
-            self._mat_lsns.append(lsn)
+            record = held.record
+            if record.kind is not RecordKind.VOLUME_SIZE:
+                per_page[record.page] = per_page.get(record.page, 0) + 1
             self._mat_crcs.append(record_crc(held.encoded))
-            self._mat_epochs.append(held.record.epoch)
+            self._mat_epochs.append(record.epoch)
+        self._mat_lsns.extend(lsns)
+        # every held LSN up to through_lsn went: on each page, the lowest ones of its list
+        for page, count in per_page.items():
+            page_lsns = self.page_lsns[page]
+            assert page_lsns[count - 1] <= through_lsn and (count == len(page_lsns) or page_lsns[count] > through_lsn)
+            if count == len(page_lsns):
+                del self.page_lsns[page]
+            else:
+                del page_lsns[:count]
         self.chain.rebase(through_lsn)
         return []
 
@@ -542,7 +626,7 @@ class SegmentReplica:
     def records_gc_floor(self, self_address: str, now_s: float, fresh_s: float) -> int:
         """Records below every peer's SCL and the oldest read point are needed by nobody."""
         lowest = self.min_read_lsn
-        for member in self.meta.members:
+        for member in self.meta.all_members():  # a joining member needs records too
             if member == self_address:
                 continue
             known = self.peer_scl.get(member)
@@ -609,13 +693,21 @@ class SegmentReplica:
         return sum(1 for epoch in self._mat_epochs[start:] if epoch < t.epoch)
 
     def _add(self, record: LogRecord, encoded: bytes) -> None:
-        assert record.lsn > self.materialised_lsn and record.lsn not in self.held
-        self.restamp.pop(record.lsn, None)
-        self.held[record.lsn] = Held(record, encoded)
-        self.chain.add(record.lsn, record.prev_lsn)
-        self.unstored.append(record.lsn)
+        lsn = record.lsn
+        assert lsn > self.chain.base_lsn and lsn not in self.held
+        if self.restamp:
+            self.restamp.pop(lsn, None)
+        self.held[lsn] = Held(record, encoded)
+        self.chain.add(lsn, record.prev_lsn)
+        self.unstored.append(lsn)
         if record.kind is not RecordKind.VOLUME_SIZE:
-            bisect.insort(self.page_lsns.setdefault(record.page, []), record.lsn)
+            lsns = self.page_lsns.get(record.page)
+            if lsns is None:
+                self.page_lsns[record.page] = [lsn]
+            elif lsn > lsns[-1]:
+                lsns.append(lsn)  # records mostly come in LSN order
+            else:
+                bisect.insort(lsns, lsn)
 
     def _upgrade(self, record: LogRecord, encoded: bytes) -> None:
         """Replaces the held copy of record.lsn (checked: same_record, lower epoch) by this one."""

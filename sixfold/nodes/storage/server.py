@@ -20,6 +20,7 @@ from sixfold.nodes.storage.node import Key, Rejected, StorageNode, history_of
 from sixfold.nodes.storage.replica import Code, Rejection, SegmentReplica
 from sixfold.rpc import storage_pb2 as pb
 from sixfold.rpc import storage_pb2_grpc as pb_grpc
+from sixfold.volume.membership import Membership
 
 log = logging.getLogger("sixfold.storage.server")
 
@@ -40,6 +41,10 @@ def segment_state(replica: SegmentReplica) -> pb.SegmentState:
         members=list(replica.meta.members),
         record_count=replica.record_count,
         oldest_version_lsn=replica.oldest_version_lsn,
+        membership_epoch=replica.meta.membership_epoch,
+        next_members=list(replica.meta.next_members),
+        materialised_lsn=replica.materialised_lsn,
+        records_gc_lsn=replica.records_gc_lsn,
     )
 
 
@@ -60,6 +65,7 @@ class AppendStream:
 
     node: StorageNode
     volume_id: str = ""
+    epoch: int = 0  # the volume epoch of the writer on this stream (its last accepted request)
     touched: set[Key] = field(default_factory=set)
     pending: collections.deque = field(default_factory=collections.deque)
     pushed: set[Key] = field(default_factory=set)
@@ -69,14 +75,29 @@ class AppendStream:
     reader_done: bool = False
 
     def push_scl(self, key: Key) -> None:
+        if self._newer_epoch(key):
+            return  # a newer writer's SCL: an older writer must never count it
         self.pushed.add(key)
+        self.wakeup.set()
+
+    def _newer_epoch(self, key: Key) -> bool:
+        return self.node.replicas[key].epoch > self.epoch
+
+    def batch_durable(self) -> None:
+        # called in the log's callback, just before the batch's future resolves: the ack side
+        # runs one loop iteration sooner than through the future's done callback
+        self.wakeup.set()
+
+    def _wake(self, _future: asyncio.Future) -> None:
         self.wakeup.set()
 
     def add(self, item: _Pending) -> None:
         self.pending.append(item)
-        if item.future is not None:
-            item.future.add_done_callback(lambda _: self.wakeup.set())
-        self.wakeup.set()
+        if item.future is None:
+            self.wakeup.set()  # a refusal: ready at once
+        else:
+            item.future.add_done_callback(self._wake)  # the ack side has nothing to do before (and
+            # batch_durable usually wakes it first; this one also covers a log failure)
 
     def next_ack(self) -> pb.AppendAck | None:
         """The next ack to send, folding consecutive durable batches, or None."""
@@ -96,10 +117,12 @@ class AppendStream:
             acked = True
         if acked:
             self.room.set()
-        if not acked and not self.pushed:
+        if self.pushed:
+            # the epoch may have moved since the push: check again
+            keys.update(key for key in self.pushed if not self._newer_epoch(key))
+            self.pushed.clear()
+        if not acked and not keys:
             return None
-        keys |= self.pushed
-        self.pushed.clear()
         segments = []
         epoch = 0
         for key in sorted(keys):
@@ -163,7 +186,8 @@ class StorageServicer(pb_grpc.StorageServicer):
                     rejection = Rejection(Code.INVALID, detail)
                     stream.add(_Pending(request.batch_seq, None, [], Rejected(rejection)))
                     continue
-                before = set(stream.touched)
+                keys = [(request.volume_id, sa.segment) for sa in request.segments]
+                new_keys = [key for key in keys if key not in stream.touched]
                 try:
                     result = self.node.submit_append(request, stream, stream.touched)
                 except LogFailed as e:
@@ -172,9 +196,10 @@ class StorageServicer(pb_grpc.StorageServicer):
                     stream.add(_Pending(request.batch_seq, None, [], result))
                     continue
                 stream.volume_id = request.volume_id
-                for key in stream.touched - before:
-                    self.node.register_stream(stream, key)
-                keys = [(request.volume_id, sa.segment) for sa in request.segments]
+                stream.epoch = request.volume_epoch
+                for key in new_keys:
+                    if key in stream.touched:
+                        self.node.register_stream(stream, key)
                 stream.add(_Pending(request.batch_seq, result, keys))
         except asyncio.CancelledError:
             raise
@@ -241,6 +266,32 @@ class StorageServicer(pb_grpc.StorageServicer):
         except LogFailed as e:
             rejection, replica = Rejection(Code.UNAVAILABLE, str(e)), None
         return self._state_reply(rejection, replica)
+
+    # ---------------------------------------------------------- membership
+
+    async def ChangeMembership(self, request, context):
+        try:
+            history = history_of(request.truncations)
+            proposed = Membership(request.membership_epoch, tuple(request.members), tuple(request.next_members))
+        except ValueError as e:
+            return self._state_reply(Rejection(Code.INVALID, str(e)), None)
+        try:
+            rejection, replica = await self.node.change_membership(
+                request.volume_id, request.segment, request.volume_epoch, request.owner, history, proposed)
+        except LogFailed as e:
+            rejection, replica = Rejection(Code.UNAVAILABLE, str(e)), None
+        return self._state_reply(rejection, replica)
+
+    async def FetchPages(self, request, context):
+        code, detail, at_lsn, rows, has_more = await self.node.fetch_pages(
+            request.volume_id, request.segment, request.at_lsn, request.from_page, request.max_bytes)
+        replica = self.node.replicas.get((request.volume_id, request.segment))
+        return pb.FetchPagesResponse(
+            error=int(code), detail=detail, at_lsn=at_lsn, has_more=has_more,
+            pages=[pb.PageImage(page=page, lsn=lsn, epoch=epoch, data=image) for page, lsn, epoch, image in rows],
+            next_page=rows[-1][0] + 1 if rows else request.from_page,
+            state=segment_state(replica) if replica is not None else None,
+        )
 
     @staticmethod
     def _state_reply(rejection: Rejection | None, replica: SegmentReplica | None) -> pb.SegmentStateReply:
