@@ -380,6 +380,22 @@ class QuorumClient:
             self._loop.call_soon_threadsafe(self._push_issued, encoded)
         return issued[-1].lsn
 
+    def wait_durable_from_thread(self, lsn: int) -> None:
+        """Blocks the calling (non-loop) thread until VDL >= lsn. The ack that moves VDL
+        notifies the condition: no loop wake-up and no task per wait."""
+        deadline = time.monotonic() + self.settings.commit_timeout_s
+        with self._cond:
+            while self.tracker.vdl < lsn and not self._unsafe_ack():
+                if self.fenced:
+                    raise FencedError(self.fenced)
+                if self.closed:
+                    raise StorageError("the quorum client was closed")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommitTimeoutError(self._quorum_report(
+                        f"commit LSN {lsn} is not durable after {self.settings.commit_timeout_s:.1f} s"))
+                self._cond.wait(remaining)
+
     def _room_for(self, count: int) -> bool:
         with self._cond:
             return self.tracker.room() >= count

@@ -21,8 +21,8 @@ again before that wait, so the next group runs while the previous one is on its
 way to the quorum.
 
 The gRPC service calls `Session.execute_async` on the volume loop; the PostgreSQL
-front end calls the blocking `Session.execute` from its own worker threads, which
-waits for durability on the volume loop the same way.
+front end calls the blocking `Session.execute` from its connection threads: the
+same paths (commit groups included) without the loop's read shortcut.
 """
 
 from __future__ import annotations
@@ -360,8 +360,12 @@ class Engine:
 
     def wait_durable(self, lsn: int) -> None:
         """durable(), from a thread other than the volume loop's."""
-        if not self.volume.client.tracker.is_durable(lsn):
-            self.volume.loop.run(self.durable(lsn))
+        client = self.volume.client
+        if client.tracker.is_durable(lsn):
+            return
+        if client.fenced:
+            raise FencedError(client.fenced)
+        client.wait_durable_from_thread(lsn)
 
 
 @dataclass(slots=True, eq=False)
@@ -693,6 +697,9 @@ class Session:
         return self._execute_blocking(sql, rows, many=True)
 
     def _execute_blocking(self, sql: str, params, many: bool) -> Result:
+        engine = self.engine
+        if not many and engine.groups is not None and not self.in_transaction and _groupable(sql):
+            return self._answer(engine.volume.loop.run(self._grouped(sql, params)))
         outcome, durable_lsn = self._execute_now(sql, params, many)
         if durable_lsn is not None:
             try:
@@ -711,8 +718,7 @@ class Session:
             if result is not None:
                 return result
         if engine.groups is not None and not self.in_transaction and _groupable(sql):
-            outcome = await engine.groups.submit(sql, params, self._answered_at)
-            self._answered_at = time.monotonic()
+            outcome = await self._grouped(sql, params)
         else:
             outcome, durable_lsn = await in_thread(self._execute_now, sql, params)
             if durable_lsn is not None:
@@ -722,6 +728,12 @@ class Session:
                     if isinstance(outcome, Result):
                         outcome = map_error(exc)   # its commit's outcome is unknown (or it was fenced)
         return self._answer(outcome)
+
+    async def _grouped(self, sql: str, params) -> Result | SqlError:
+        """On the volume loop: the statement's outcome in a commit group, once durable."""
+        outcome = await self.engine.groups.submit(sql, params, self._answered_at)
+        self._answered_at = time.monotonic()
+        return outcome
 
     def _answer(self, outcome: Result | SqlError) -> Result:
         if isinstance(outcome, SqlError):
