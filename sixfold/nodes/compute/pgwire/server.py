@@ -22,6 +22,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from typing import Callable
 
 from sixfold.nodes.compute.pgwire import messages as M
@@ -105,17 +106,18 @@ class PgServer:
             except OSError:
                 pass
             self._listener.close()
+        deadline = time.monotonic() + STOP_WAIT_S   # for all threads together, not each
         if self._acceptor.is_alive():
             self._acceptor.join(STOP_WAIT_S)
         with self._lock:
             connections = dict(self._connections)
         for sock in connections.values():
             try:
-                sock.shutdown(socket.SHUT_RDWR)   # wakes the connection's blocked recv()
+                sock.shutdown(socket.SHUT_RDWR)   # wakes the connection's blocked recv() or sendall()
             except OSError:
                 pass
-        for thread in connections:
-            thread.join(STOP_WAIT_S)
+        for thread in connections:   # (one inside a statement ends when the statement does)
+            thread.join(max(0.0, deadline - time.monotonic()))
         for session in list(self.sessions.values()):
             session.close()
 
