@@ -316,6 +316,22 @@ def encode_text(oid: int, value) -> bytes | None:
     return _text_of(value).encode("utf-8")
 
 
+_PLAIN_TEXT_OIDS = frozenset((TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN, CHAR, JSON))
+_INT_OIDS = frozenset((INT2, INT4, INT8))
+
+
+def result_encoder(oid: int, binary: bool):
+    """encode_text or encode_binary for one result column, common cases first (a result
+    has many rows): a str in a text-like column, an int in an integer column."""
+    if binary:
+        return lambda value: encode_binary(oid, value)
+    if oid in _PLAIN_TEXT_OIDS:
+        return lambda value: value.encode("utf-8") if type(value) is str else encode_text(oid, value)
+    if oid in _INT_OIDS:
+        return lambda value: str(value).encode() if type(value) is int else encode_text(oid, value)
+    return lambda value: encode_text(oid, value)
+
+
 def _parse_timestamp(text: str) -> dt.datetime:
     t = text.strip().replace("T", " ")
     if t.endswith("Z"):
