@@ -15,7 +15,9 @@ import pytest
 
 from sixfold.client.quorum import ClientSettings
 from sixfold.nodes.compute.engine import CONSTRAINT, Engine, FifoLock, Result, SqlError, _groupable
+from sixfold.nodes.compute.multiwriter import SERIALIZATION_FAILURE, PrimaryBackend
 from sixfold.nodes.compute.volume import WriterVolume
+from sixfold.volume.multiwriter import CommitRequest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -243,3 +245,82 @@ def test_short_reads_run_on_the_loop_and_the_rest_move_to_a_thread(engine):
         volume.cache.reset(volume.read_lsn)
     assert rows(engine, "SELECT v FROM t WHERE id = 2999") == [("v2999",)]
     assert engine.reads_moved_to_thread == moved + 3
+
+
+class AnotherWriter:
+    """Commits a change to one page through the primary's adjudicator, as a peer writer's
+    commit would arrive, from inside a statement of the primary (a SQLite function), so
+    that the primary's transaction loses the conflict every time it is armed."""
+
+    def __init__(self, backend: PrimaryBackend) -> None:
+        self.backend = backend
+        self.armed = 0
+        self.commits = 0
+
+    def register(self, conn) -> None:
+        conn.create_scalar_function("another_writer_commits", self._commit_page, 1)
+
+    def _commit_page(self, page: int) -> int:
+        if self.armed:
+            self.armed -= 1
+            backend = self.backend
+            at_lsn = backend.volume.issued_lsn
+            image = bytearray(backend.read(page, at_lsn))
+            # a byte of the page's unallocated space (between the cell pointers and the
+            # cells): a new image of the page that SQLite reads exactly as before
+            cells = int.from_bytes(image[3:5], "big")
+            content_start = int.from_bytes(image[5:7], "big") or 65536
+            offset = 8 + 2 * cells + 16
+            assert image[0] == 0x0D and offset < content_start, "a table leaf with free space"
+            image[offset] ^= 0xFF
+            assert backend.commit(CommitRequest(at_lsn, {page: bytes(image)}, backend.read(0, at_lsn), None))
+            self.commits += 1
+        return 0
+
+
+@pytest.fixture
+def primary(storage_cluster):
+    """A multi-writer primary's engine (MULTIWRITER.md) and the other writer it races."""
+    volume = WriterVolume.open(storage_cluster.node_infos(), "writer-test", ClientSettings(pages_per_segment=64))
+    backend = PrimaryBackend(volume)
+    other = AnotherWriter(backend)
+    engine = Engine(volume, writer=True, on_connect=other.register, backend=backend)
+    try:
+        yield engine, other
+    finally:
+        engine.close()
+        volume.close()
+
+
+def test_multi_writer_has_no_commit_groups_and_a_lost_conflict_is_one_40001(primary):
+    """A conflict fails one transaction, never a group: autocommit statements that lose run
+    again (gRPC and PostgreSQL paths), an explicit transaction that loses gets one 40001."""
+    engine, other = primary
+    assert engine.groups is None
+    execute(engine, "CREATE TABLE hot (id INTEGER PRIMARY KEY, v INTEGER)")
+    execute(engine, "INSERT INTO hot VALUES (1, 0)")
+    page = rows(engine, "SELECT rootpage - 1 FROM sqlite_schema WHERE name = 'hot'")[0][0]
+    bump = "UPDATE hot SET v = v + 1 + another_writer_commits(?) WHERE id = 1"
+    conflicts = engine.backend.adjudicator.conflicts
+
+    other.armed = 1
+    assert execute(engine, bump, (page,)).rowcount == 1   # the gRPC service's path
+    other.armed = 1
+    session = engine.session()
+    assert session.execute(bump, (page,)).rowcount == 1   # the PostgreSQL front end's path
+    assert (other.commits, engine.backend.adjudicator.conflicts) == (2, conflicts + 2)
+
+    other.armed = 1
+    session.execute("BEGIN")
+    session.execute(bump, (page,))
+    with pytest.raises(SqlError) as lost:
+        session.execute("COMMIT")
+    assert lost.value.code == SERIALIZATION_FAILURE
+    assert not session.in_transaction
+    assert engine.backend.adjudicator.conflicts == conflicts + 3
+    session.execute("BEGIN")   # the loser retries (its node has the winner's pages) and wins
+    session.execute(bump, (page,))
+    session.execute("COMMIT")
+    session.close()
+    assert rows(engine, "SELECT v FROM hot") == [(3,)]
+    assert rows(engine, "PRAGMA integrity_check") == [("ok",)]
