@@ -15,8 +15,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from tests.compute_cluster import ComputeCluster
-from tests.storage_cluster import StorageCluster
+from tests.compute_cluster import started_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -25,16 +24,8 @@ SESSIONS = 8
 
 @pytest.fixture
 def cluster(tmp_path):
-    storage = StorageCluster(tmp_path / "storage")
-    compute = ComputeCluster(tmp_path / "compute", storage, readers=0, pg=True,
-                             extra_args=["--commit-timeout-s", "2"])
-    try:
-        storage.start()
-        compute.start()
+    with started_cluster(tmp_path, readers=0, pg=True, extra_args=["--commit-timeout-s", "2"]) as compute:
         yield compute
-    finally:
-        compute.close()
-        storage.close()
 
 
 def connect(cluster, **kwargs) -> psycopg.Connection:
