@@ -30,7 +30,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sixfold  # noqa: E402
-from bench.cluster import BenchCluster  # noqa: E402
+from bench.cluster import BENCH_COMPUTE_PORT, BENCH_STORAGE_PORT, BenchCluster  # noqa: E402
 from sixfold.rpc import compute_pb2 as cpb  # noqa: E402
 from sixfold.rpc import compute_pb2_grpc  # noqa: E402
 
@@ -191,17 +191,23 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--sessions", default="1,8,32")
     parser.add_argument("--json", default="bench/results/compute.json")
+    parser.add_argument("--storage-port", type=int, default=BENCH_STORAGE_PORT,
+                        help="storage port of the bench cluster (another bench may hold the default)")
+    parser.add_argument("--compute-port", type=int, default=BENCH_COMPUTE_PORT)
     args = parser.parse_args()
     levels = [int(x) for x in args.sessions.split(",")]
+    load_before = os.getloadavg()[0]   # other work on the machine moves both columns
     with tempfile.TemporaryDirectory(prefix="sixfold-bench-") as tmp:
         console.print("reference: SQLite on a local file ...")
         results = local_suite(Path(tmp) / "local.db", levels, args.seconds)
         console.print("sixfold up: 6 storage nodes, a writer and a reader ...")
-        with BenchCluster(readers=1) as cluster:
+        with BenchCluster(readers=1, storage_port=args.storage_port, compute_port=args.compute_port) as cluster:
             results += sixfold_suite(cluster, levels, args.seconds)
             console.print("replica lag at 500 commits/s ...")
             lag = replica_lag(cluster, 500, max(args.seconds, 5))
-    table = Table(title="Compute: SQL through the compute node vs SQLite on a local file")
+    load_after = os.getloadavg()[0]
+    table = Table(title=f"Compute: SQL through the compute node vs SQLite on a local file "
+                        f"(load {load_before:.1f} before, {load_after:.1f} after)")
     for col in ("system", "test", "sessions", "ops/s", "p50 ms", "p99 ms", "vs local"):
         table.add_column(col, justify="left" if col in ("system", "test") else "right")
     reference = {(r["test"], r["sessions"]): r for r in results if r["system"].startswith("sqlite")}
@@ -217,6 +223,7 @@ def main() -> int:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "compute", "seconds_per_run": args.seconds, "cpu_count": os.cpu_count(),
+                               "load_average_before": load_before, "load_average_after": load_after,
                                "results": results, "replica_lag": lag}, indent=2))
     console.print(f"wrote {out}")
     return 0

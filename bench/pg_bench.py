@@ -11,7 +11,9 @@ its PostgreSQL writer endpoint. Each gets the same runs:
 - `sysbench oltp_read_write` (pgsql driver, 1 table of 10k rows) with 1 and 4 threads;
 - `pgbench -i -s 1`, then `pgbench -M prepared` (TPC-B-like) with 1 client.
 
-Reported: TPS, p95 latency, and Sixfold / PostgreSQL as a ratio. Needs root (to run
+Both are reached over plain TCP (PGSSLMODE=disable): the reference has ssl off, and
+libpq's default (prefer) would otherwise give Sixfold, which offers TLS, the extra
+cost of encryption alone. Reported: TPS, p95 latency, and Sixfold / PostgreSQL as a ratio. Needs root (to run
 PostgreSQL as `postgres`) and the Debian packages postgresql-15 and sysbench.
 """
 
@@ -42,6 +44,7 @@ PG_STANDBY_PORT = 17433
 PG_BENCH_STORAGE_PORT = 23100
 PG_BENCH_COMPUTE_PORT = 23200
 console = Console(stderr=True)
+CLIENT_ENV = {"PGSSLMODE": "disable"}   # the same transport for both (see the docstring)
 
 
 def as_postgres(*args: str, timeout_s: float = 120) -> str:
@@ -105,7 +108,7 @@ class PostgresWithStandby:
 
 def run(args: list[str], env: dict | None = None, timeout_s: float = 600) -> str:
     done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **CLIENT_ENV, **(env or {})})
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:3])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done.stdout + done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -125,3 +126,18 @@ class ComputeCluster:
                 node.kill()
             except Exception:
                 pass
+
+
+@contextlib.contextmanager
+def started_cluster(root: Path, **compute_options):
+    """Six storage processes under root/storage and a ComputeCluster(**compute_options) on
+    them, started; both killed on the way out, whatever happened."""
+    storage = StorageCluster(root / "storage")
+    compute = ComputeCluster(root / "compute", storage, **compute_options)
+    try:
+        storage.start()
+        compute.start()
+        yield compute
+    finally:
+        compute.close()
+        storage.close()

@@ -155,6 +155,49 @@ def test_writer_killed_mid_stream_keeps_every_acknowledged_transfer(compute_clus
     check_bank(conn)
 
 
+def test_grouped_autocommit_writes_survive_a_writer_kill(compute_cluster):
+    """Single-statement writes of many sessions commit in shared groups: after SIGKILL
+    every acknowledged one is there, and every money move is whole."""
+    cluster = compute_cluster
+    create_bank(cluster.writer.connect())
+    cluster.writer.connect().cursor().execute("CREATE TABLE events(id INTEGER PRIMARY KEY, session INTEGER)")
+    acked: list[int] = []
+    errors: list[str] = []
+
+    def client(session_no: int) -> None:
+        cur = cluster.writer.connect().cursor()
+        rng = random.Random(session_no)
+        for n in range(1, 10**6):
+            src, dst = rng.sample(range(ACCOUNTS), 2)
+            try:
+                cur.execute("INSERT INTO events VALUES (?, ?)", (session_no * 10**6 + n, session_no))
+                acked.append(session_no * 10**6 + n)
+                cur.execute("UPDATE accounts SET balance = balance + CASE id WHEN ? THEN -1 ELSE 1 END "
+                            "WHERE id IN (?, ?)", (src, src, dst))
+            except sixfold.dbapi.Error as exc:
+                errors.append(repr(exc))
+                return
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(1, 9)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(acked) < 300:
+        assert time.monotonic() < deadline and any(t.is_alive() for t in threads), errors[:3]
+        time.sleep(0.02)
+    cluster.writer.kill()
+    for t in threads:
+        t.join(30)
+    assert len(errors) == len(threads), "every client must see the writer go away"
+    cluster.writer.start(30)
+    cur = cluster.writer.connect().cursor()
+    present = {row[0] for row in cur.execute("SELECT id FROM events").fetchall()}
+    missing = [e for e in acked if e not in present]
+    assert not missing, f"acknowledged inserts lost: {missing[:10]}"
+    assert cur.execute("SELECT sum(balance) FROM accounts").fetchall() == [(TOTAL,)]
+    assert cur.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
 def test_reader_restarted_under_load_catches_up(compute_cluster):
     cluster = compute_cluster
     create_bank(cluster.writer.connect())

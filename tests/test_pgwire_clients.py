@@ -18,8 +18,7 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from tests.compute_cluster import ComputeCluster
-from tests.storage_cluster import StorageCluster
+from tests.compute_cluster import started_cluster
 
 PASSWORD = "correct horse battery staple"
 
@@ -28,16 +27,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 @pytest.fixture(scope="module")
 def pg_cluster(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pgwire")
-    storage = StorageCluster(root / "storage")
-    compute = ComputeCluster(root / "compute", storage, readers=1, pg=True, pg_password=PASSWORD)
-    try:
-        storage.start()
-        compute.start()
+    with started_cluster(tmp_path_factory.mktemp("pgwire"), readers=1, pg=True, pg_password=PASSWORD) as compute:
         yield compute
-    finally:
-        compute.close()
-        storage.close()
 
 
 @pytest.fixture

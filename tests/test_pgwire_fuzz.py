@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.compute_cluster import ComputeCluster
+from tests.compute_cluster import ComputeCluster, started_cluster
 from tests.storage_cluster import StorageCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -26,16 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 @pytest.fixture(scope="module")
 def pg_writer(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pgfuzz")
-    storage = StorageCluster(root / "storage")
-    compute = ComputeCluster(root / "compute", storage, readers=0, pg=True)
-    try:
-        storage.start()
-        compute.start()
+    with started_cluster(tmp_path_factory.mktemp("pgfuzz"), readers=0, pg=True) as compute:
         yield compute.writer
-    finally:
-        compute.close()
-        storage.close()
 
 
 def typed(kind: bytes, body: bytes) -> bytes:

@@ -143,6 +143,29 @@ def test_results_encode_by_type():
     assert T.encode_text(T.INT4, None) is None
 
 
+@pytest.mark.parametrize("oid, values", [
+    (T.BPCHAR, ["abc", "", "\u00e9\u4e2d", 7, 2.5, b"raw", None]),
+    (T.TEXT, ["x", 12, None]),
+    (T.INT2, [0, -32768, 32767, "12", 3.0, None]),
+    (T.INT4, [0, -2**31, 2**31 - 1, "5", None]),
+    (T.INT8, [2**63 - 1, -2**63, 7, None]),
+    (T.FLOAT8, [1.5, 3, None]),
+])
+def test_binary_result_encoders_give_what_encode_binary_gives(oid, values):
+    encode = T.result_encoder(oid, binary=True)
+    for value in values:
+        assert encode(value) == T.encode_binary(oid, value), value
+
+
+@pytest.mark.parametrize("oid, value", [(T.INT2, 2**15), (T.INT4, 2**31), (T.INT8, -2**63 - 1), (T.INT4, "x")])
+def test_binary_result_encoders_refuse_what_encode_binary_refuses(oid, value):
+    with pytest.raises(M.PgError) as fast:
+        T.result_encoder(oid, binary=True)(value)
+    with pytest.raises(M.PgError) as reference:
+        T.encode_binary(oid, value)
+    assert (fast.value.code, str(fast.value)) == (reference.value.code, str(reference.value)) == ("22P03", str(reference.value))
+
+
 # ---------------------------------------------------------------- translation
 
 

@@ -439,7 +439,8 @@ class QuorumClient:
         return issued[-1].lsn
 
     def wait_durable_from_thread(self, lsn: int) -> None:
-        """Blocks the calling (non-loop) thread until VDL >= lsn."""
+        """Blocks the calling (non-loop) thread until VDL >= lsn. The ack that moves VDL
+        notifies the condition: no loop wake-up and no task per wait."""
         deadline = time.monotonic() + self.settings.commit_timeout_s
         with self._cond:
             while self.tracker.vdl < lsn and not self._unsafe_ack():
@@ -452,7 +453,6 @@ class QuorumClient:
                     raise CommitTimeoutError(self._quorum_report(
                         f"commit LSN {lsn} is not durable after {self.settings.commit_timeout_s:.1f} s"))
                 self._cond.wait(remaining)
-            self.commits += 1
 
     def _room_for(self, count: int) -> bool:
         with self._cond:
@@ -481,11 +481,12 @@ class QuorumClient:
         """listener(record) is called for every record issued (the redo stream to readers)."""
         self._record_listeners.append(listener)
 
-    async def wait_durable(self, lsn: int, deadline: float | None = None) -> None:
+    async def wait_durable(self, lsn: int, deadline: float | None = None, commits: int = 1) -> None:
+        """Returns when VDL >= lsn; `commits`: how many acknowledged commits that makes."""
         if deadline is None:
             deadline = time.monotonic() + self.settings.commit_timeout_s
         await self._wait_durable(lsn, deadline)
-        self.commits += 1
+        self.commits += commits
 
     def _unsafe_ack(self) -> bool:
         """A test build's deliberate bug (sixfold/unsafe.py): commits acknowledged without a quorum."""

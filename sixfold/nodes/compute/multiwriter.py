@@ -89,9 +89,6 @@ class PrimaryBackend:
                 self.adjudicator.accepted(lsn, request.pages)
             return lsn
 
-    def wait_durable(self, lsn: int) -> None:
-        self.volume.wait_durable(lsn)
-
     def refresh(self, winner_lsn: int) -> None:
         return None   # the primary's read point is its issued point: it already has the winner
 
@@ -153,9 +150,6 @@ class PeerWriterVolume(ReaderVolume):
                         f"(applied: {self.read_lsn})")
                 self.applied.wait(remaining)
 
-    def wait_durable(self, lsn: int) -> None:
-        self.wait_applied(lsn, REFRESH_WAIT_S)
-
 
 class PeerBackend:
     """A peer writer: reads at the VDL its redo stream reached; commits by RPC to the
@@ -211,10 +205,6 @@ class PeerBackend:
             # above it, so it never loses a conflict to this node's own commit
             self.volume.wait_applied(reply.commit_lsn, REFRESH_WAIT_S)
         return reply.commit_lsn or None
-
-    def wait_durable(self, lsn: int) -> None:
-        """Durable, and in this node's view, since commit() returned."""
-        self.volume.wait_applied(lsn, REFRESH_WAIT_S)
 
     def refresh(self, winner_lsn: int) -> None:
         """The loser's pages are refreshed once the redo stream has brought the winner."""

@@ -279,7 +279,7 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
     async def _execute(self, session, request):
         try:
             params = [from_pb(v) for v in request.params]
-            result = await self._in_thread(session.execute, request.sql, params)
+            result = await session.execute_async(request.sql, params, self._in_thread)
         except SqlError as exc:
             return cpb.ExecuteResponse(error_code=exc.code, error_message=exc.message,
                                        in_transaction=session.in_transaction)

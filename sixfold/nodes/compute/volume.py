@@ -77,6 +77,14 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
 
+    def is_current(self) -> bool:
+        """True on the loop's own thread, which must never wait for I/O."""
+        return threading.get_ident() == self._thread.ident
+
+
+class WouldBlock(Exception):
+    """A read on the loop thread missed the cache: it must run again on another thread."""
+
 
 class VolumeState:
     """Shared by every SQLite file object of one compute node."""
@@ -113,6 +121,8 @@ class VolumeState:
             hit, image = self.cache.read(page, lsn)
         if hit:
             return image
+        if self.loop.is_current():
+            raise WouldBlock(f"page {page} at LSN {lsn} is not cached")
         image, page_lsn = self._fetch(page, lsn)
         with self.lock:
             self.cache.insert_fetched(page, lsn, page_lsn, image)
@@ -195,9 +205,6 @@ class WriterVolume(VolumeState):
                 self.cache.put_version(change.page, lsn, change.image)
             self.issued_lsn = lsn
         return lsn
-
-    def wait_durable(self, lsn: int) -> None:
-        self.client.wait_durable_from_thread(lsn)
 
     def maintain(self) -> None:
         """Prunes versions no pinned read needs and evicts cold pages (rule 6)."""

@@ -18,6 +18,10 @@ epoch) and only costs a retry.
   (a paused old writer would otherwise hold them open until the client times out);
 - `writer-pg` / `reader-pg` / `NAME-pg` (a custom endpoint's twin): the same choice,
   forwarded to the instance's PostgreSQL port (its gRPC port + PG_PORT_OFFSET).
+
+Bytes are forwarded by protocol callbacks (data_received -> the peer transport's
+write), not by a coroutine per direction: a client round trip passes the router
+twice, and a PostgreSQL transaction is about twenty of them.
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ class Router:
         self.custom_port_base = custom_port_base
         self.host = next(iter(endpoints.values())).rsplit(":", 1)[0] if endpoints else ""
         self._rr = itertools.count()
-        self._conns: set[tuple[str, str, asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._conns: set[tuple[str, str, asyncio.Transport, asyncio.Transport]] = set()
         self.servers: dict[str, tuple[str, asyncio.AbstractServer]] = {}   # endpoint -> (address, server)
         self.listening = False
         self._bind_failures: dict[str, str] = {}
@@ -145,8 +149,8 @@ class Router:
                 continue
             host, port = address.rsplit(":", 1)
             try:
-                server = await asyncio.start_server(lambda r, w, n=name: self._serve(n, r, w), host, int(port),
-                                                    reuse_port=True, reuse_address=True)
+                server = await asyncio.get_running_loop().create_server(
+                    lambda n=name: _ClientSide(self, n), host, int(port), reuse_port=True, reuse_address=True)
             except OSError as exc:
                 if name in self.endpoints:
                     raise
@@ -192,51 +196,103 @@ class Router:
                     down.close()
                     up.close()
 
-    async def _serve(self, endpoint: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def connect_upstream(self, endpoint: str, client: "_ClientSide") -> None:
+        """Finds the endpoint's target for a new client connection and joins the two."""
         if len(self._conns) >= CONNECTIONS_MAX:
-            writer.close()
+            client.transport.close()
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONNECT_WAIT_S
-        upstream = None
-        target = None
         unreachable: set[str] = set()
-        while upstream is None and loop.time() < deadline:
+        while loop.time() < deadline and not client.closed:
             target = self.target(endpoint, frozenset(unreachable))
             if target is None:
                 await asyncio.sleep(0.05)
                 continue
             host, port = target.rsplit(":", 1)
             try:
-                upstream = await asyncio.wait_for(asyncio.open_connection(host, int(port)), CONNECT_TIMEOUT_S)
+                upstream, _ = await asyncio.wait_for(
+                    loop.create_connection(lambda: _Forward(client.transport), host, int(port)), CONNECT_TIMEOUT_S)
             except (OSError, asyncio.TimeoutError):
                 unreachable.add(target)
                 await asyncio.sleep(0.1)
-        if upstream is None:
+                continue
+            conn = (endpoint, target, client.transport, upstream)
+            self._conns.add(conn)
+            client.joined(upstream, lambda: self._conns.discard(conn))
+            return
+        if not client.closed:
             log.warning("endpoint %s: no target within %.0f s; closing the client connection", endpoint,
                         CONNECT_WAIT_S)
-            writer.close()
-            return
-        up_reader, up_writer = upstream
-        conn = (endpoint, target, writer, up_writer)
-        self._conns.add(conn)
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        finally:
-            self._conns.discard(conn)
-            writer.close()
-            up_writer.close()
+            client.transport.close()
 
-    @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(BUFFER_BYTES):
-                dst.write(data)
-                await dst.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            try:
-                dst.close()
-            except Exception:
-                pass
+
+class _Forward(asyncio.Protocol):
+    """One side of a proxied connection: what arrives goes to the peer transport; when the
+    peer's send buffer is full this side stops reading (and the other way round)."""
+
+    def __init__(self, peer: asyncio.Transport | None) -> None:
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.peer.write(data)
+
+    def eof_received(self) -> bool:
+        if self.peer is not None:
+            self.peer.close()   # (after sending what it holds) both directions end, as the client's did
+        return False
+
+    def pause_writing(self) -> None:   # our send buffer is full: the peer stops reading
+        if self.peer is not None:
+            self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.resume_reading()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if self.peer is not None:
+            self.peer.close()
+
+
+class _ClientSide(_Forward):
+    """The client's side: holds what the client sends until the upstream connection exists."""
+
+    def __init__(self, router: Router, endpoint: str) -> None:
+        super().__init__(None)
+        self.router, self.endpoint = router, endpoint
+        self._early: list[bytes] = []
+        self._forget = lambda: None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        asyncio.get_running_loop().create_task(self.router.connect_upstream(self.endpoint, self))
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None:
+            self._early.append(data)
+            if sum(map(len, self._early)) > BUFFER_BYTES:
+                self.transport.pause_reading()   # until the upstream connection exists
+            return
+        self.peer.write(data)
+
+    def joined(self, upstream: asyncio.Transport, forget) -> None:
+        self.peer, self._forget = upstream, forget
+        for data in self._early:
+            upstream.write(data)
+        self._early = []
+        if self.closed:   # the client left while the upstream connection was made
+            upstream.close()
+            forget()
+        else:
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc) -> None:
+        super().connection_lost(exc)
+        self._forget()

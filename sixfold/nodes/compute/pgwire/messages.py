@@ -360,15 +360,35 @@ def row_description(fields: list[Field]) -> bytes:
     return _msg(b"T", body)
 
 
+_pack_int16 = struct.Struct("!h").pack
+_pack_int32 = struct.Struct("!i").pack
+
+
 def data_row(values: list[bytes | None]) -> bytes:
-    parts = [struct.pack("!h", len(values))]
-    for v in values:
-        if v is None:
-            parts.append(b"\xff\xff\xff\xff")
-        else:
-            parts.append(struct.pack("!i", len(v)))
-            parts.append(v)
-    return _msg(b"D", b"".join(parts))
+    return data_rows([values], [_as_is] * len(values))
+
+
+def _as_is(value: bytes | None) -> bytes | None:
+    return value
+
+
+def data_rows(rows, encoders: list) -> bytes:
+    """DataRow messages for rows of values; encoders[i](value) -> bytes or None (NULL)."""
+    count = _pack_int16(len(encoders))
+    pack, null = _pack_int32, b"\xff\xff\xff\xff"
+    out = []
+    for row in rows:
+        parts = [count]
+        for encode, value in zip(encoders, row):
+            raw = encode(value)
+            if raw is None:
+                parts.append(null)
+            else:
+                parts.append(pack(len(raw)))
+                parts.append(raw)
+        body = b"".join(parts)
+        out.append(b"D" + pack(len(body) + 4) + body)
+    return b"".join(out)
 
 
 def command_complete(tag: str) -> bytes:

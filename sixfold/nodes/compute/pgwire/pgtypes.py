@@ -316,6 +316,45 @@ def encode_text(oid: int, value) -> bytes | None:
     return _text_of(value).encode("utf-8")
 
 
+_PLAIN_TEXT_OIDS = frozenset((TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN, CHAR, JSON))
+_INT_OIDS = frozenset((INT2, INT4, INT8))
+
+
+def result_encoder(oid: int, binary: bool):
+    """encode_text or encode_binary for one result column, common cases first (a result
+    has many rows): a str in a text-like column, an int in an integer column."""
+    if binary:
+        return _binary_result_encoder(oid)
+    if oid in _PLAIN_TEXT_OIDS:
+        return lambda value: value.encode("utf-8") if type(value) is str else encode_text(oid, value)
+    if oid in _INT_OIDS:
+        return lambda value: str(value).encode() if type(value) is int else encode_text(oid, value)
+    return lambda value: encode_text(oid, value)
+
+
+_INT_PACKERS = {INT2: struct.Struct("!h").pack, INT4: struct.Struct("!i").pack, INT8: struct.Struct("!q").pack}
+
+
+def _binary_result_encoder(oid: int):
+    """encode_binary for one column with the common cases first: a text-like column's binary
+    form is its UTF-8 text; an int in an integer column is packed (out of range: the error
+    encode_binary gives)."""
+    if oid in _PLAIN_TEXT_OIDS:
+        return lambda value: value.encode("utf-8") if type(value) is str else encode_binary(oid, value)
+    pack = _INT_PACKERS.get(oid)
+    if pack is None:
+        return lambda value: encode_binary(oid, value)
+
+    def encode_int(value):
+        if type(value) is int:
+            try:
+                return pack(value)
+            except struct.error:
+                pass
+        return encode_binary(oid, value)
+    return encode_int
+
+
 def _parse_timestamp(text: str) -> dt.datetime:
     t = text.strip().replace("T", " ")
     if t.endswith("Z"):

@@ -533,10 +533,10 @@ class PgSession:
         encoders = []
         for i, oid in enumerate(oids):
             fmt = fmts[i] if len(fmts) > 1 else (fmts[0] if fmts else 0)
-            encoders.append((T.encode_binary if fmt == 1 else T.encode_text, oid))
+            encoders.append(T.result_encoder(oid, binary=fmt == 1))
         out = self._out
-        for row in portal.rows[portal.sent:end]:
-            out.append(M.data_row([enc(oid, v) for (enc, oid), v in zip(encoders, row)]))
+        out.append(M.data_rows(portal.rows[portal.sent:end] if portal.sent or end < len(portal.rows)
+                               else portal.rows, encoders))
         portal.sent = end
         if rows_max > 0 and end < len(portal.rows):
             out.append(M.portal_suspended())

@@ -1,24 +1,28 @@
-"""The asyncio shell around the PostgreSQL session state machine.
+"""The socket shell around the PostgreSQL session state machine.
 
-Its own thread and event loop (the volume's loop carries the quorum traffic and
-must not wait behind a client). Per connection: read, parse, hand the messages
-to `PgSession.receive` in a worker thread (SQL blocks), write what it returns.
-SSLRequest (TLS with a self-signed certificate made at start), GSSENCRequest
-('N') and CancelRequest are handled here, before a session exists.
+One thread per connection with a blocking socket: it reads, parses, hands the
+messages of one read to `PgSession.receive` (which runs the SQL and may block on
+the write lock or on durability) and sends what it returns. A statement costs one
+thread wake-up in this process; an event loop with a worker pool cost three
+(loop, worker, loop), and under load each wake-up waits for a core. TLS is the
+ssl module's socket (after SSLRequest), not a memory BIO driven from Python.
+SSLRequest, GSSENCRequest ('N') and CancelRequest are handled here, before a
+session exists.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ipaddress
+import itertools
 import logging
 import os
 import secrets
+import socket
 import ssl
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from typing import Callable
 
 from sixfold.nodes.compute.pgwire import messages as M
@@ -29,8 +33,8 @@ log = logging.getLogger("sixfold.pgwire")
 
 CONNECTIONS_MAX = 512
 READ_BYTES = 256 * 1024
-WORKER_THREADS = 64
 STARTUP_TIMEOUT_S = 30.0
+STOP_WAIT_S = 5.0
 
 
 def self_signed_context(host: str) -> ssl.SSLContext:
@@ -80,100 +84,134 @@ class PgServer:
         self.tls = tls
         self.catalog = Catalog()
         self.sessions: dict[int, PgSession] = {}
-        self.executor = ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="pg")
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="pgwire", daemon=True)
-        self._server: asyncio.AbstractServer | None = None
-        self._next_pid = secrets.randbelow(1 << 20) + 1000
+        self._connections: dict[threading.Thread, socket.socket] = {}   # each one's socket (TLS or not)
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._acceptor = threading.Thread(target=self._accept, name="pgwire-accept", daemon=True)
+        self._stopping = False
+        self._pids = itertools.count(secrets.randbelow(1 << 20) + 1000)
 
     def start(self) -> None:
         """Binds and serves; raises OSError when the address cannot be bound."""
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, self.host, self.port, reuse_address=True), self.loop)
-        self._server = future.result(timeout=10)
+        self._listener = socket.create_server((self.host, self.port), backlog=128)
+        self._acceptor.start()
         log.info("PostgreSQL protocol on %s:%d (%s, TLS %s)", self.host, self.port,
                  "trust" if self.config.verifier is None else "SCRAM-SHA-256", "on" if self.tls else "off")
 
     def stop(self) -> None:
-        async def shutdown():
-            if self._server is not None:
-                self._server.close()
-            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
-                task.cancel()
-
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(timeout=5)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=5)
+        self._stopping = True
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)   # wakes the blocked accept()
+            except OSError:
+                pass
+            self._listener.close()
+        deadline = time.monotonic() + STOP_WAIT_S   # for all threads together, not each
+        if self._acceptor.is_alive():
+            self._acceptor.join(STOP_WAIT_S)
+        with self._lock:
+            connections = dict(self._connections)
+        for sock in connections.values():
+            try:
+                sock.shutdown(socket.SHUT_RDWR)   # wakes the connection's blocked recv() or sendall()
+            except OSError:
+                pass
+        for thread in connections:   # (one inside a statement ends when the statement does)
+            thread.join(max(0.0, deadline - time.monotonic()))
         for session in list(self.sessions.values()):
             session.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.sessions) >= CONNECTIONS_MAX:
-            writer.write(M.error_response(M.PgError("53300", "sorry, too many clients already", "FATAL")))
-            writer.close()
-            return
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while not self._stopping:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                if self._stopping:
+                    return
+                log.exception("accepting a PostgreSQL connection failed")
+                continue
+            with self._lock:
+                if len(self._connections) >= CONNECTIONS_MAX:
+                    full = True
+                else:
+                    full = False
+                    thread = threading.Thread(target=self._serve, args=(sock,), name="pg-conn", daemon=True)
+                    self._connections[thread] = sock
+            if full:
+                try:
+                    sock.sendall(M.error_response(M.PgError("53300", "sorry, too many clients already", "FATAL")))
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            thread.start()
+
+    def _serve(self, sock: socket.socket) -> None:
         session: PgSession | None = None
-        loop = asyncio.get_running_loop()
         try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(STARTUP_TIMEOUT_S)
             parser = M.FrontendParser()
-            session, leftover = await asyncio.wait_for(self._start(reader, writer, parser), STARTUP_TIMEOUT_S)
+            session, sock, leftover = self._start(sock, parser)
             if session is None:
                 return
+            sock.settimeout(None)
             pending = parser.feed(leftover) if leftover else []
             while not session.closed:
                 if not pending:
-                    data = await reader.read(READ_BYTES)
+                    data = sock.recv(READ_BYTES)
                     if not data:
                         break
                     pending = parser.feed(data)
                     if not pending:
                         continue
-                engine = self.engine_of()
-                if session.engine is not engine:
-                    writer.write(M.error_response(M.PgError(
+                if session.engine is not self.engine_of():
+                    sock.sendall(M.error_response(M.PgError(
                         "57P01", "terminating connection: this instance changed role (failover); reconnect",
                         "FATAL")))
                     break
-                out = await loop.run_in_executor(self.executor, session.receive, pending)
+                out = session.receive(pending)
                 pending = []
                 if out:
-                    writer.write(out)
-                    await writer.drain()
+                    sock.sendall(out)
         except M.ProtocolViolation as exc:
-            writer.write(M.error_response(M.PgError("08P01", f"protocol violation: {exc}", "FATAL")))
-        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
+            self._send_quietly(sock, M.error_response(M.PgError("08P01", f"protocol violation: {exc}", "FATAL")))
+        except (ssl.SSLError, OSError):   # (timeouts and resets included)
             pass
-        except asyncio.CancelledError:
-            raise
         except Exception:
             log.exception("PostgreSQL connection failed")
         finally:
             if session is not None:
                 self.sessions.pop(session.pid, None)
-                await loop.run_in_executor(self.executor, session.close)
+                session.close()
+            with self._lock:
+                self._connections.pop(threading.current_thread(), None)
             try:
-                await writer.drain()
-            except Exception:
+                sock.close()
+            except OSError:
                 pass
-            writer.close()
 
-    async def _start(self, reader, writer, parser: M.FrontendParser) -> tuple[PgSession | None, bytes]:
-        """Startup phase: SSL/GSS negotiation, cancel requests, then the startup message."""
-        loop = asyncio.get_running_loop()
+    @staticmethod
+    def _send_quietly(sock: socket.socket, data: bytes) -> None:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass
+
+    def _start(self, sock: socket.socket, parser: M.FrontendParser
+               ) -> tuple[PgSession | None, socket.socket, bytes]:
+        """Startup phase: SSL/GSS negotiation, cancel requests, then the startup message.
+        Returns the session (None: nothing more to do), the socket (TLS-wrapped after
+        SSLRequest) and the bytes read past the startup message."""
         tls_done = False
         while True:
-            data = await reader.read(READ_BYTES)
-            if not data:
-                return None, b""
-            msgs = parser.feed(data)
+            msgs: list = []
             while not msgs:
-                more = await reader.read(READ_BYTES)
-                if not more:
-                    return None, b""
-                msgs = parser.feed(more)
+                data = sock.recv(READ_BYTES)
+                if not data:
+                    return None, sock, b""
+                msgs = parser.feed(data)
             msg = msgs[0]
             if isinstance(msg, M.SSLRequest):
                 if tls_done:
@@ -181,17 +219,16 @@ class PgServer:
                 if parser.take_buffered():
                     raise M.ProtocolViolation("data after SSLRequest before the answer")
                 if self.tls is None:
-                    writer.write(b"N")
-                    await writer.drain()
+                    sock.sendall(b"N")
                     continue
-                writer.write(b"S")
-                await writer.drain()
-                await writer.start_tls(self.tls)
+                sock.sendall(b"S")
+                sock = self.tls.wrap_socket(sock, server_side=True)   # the handshake, within the startup timeout
+                with self._lock:
+                    self._connections[threading.current_thread()] = sock
                 tls_done = True
                 continue
             if isinstance(msg, M.GSSEncRequest):
-                writer.write(b"N")
-                await writer.drain()
+                sock.sendall(b"N")
                 continue
             if isinstance(msg, M.CancelRequest):
                 target = self.sessions.get(msg.pid)
@@ -199,19 +236,16 @@ class PgServer:
                                                                  msg.secret.to_bytes(4, "big")):
                     log.info("cancel request for session %d", msg.pid)
                     cancel_running(target)
-                return None, b""
+                return None, sock, b""
             assert isinstance(msg, M.Startup)
             parser.expect_typed()
-            pid = self._next_pid
-            self._next_pid += 1
-            engine = self.engine_of()
-            session = PgSession(self.config, engine, self.catalog, pid, secrets.randbits(32),
+            pid = next(self._pids)
+            session = PgSession(self.config, self.engine_of(), self.catalog, pid, secrets.randbits(32),
                                 is_reader=self.is_reader())
             self.sessions[pid] = session
-            out = await loop.run_in_executor(self.executor, session.receive, [msg])
-            writer.write(out)
-            await writer.drain()
+            out = session.receive([msg])
+            sock.sendall(out)
             if session.closed:
                 self.sessions.pop(pid, None)
-                return None, b""
-            return session, parser.take_buffered()
+                return None, sock, b""
+            return session, sock, parser.take_buffered()
