@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sixfold/rpc/compute.proto\x12\nsixfold.v1\"f\n\x05Value\x12\x13\n\tint_value\x18\x01 \x01(\x03H\x00\x12\x14\n\nreal_value\x18\x02 \x01(\x01H\x00\x12\x14\n\ntext_value\x18\x03 \x01(\tH\x00\x12\x14\n\nblob_value\x18\x04 \x01(\x0cH\x00\x42\x06\n\x04kind\"(\n\x03Row\x12!\n\x06values\x18\x01 \x03(\x0b\x32\x11.sixfold.v1.Value\")\n\x12OpenSessionRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\"H\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"T\n\x0e\x45xecuteRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12!\n\x06params\x18\x03 \x03(\x0b\x32\x11.sixfold.v1.Value\"\xbd\x01\n\x0f\x45xecuteResponse\x12\x12\n\nerror_code\x18\x01 \x01(\t\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x03 \x03(\t\x12\x1d\n\x04rows\x18\x04 \x03(\x0b\x32\x0f.sixfold.v1.Row\x12\x10\n\x08rowcount\x18\x05 \x01(\x03\x12\x11\n\tlastrowid\x18\x06 \x01(\x03\x12\x16\n\x0ein_transaction\x18\x07 \x01(\x08\x12\x12\n\ncommit_lsn\x18\x08 \x01(\x04\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\">\n\x10RedoSubscription\x12\x11\n\treader_id\x18\x01 \x01(\t\x12\x17\n\x0foldest_read_lsn\x18\x02 \x01(\x04\"\xe7\x01\n\tRedoBatch\x12\x0f\n\x07records\x18\x01 \x01(\x0c\x12\x0b\n\x03vdl\x18\x02 \x01(\x04\x12\x12\n\nvdl_unix_s\x18\x03 \x01(\x01\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x11\n\twriter_id\x18\x05 \x01(\t\x12\x11\n\tfirst_lsn\x18\x06 \x01(\x04\x12>\n\rsegment_tails\x18\x07 \x03(\x0b\x32\'.sixfold.v1.RedoBatch.SegmentTailsEntry\x1a\x33\n\x11SegmentTailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x0f\n\rStatusRequest\"\x9d\x03\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\n\n\x02\x61z\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x0b\n\x03vdl\x18\x07 \x01(\x04\x12\x1a\n\x12replica_lag_ms_p50\x18\x08 \x01(\x01\x12\x1a\n\x12replica_lag_ms_p99\x18\t \x01(\x01\x12\x0f\n\x07\x63ommits\x18\n \x01(\x04\x12\x14\n\x0c\x63\x61\x63hed_pages\x18\x0b \x01(\x04\x12\x0e\n\x06health\x18\x0c \x01(\t\x12\x10\n\x08sessions\x18\r \x01(\x04\x12\x16\n\x0ewriter_address\x18\x0e \x01(\t\x12\x12\n\nissued_lsn\x18\x0f \x01(\x04\x12\x14\n\x0ctakes_writes\x18< \x01(\x08\x12\x14\n\x0cmulti_writer\x18= \x01(\x08\x12\x12\n\nsource_vdl\x18( \x01(\x04\x12\x1a\n\x12region_lag_ms_last\x18) \x01(\x01\x12\x1a\n\x12source_seen_unix_s\x18* \x01(\x01\"%\n\x0ePromoteRequest\x12\x13\n\x0b\x66\x61ilover_id\x18\x01 \x01(\t\">\n\x0fPromoteResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0b\n\x03vdl\x18\x02 \x01(\x04\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"I\n\rFollowRequest\x12\x16\n\x0ewriter_address\x18\x01 \x01(\t\x12\x11\n\twriter_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"1\n\x0e\x46ollowResponse\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"K\n\x19ReplaceStorageNodeRequest\x12\x13\n\x0bold_address\x18\x01 \x01(\t\x12\x19\n\x11healthy_addresses\x18\x02 \x03(\t\"v\n\x1aReplaceStorageNodeResponse\x12\x13\n\x0bpgs_holding\x18\x01 \x01(\r\x12\x14\n\x0cpgs_changing\x18\x02 \x01(\r\x12\x1d\n\x15pgs_without_candidate\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"*\n\x0b\x43hangedPage\x12\x0c\n\x04page\x18\x01 \x01(\r\x12\r\n\x05image\x18\x02 \x01(\x0c\"\xb7\x01\n\x18MultiWriterCommitRequest\x12\x11\n\twriter_id\x18\x01 \x01(\t\x12\x10\n\x08read_lsn\x18\x02 \x01(\x04\x12&\n\x05pages\x18\x03 \x03(\x0b\x32\x17.sixfold.v1.ChangedPage\x12\x17\n\npage0_base\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x12\x17\n\npage0_mine\x18\x05 \x01(\x0cH\x01\x88\x01\x01\x42\r\n\x0b_page0_baseB\r\n\x0b_page0_mine\"g\n\x19MultiWriterCommitResponse\x12\x12\n\ncommit_lsn\x18\x01 \x01(\x04\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x12\n\nwinner_lsn\x18\x04 \x01(\x04\x32\xc7\x05\n\x07\x43ompute\x12N\n\x0bOpenSession\x12\x1e.sixfold.v1.OpenSessionRequest\x1a\x1f.sixfold.v1.OpenSessionResponse\x12\x42\n\x07\x45xecute\x12\x1a.sixfold.v1.ExecuteRequest\x1a\x1b.sixfold.v1.ExecuteResponse\x12Q\n\x0c\x43loseSession\x12\x1f.sixfold.v1.CloseSessionRequest\x1a .sixfold.v1.CloseSessionResponse\x12H\n\rSubscribeRedo\x12\x1c.sixfold.v1.RedoSubscription\x1a\x15.sixfold.v1.RedoBatch(\x01\x30\x01\x12?\n\x06Status\x12\x19.sixfold.v1.StatusRequest\x1a\x1a.sixfold.v1.StatusResponse\x12\x42\n\x07Promote\x12\x1a.sixfold.v1.PromoteRequest\x1a\x1b.sixfold.v1.PromoteResponse\x12?\n\x06\x46ollow\x12\x19.sixfold.v1.FollowRequest\x1a\x1a.sixfold.v1.FollowResponse\x12\x63\n\x12ReplaceStorageNode\x12%.sixfold.v1.ReplaceStorageNodeRequest\x1a&.sixfold.v1.ReplaceStorageNodeResponse\x12`\n\x11MultiWriterCommit\x12$.sixfold.v1.MultiWriterCommitRequest\x1a%.sixfold.v1.MultiWriterCommitResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sixfold/rpc/compute.proto\x12\nsixfold.v1\"f\n\x05Value\x12\x13\n\tint_value\x18\x01 \x01(\x03H\x00\x12\x14\n\nreal_value\x18\x02 \x01(\x01H\x00\x12\x14\n\ntext_value\x18\x03 \x01(\tH\x00\x12\x14\n\nblob_value\x18\x04 \x01(\x0cH\x00\x42\x06\n\x04kind\"(\n\x03Row\x12!\n\x06values\x18\x01 \x03(\x0b\x32\x11.sixfold.v1.Value\"L\n\x12OpenSessionRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12!\n\x18replica_read_consistency\x18\xde\x02 \x01(\t\"c\n\x13OpenSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x19\n\x10write_forwarding\x18\xde\x02 \x01(\x08\"T\n\x0e\x45xecuteRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03sql\x18\x02 \x01(\t\x12!\n\x06params\x18\x03 \x03(\x0b\x32\x11.sixfold.v1.Value\"\xd1\x01\n\x0f\x45xecuteResponse\x12\x12\n\nerror_code\x18\x01 \x01(\t\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x03 \x03(\t\x12\x1d\n\x04rows\x18\x04 \x03(\x0b\x32\x0f.sixfold.v1.Row\x12\x10\n\x08rowcount\x18\x05 \x01(\x03\x12\x11\n\tlastrowid\x18\x06 \x01(\x03\x12\x16\n\x0ein_transaction\x18\x07 \x01(\x08\x12\x12\n\ncommit_lsn\x18\x08 \x01(\x04\x12\x12\n\tforwarded\x18\xde\x02 \x01(\x08\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\">\n\x10RedoSubscription\x12\x11\n\treader_id\x18\x01 \x01(\t\x12\x17\n\x0foldest_read_lsn\x18\x02 \x01(\x04\"\xe7\x01\n\tRedoBatch\x12\x0f\n\x07records\x18\x01 \x01(\x0c\x12\x0b\n\x03vdl\x18\x02 \x01(\x04\x12\x12\n\nvdl_unix_s\x18\x03 \x01(\x01\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x11\n\twriter_id\x18\x05 \x01(\t\x12\x11\n\tfirst_lsn\x18\x06 \x01(\x04\x12>\n\rsegment_tails\x18\x07 \x03(\x0b\x32\'.sixfold.v1.RedoBatch.SegmentTailsEntry\x1a\x33\n\x11SegmentTailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x0f\n\rStatusRequest\"\x9d\x03\n\x0eStatusResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\n\n\x02\x61z\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12\x0b\n\x03vdl\x18\x07 \x01(\x04\x12\x1a\n\x12replica_lag_ms_p50\x18\x08 \x01(\x01\x12\x1a\n\x12replica_lag_ms_p99\x18\t \x01(\x01\x12\x0f\n\x07\x63ommits\x18\n \x01(\x04\x12\x14\n\x0c\x63\x61\x63hed_pages\x18\x0b \x01(\x04\x12\x0e\n\x06health\x18\x0c \x01(\t\x12\x10\n\x08sessions\x18\r \x01(\x04\x12\x16\n\x0ewriter_address\x18\x0e \x01(\t\x12\x12\n\nissued_lsn\x18\x0f \x01(\x04\x12\x14\n\x0ctakes_writes\x18< \x01(\x08\x12\x14\n\x0cmulti_writer\x18= \x01(\x08\x12\x12\n\nsource_vdl\x18( \x01(\x04\x12\x1a\n\x12region_lag_ms_last\x18) \x01(\x01\x12\x1a\n\x12source_seen_unix_s\x18* \x01(\x01\"%\n\x0ePromoteRequest\x12\x13\n\x0b\x66\x61ilover_id\x18\x01 \x01(\t\">\n\x0fPromoteResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\x12\x0b\n\x03vdl\x18\x02 \x01(\x04\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"I\n\rFollowRequest\x12\x16\n\x0ewriter_address\x18\x01 \x01(\t\x12\x11\n\twriter_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"1\n\x0e\x46ollowResponse\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"K\n\x19ReplaceStorageNodeRequest\x12\x13\n\x0bold_address\x18\x01 \x01(\t\x12\x19\n\x11healthy_addresses\x18\x02 \x03(\t\"v\n\x1aReplaceStorageNodeResponse\x12\x13\n\x0bpgs_holding\x18\x01 \x01(\r\x12\x14\n\x0cpgs_changing\x18\x02 \x01(\r\x12\x1d\n\x15pgs_without_candidate\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"*\n\x0b\x43hangedPage\x12\x0c\n\x04page\x18\x01 \x01(\r\x12\r\n\x05image\x18\x02 \x01(\x0c\"\xb7\x01\n\x18MultiWriterCommitRequest\x12\x11\n\twriter_id\x18\x01 \x01(\t\x12\x10\n\x08read_lsn\x18\x02 \x01(\x04\x12&\n\x05pages\x18\x03 \x03(\x0b\x32\x17.sixfold.v1.ChangedPage\x12\x17\n\npage0_base\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x12\x17\n\npage0_mine\x18\x05 \x01(\x0cH\x01\x88\x01\x01\x42\r\n\x0b_page0_baseB\r\n\x0b_page0_mine\"g\n\x19MultiWriterCommitResponse\x12\x12\n\ncommit_lsn\x18\x01 \x01(\x04\x12\x12\n\nerror_code\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x12\n\nwinner_lsn\x18\x04 \x01(\x04\x32\xc7\x05\n\x07\x43ompute\x12N\n\x0bOpenSession\x12\x1e.sixfold.v1.OpenSessionRequest\x1a\x1f.sixfold.v1.OpenSessionResponse\x12\x42\n\x07\x45xecute\x12\x1a.sixfold.v1.ExecuteRequest\x1a\x1b.sixfold.v1.ExecuteResponse\x12Q\n\x0c\x43loseSession\x12\x1f.sixfold.v1.CloseSessionRequest\x1a .sixfold.v1.CloseSessionResponse\x12H\n\rSubscribeRedo\x12\x1c.sixfold.v1.RedoSubscription\x1a\x15.sixfold.v1.RedoBatch(\x01\x30\x01\x12?\n\x06Status\x12\x19.sixfold.v1.StatusRequest\x1a\x1a.sixfold.v1.StatusResponse\x12\x42\n\x07Promote\x12\x1a.sixfold.v1.PromoteRequest\x1a\x1b.sixfold.v1.PromoteResponse\x12?\n\x06\x46ollow\x12\x19.sixfold.v1.FollowRequest\x1a\x1a.sixfold.v1.FollowResponse\x12\x63\n\x12ReplaceStorageNode\x12%.sixfold.v1.ReplaceStorageNodeRequest\x1a&.sixfold.v1.ReplaceStorageNodeResponse\x12`\n\x11MultiWriterCommit\x12$.sixfold.v1.MultiWriterCommitRequest\x1a%.sixfold.v1.MultiWriterCommitResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,45 +38,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROW']._serialized_start=145
   _globals['_ROW']._serialized_end=185
   _globals['_OPENSESSIONREQUEST']._serialized_start=187
-  _globals['_OPENSESSIONREQUEST']._serialized_end=228
-  _globals['_OPENSESSIONRESPONSE']._serialized_start=230
-  _globals['_OPENSESSIONRESPONSE']._serialized_end=302
-  _globals['_EXECUTEREQUEST']._serialized_start=304
-  _globals['_EXECUTEREQUEST']._serialized_end=388
-  _globals['_EXECUTERESPONSE']._serialized_start=391
-  _globals['_EXECUTERESPONSE']._serialized_end=580
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=582
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=623
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=625
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=647
-  _globals['_REDOSUBSCRIPTION']._serialized_start=649
-  _globals['_REDOSUBSCRIPTION']._serialized_end=711
-  _globals['_REDOBATCH']._serialized_start=714
-  _globals['_REDOBATCH']._serialized_end=945
-  _globals['_REDOBATCH_SEGMENTTAILSENTRY']._serialized_start=894
-  _globals['_REDOBATCH_SEGMENTTAILSENTRY']._serialized_end=945
-  _globals['_STATUSREQUEST']._serialized_start=947
-  _globals['_STATUSREQUEST']._serialized_end=962
-  _globals['_STATUSRESPONSE']._serialized_start=965
-  _globals['_STATUSRESPONSE']._serialized_end=1378
-  _globals['_PROMOTEREQUEST']._serialized_start=1380
-  _globals['_PROMOTEREQUEST']._serialized_end=1417
-  _globals['_PROMOTERESPONSE']._serialized_start=1419
-  _globals['_PROMOTERESPONSE']._serialized_end=1481
-  _globals['_FOLLOWREQUEST']._serialized_start=1483
-  _globals['_FOLLOWREQUEST']._serialized_end=1556
-  _globals['_FOLLOWRESPONSE']._serialized_start=1558
-  _globals['_FOLLOWRESPONSE']._serialized_end=1607
-  _globals['_REPLACESTORAGENODEREQUEST']._serialized_start=1609
-  _globals['_REPLACESTORAGENODEREQUEST']._serialized_end=1684
-  _globals['_REPLACESTORAGENODERESPONSE']._serialized_start=1686
-  _globals['_REPLACESTORAGENODERESPONSE']._serialized_end=1804
-  _globals['_CHANGEDPAGE']._serialized_start=1806
-  _globals['_CHANGEDPAGE']._serialized_end=1848
-  _globals['_MULTIWRITERCOMMITREQUEST']._serialized_start=1851
-  _globals['_MULTIWRITERCOMMITREQUEST']._serialized_end=2034
-  _globals['_MULTIWRITERCOMMITRESPONSE']._serialized_start=2036
-  _globals['_MULTIWRITERCOMMITRESPONSE']._serialized_end=2139
-  _globals['_COMPUTE']._serialized_start=2142
-  _globals['_COMPUTE']._serialized_end=2853
+  _globals['_OPENSESSIONREQUEST']._serialized_end=263
+  _globals['_OPENSESSIONRESPONSE']._serialized_start=265
+  _globals['_OPENSESSIONRESPONSE']._serialized_end=364
+  _globals['_EXECUTEREQUEST']._serialized_start=366
+  _globals['_EXECUTEREQUEST']._serialized_end=450
+  _globals['_EXECUTERESPONSE']._serialized_start=453
+  _globals['_EXECUTERESPONSE']._serialized_end=662
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=664
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=705
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=707
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=729
+  _globals['_REDOSUBSCRIPTION']._serialized_start=731
+  _globals['_REDOSUBSCRIPTION']._serialized_end=793
+  _globals['_REDOBATCH']._serialized_start=796
+  _globals['_REDOBATCH']._serialized_end=1027
+  _globals['_REDOBATCH_SEGMENTTAILSENTRY']._serialized_start=976
+  _globals['_REDOBATCH_SEGMENTTAILSENTRY']._serialized_end=1027
+  _globals['_STATUSREQUEST']._serialized_start=1029
+  _globals['_STATUSREQUEST']._serialized_end=1044
+  _globals['_STATUSRESPONSE']._serialized_start=1047
+  _globals['_STATUSRESPONSE']._serialized_end=1460
+  _globals['_PROMOTEREQUEST']._serialized_start=1462
+  _globals['_PROMOTEREQUEST']._serialized_end=1499
+  _globals['_PROMOTERESPONSE']._serialized_start=1501
+  _globals['_PROMOTERESPONSE']._serialized_end=1563
+  _globals['_FOLLOWREQUEST']._serialized_start=1565
+  _globals['_FOLLOWREQUEST']._serialized_end=1638
+  _globals['_FOLLOWRESPONSE']._serialized_start=1640
+  _globals['_FOLLOWRESPONSE']._serialized_end=1689
+  _globals['_REPLACESTORAGENODEREQUEST']._serialized_start=1691
+  _globals['_REPLACESTORAGENODEREQUEST']._serialized_end=1766
+  _globals['_REPLACESTORAGENODERESPONSE']._serialized_start=1768
+  _globals['_REPLACESTORAGENODERESPONSE']._serialized_end=1886
+  _globals['_CHANGEDPAGE']._serialized_start=1888
+  _globals['_CHANGEDPAGE']._serialized_end=1930
+  _globals['_MULTIWRITERCOMMITREQUEST']._serialized_start=1933
+  _globals['_MULTIWRITERCOMMITREQUEST']._serialized_end=2116
+  _globals['_MULTIWRITERCOMMITRESPONSE']._serialized_start=2118
+  _globals['_MULTIWRITERCOMMITRESPONSE']._serialized_end=2221
+  _globals['_COMPUTE']._serialized_start=2224
+  _globals['_COMPUTE']._serialized_end=2935
 # @@protoc_insertion_point(module_scope)
