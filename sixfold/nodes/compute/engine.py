@@ -50,6 +50,11 @@ COMMIT_UNKNOWN = "commit_unknown"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL = "internal"
 CANCELED = "canceled"
+# write forwarding (FORWARDING.md): the primary writer was lost before the forwarded transaction
+# committed (nothing of it is committed: retry it); a read waited too long for this reader to
+# apply what the session's consistency asks for
+WRITER_LOST = "writer_lost"
+REPLICA_WAIT_TIMEOUT = "replica_wait_timeout"
 # SERIALIZATION_FAILURE (imported): multi-writer, lost a page conflict; retry (SQLSTATE 40001)
 # an autocommit statement that lost a conflict runs again at a newer snapshot: nothing of it
 # reached the client, so this is safe; bounded, with a short random back-off
@@ -91,6 +96,7 @@ class Result:
     rowcount: int = -1
     lastrowid: int | None = None
     commit_lsn: int | None = None
+    forwarded: bool = False   # ran on the primary writer (write forwarding)
 
 
 def _is_read(sql: str) -> bool:
@@ -148,6 +154,8 @@ class Engine:
         # multi-writer (MULTIWRITER.md): the writer connection reads a pinned snapshot and
         # commits through the adjudicator; None: the single writer, unchanged
         self.backend = backend
+        # a secondary reader with write forwarding: its sessions may forward writes (FORWARDING.md)
+        self.forwarder = None
         self.vfs = MultiWriterVFS(volume, backend) if backend is not None else SixfoldVFS(volume, writer)
         self._write_lock = threading.Lock()
         self._pool: queue.Queue[apsw.Connection] = queue.Queue()
@@ -191,7 +199,7 @@ class Engine:
                 log.exception("cache maintenance failed")
 
     def session(self) -> "Session":
-        return Session(self)
+        return Session(self) if self.forwarder is None else self.forwarder.session(Session(self))
 
     def close(self) -> None:
         self._stop.set()
