@@ -168,13 +168,11 @@ class Forwarder:
         return address, channel, stub
 
     def forget(self, address: str) -> None:
-        """`address` is not the writer (any more): look it up again next time."""
+        """`address` is not the writer (any more): look it up again next time. Its channel stays
+        (other sessions may be in calls on it; the addresses are the primary region's few instances)."""
         with self._lock:
             if self._address == address:
                 self._address = None
-            entry = self._channels.pop(address, None)
-        if entry is not None:
-            entry[0].close()
 
     def primary_vdl(self) -> int:
         for _ in range(LOOKUP_ATTEMPTS):
@@ -208,6 +206,7 @@ class RemoteSession:
         self.forwarder = forwarder
         self.address = ""
         self.session_id = ""
+        self.channel: grpc.Channel | None = None
         self.stub: compute_pb2_grpc.ComputeStub | None = None
         self.in_transaction = False
 
@@ -250,6 +249,8 @@ class RemoteSession:
                 self.forwarder.forget(self.address)   # it is not the writer any more; the statement did not run
                 self._drop()
                 continue
+            if response.error_code == E.FENCED:
+                self.forwarder.forget(self.address)   # a newer writer exists: the next session looks it up
             self.in_transaction = response.in_transaction
             if response.error_code == "no_session":
                 self._drop()
@@ -277,20 +278,19 @@ class RemoteSession:
             self.forwarder.forget(address)
             self._close_quietly(stub, opened.session_id)
             raise _NotSent(f"{address} is a {opened.role} now")
-        self.address, self.stub, self.session_id = address, stub, opened.session_id
+        self.address, self.channel, self.stub, self.session_id = address, channel, stub, opened.session_id
 
     def _check_reachable(self) -> None:
         """Outside a transaction: a writer gone since the last statement is found before the
         statement is sent (then it is safe to look the writer up again and send it there)."""
-        _, channel, _ = self.forwarder.writer()
         try:
-            grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
+            grpc.channel_ready_future(self.channel).result(timeout=CONNECT_TIMEOUT_S)
         except grpc.FutureTimeoutError:
             self.forwarder.forget(self.address)
             raise _NotSent(f"{self.address} does not answer") from None
 
     def _drop(self) -> None:
-        self.session_id, self.stub, self.in_transaction = "", None, False
+        self.session_id, self.channel, self.stub, self.in_transaction = "", None, None, False
 
     @staticmethod
     def _close_quietly(stub, session_id: str) -> None:
