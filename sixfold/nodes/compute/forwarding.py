@@ -360,7 +360,7 @@ class ForwardingSession:
         return LOCAL_TRANSACTION if self.local.in_transaction else IDLE
 
     def execute(self, sql: str, params=None) -> E.Result:
-        if self.consistency == OFF:
+        if self.consistency == OFF and not self.remote.in_transaction:
             return self.local.execute(sql, params)   # writes are refused here (read_only, 25006)
         kind, state = classify(sql), self.state()
         where = route(state, kind)
@@ -376,7 +376,7 @@ class ForwardingSession:
         return self._forward(sql, params)
 
     def execute_many(self, sql: str, rows: list) -> E.Result:
-        if self.consistency == OFF:
+        if self.consistency == OFF and not self.remote.in_transaction:
             return self.local.execute_many(sql, rows)
         state = self.state()
         if route(state, WRITE) == MOVE:
