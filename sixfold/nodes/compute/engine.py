@@ -50,16 +50,16 @@ COMMIT_UNKNOWN = "commit_unknown"
 STORAGE_UNAVAILABLE = "storage_unavailable"
 INTERNAL = "internal"
 CANCELED = "canceled"
-# write forwarding (FORWARDING.md): the primary writer was lost before the forwarded transaction
-# committed (nothing of it is committed: retry it); a read waited too long for this reader to
-# apply what the session's consistency asks for
-WRITER_LOST = "writer_lost"
-REPLICA_WAIT_TIMEOUT = "replica_wait_timeout"
 # SERIALIZATION_FAILURE (imported): multi-writer, lost a page conflict; retry (SQLSTATE 40001)
 # an autocommit statement that lost a conflict runs again at a newer snapshot: nothing of it
 # reached the client, so this is safe; bounded, with a short random back-off
 AUTOCOMMIT_CONFLICT_ATTEMPTS = 8
 CONFLICT_BACKOFF_MAX_S = 0.005
+# write forwarding (FORWARDING.md): the primary writer was lost before the forwarded transaction
+# committed (nothing of it is committed: retry it); a read waited too long for this reader to
+# apply what the session's consistency asks for
+WRITER_LOST = "writer_lost"
+REPLICA_WAIT_TIMEOUT = "replica_wait_timeout"
 
 
 def map_error(exc: BaseException) -> SqlError:
