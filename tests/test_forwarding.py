@@ -166,6 +166,29 @@ def test_an_explicit_transaction_is_forwarded_as_a_whole(cluster):
         assert rows_in(writer, "SELECT v FROM t WHERE id = 1000000") == [("new",)]
 
 
+def test_copy_and_a_dbapi_transaction_through_a_forwarding_reader(cluster):
+    data_dir, secondary = cluster
+    with psycopg.connect(pg_dsn(data_dir, secondary), options="-c sixfold.replica_read_consistency=session") as conn:
+        with conn.cursor().copy("COPY t (v) FROM STDIN") as copy:
+            for i in range(2_000):
+                copy.write_row((f"copy-{i}",))
+        conn.commit()
+        assert conn.execute("SELECT count(*) FROM t WHERE v LIKE 'copy-%'").fetchone() == (2_000,)
+    conn = sixfold.connect(secondary, replica_read_consistency="session")   # autocommit off: BEGIN first
+    try:
+        cur = conn.cursor()
+        cur.execute("INSERT INTO t (v) VALUES ('dbapi-txn-1')")
+        cur.execute("INSERT INTO t (v) VALUES ('dbapi-txn-2')")
+        assert cur.execute("SELECT count(*) FROM t WHERE v LIKE 'dbapi-txn-%'").fetchall() == [(2,)]
+        assert conn.last_forwarded and conn.in_transaction
+        conn.commit()
+        assert conn.last_commit_lsn > 0 and not conn.in_transaction
+        assert cur.execute("SELECT count(*) FROM t WHERE v LIKE 'dbapi-txn-%'").fetchall() == [(2,)]
+        conn.rollback()
+    finally:
+        conn.close()
+
+
 def test_the_writer_killed_mid_forwarded_transaction_is_a_retryable_error_and_commits_nothing(cluster):
     """Last in this module: the primary region fails over to reader-1, and forwarding follows it."""
     data_dir, secondary = cluster
