@@ -1,7 +1,8 @@
 """Write forwarding benchmark: a commit forwarded from a secondary region's reader vs a direct one.
 
-In one invocation, on a two-region cluster (`sixfold up --regions 2 --write-forwarding`), one
-session at a time commits single-row INSERTs (autocommit):
+In one invocation, on a two-region cluster (`sixfold up --regions 2 --write-forwarding`), three
+sessions take turns (one commit each, so that all meet the same machine load) committing
+single-row INSERTs (autocommit):
 - direct: on the primary writer (the client sits in region 1: no inter-region hop);
 - forwarded: on reader-2-1 with `eventual` consistency (the reader runs it on the primary writer,
   one inter-region round trip per statement, applied in the RPC layer: sixfold/client/latency.py);
@@ -36,39 +37,38 @@ console = Console(stderr=True)
 BENCH_STORAGE_PORT, BENCH_COMPUTE_PORT = 18300, 18400
 
 
-def timed_commits(conn, commits: int, label: str, read_back: bool) -> dict:
+def commit_once(conn, value: str, read_back: bool) -> float:
+    """Milliseconds for one INSERT (and, read_back, a SELECT of it on the same connection)."""
     cur = conn.cursor()
-    latencies_ms = []
-    for i in range(commits):
-        value = f"{label}-{i}"
-        started = time.perf_counter()
-        cur.execute("INSERT INTO t (v) VALUES (?)", (value,))
-        if read_back:
-            rows = cur.execute("SELECT count(*) FROM t WHERE v = ?", (value,)).fetchall()
-            assert rows == [(1,)], f"session consistency: {value} not read back ({rows})"
-        latencies_ms.append((time.perf_counter() - started) * 1000)
-    return {"p50_ms": round(percentile(latencies_ms, 0.5), 1), "p99_ms": round(percentile(latencies_ms, 0.99), 1),
-            "commits": commits}
+    started = time.perf_counter()
+    cur.execute("INSERT INTO t (v) VALUES (?)", (value,))
+    if read_back:
+        rows = cur.execute("SELECT count(*) FROM t WHERE v = ?", (value,)).fetchall()
+        assert rows == [(1,)], f"session consistency: {value} not read back ({rows})"
+    return (time.perf_counter() - started) * 1000
 
 
 def run(cluster: BenchCluster, commits: int, latency_label: str) -> list[dict]:
+    """The kinds take turns, one commit each, so that all of them meet the same machine load."""
     writer, reader = address(cluster, "writer-1"), address(cluster, "reader-2-1")
-    direct = sixfold.connect(writer, autocommit=True)
-    eventual = sixfold.connect(reader, autocommit=True, replica_read_consistency="eventual")
-    session = sixfold.connect(reader, autocommit=True, replica_read_consistency="session")
+    kinds = (("direct commit (writer)", sixfold.connect(writer, autocommit=True), False),
+             ("forwarded commit (eventual)",
+              sixfold.connect(reader, autocommit=True, replica_read_consistency="eventual"), False),
+             ("forwarded commit + read it back (session)",
+              sixfold.connect(reader, autocommit=True, replica_read_consistency="session"), True))
+    latencies_ms: dict[str, list[float]] = {kind: [] for kind, _, _ in kinds}
     try:
-        rows = []
-        for kind, conn, read_back in (("direct commit (writer)", direct, False),
-                                      ("forwarded commit (eventual)", eventual, False),
-                                      ("forwarded commit + read it back (session)", session, True)):
-            timed_commits(conn, 10, f"warm-{latency_label}-{kind}", read_back)
-            console.print(f"  {kind} ...")
-            rows.append({"inter_region": latency_label, "kind": kind,
-                         **timed_commits(conn, commits, f"{latency_label}-{kind}", read_back)})
-        return rows
+        for i in range(-10, commits):   # 10 rounds to warm up, not counted
+            for kind, conn, read_back in kinds:
+                elapsed_ms = commit_once(conn, f"{latency_label}-{kind}-{i}", read_back)
+                if i >= 0:
+                    latencies_ms[kind].append(elapsed_ms)
     finally:
-        for conn in (direct, eventual, session):
+        for _, conn, _ in kinds:
             conn.close()
+    return [{"inter_region": latency_label, "kind": kind, "commits": commits,
+             "p50_ms": round(percentile(values, 0.5), 1), "p99_ms": round(percentile(values, 0.99), 1)}
+            for kind, values in latencies_ms.items()]
 
 
 def main() -> None:
