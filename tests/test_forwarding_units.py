@@ -60,3 +60,19 @@ def test_many_rows_go_as_few_multi_row_inserts():
     # another shape: once per row
     assert F.multi_row_statements("UPDATE t SET a = ? WHERE b = ?", [(1, 2), (3, 4)]) == [
         ("UPDATE t SET a = ? WHERE b = ?", [1, 2]), ("UPDATE t SET a = ? WHERE b = ?", [3, 4])]
+
+
+def test_only_secondary_readers_get_the_forwarding_flags_and_the_primary_coordinators():
+    from sixfold.runtime.commands import node_args
+    from sixfold.runtime.topology import ClusterSpec, nodes_of
+
+    spec = ClusterSpec(regions=2, readers=1)
+    nodes = nodes_of(spec)
+    by_name = {n.name: n for n in nodes}
+    primary_coordinators = ",".join(n.address for n in nodes if n.kind == "coordinator" and n.region == 1)
+    args = node_args(by_name["reader-2-1"], nodes, spec, {"write_forwarding": True}, "/d")
+    assert "--write-forwarding" in args
+    assert args[args.index("--primary-coordinators") + 1] == primary_coordinators
+    for name in ("writer-1", "reader-1"):
+        assert "--write-forwarding" not in node_args(by_name[name], nodes, spec, {"write_forwarding": True}, "/d")
+    assert "--write-forwarding" not in node_args(by_name["reader-2-1"], nodes, spec, {}, "/d")
