@@ -37,7 +37,7 @@ def cluster(tmp_path_factory):
         writer.cursor().execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
         writer.close()
         secondary = address_of(data_dir, "reader-2-1")
-        wait_rows(secondary, "SELECT count(*) FROM t", [(0,)])
+        wait_rows(secondary, "SELECT count(*) FROM t", [(0,)], timeout_s=60)
         yield data_dir, secondary
     finally:
         force_teardown(data_dir)
@@ -137,7 +137,9 @@ def test_a_constraint_error_on_the_primary_comes_back_with_its_sqlstate(cluster)
 def test_an_explicit_transaction_is_forwarded_as_a_whole(cluster):
     data_dir, secondary = cluster
     writer = address_of(data_dir, "writer-1")
-    with psycopg.connect(pg_dsn(data_dir, secondary), options="-c sixfold.replica_read_consistency=session") as conn:
+    # global: this reader's snapshot holds every commit made before the read, so the reads the move
+    # re-runs on the primary give the same answers (nobody else writes meanwhile)
+    with psycopg.connect(pg_dsn(data_dir, secondary), options="-c sixfold.replica_read_consistency=global") as conn:
         with conn.transaction():
             before = conn.execute("SELECT count(*) FROM t").fetchone()[0]   # here, at this reader's snapshot
             conn.execute("INSERT INTO t (v) VALUES ('txn-a')")              # the transaction moves to the primary

@@ -32,7 +32,8 @@ CONSISTENCY_SETTING = "sixfold.replica_read_consistency"
 OFF, EVENTUAL, SESSION, GLOBAL = "off", "eventual", "session", "global"
 CONSISTENCIES = (OFF, EVENTUAL, SESSION, GLOBAL)
 
-REPLICA_WAIT_S = 10.0          # a read waits at most this long for this reader to apply what it must see
+REPLICA_WAIT_S = 30.0          # a read waits at most this long for this reader to apply what it must see (a loaded
+                               # machine has shown replication lag p99 of 7 s)
 EXECUTE_TIMEOUT_S = 60.0       # one forwarded statement (the writer's commit itself waits up to its commit timeout)
 CONNECT_TIMEOUT_S = 2.0        # reaching the primary writer before a statement is sent
 LOOKUP_ATTEMPTS = 8            # a statement not sent yet follows a failover in the primary region:
