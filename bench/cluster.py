@@ -27,8 +27,10 @@ def _sixfold(*args: str) -> str:
 
 class BenchCluster:
     def __init__(self, readers: int = 1, storage_port: int = BENCH_STORAGE_PORT,
-                 compute_port: int = BENCH_COMPUTE_PORT, writers: int = 1, regions: int = 1) -> None:
+                 compute_port: int = BENCH_COMPUTE_PORT, writers: int = 1, regions: int = 1,
+                 up_flags: tuple[str, ...] = ()) -> None:
         self.readers, self.writers, self.regions = readers, writers, regions
+        self.up_flags = up_flags   # more `sixfold up` flags, e.g. --write-forwarding
         self.storage_port, self.compute_port = storage_port, compute_port
         self._tmp = tempfile.TemporaryDirectory(prefix="sixfold-bench-cluster-")
         self.data_dir = str(Path(self._tmp.name) / "cluster")
@@ -37,7 +39,7 @@ class BenchCluster:
         try:
             _sixfold("up", "--data-dir", self.data_dir, "--readers", str(self.readers), "--writers", str(self.writers),
                      "--storage-port", str(self.storage_port), "--compute-port", str(self.compute_port),
-                     "--regions", str(self.regions), "--json")
+                     "--regions", str(self.regions), *self.up_flags, "--json")
             self.nodes = json.loads(_sixfold("status", "--data-dir", self.data_dir, "--json"))
         except BaseException:
             self.__exit__(None, None, None)

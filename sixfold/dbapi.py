@@ -81,6 +81,11 @@ class CommitUnknownError(OperationalError):
     """The commit did not reach a write quorum in time: it may or may not be durable."""
 
 
+class WriterLostError(OperationalError):
+    """Write forwarding: the primary writer was lost before the forwarded transaction committed;
+    nothing of it is committed. Retry the transaction."""
+
+
 class SerializationFailure(OperationalError):
     """Multi-writer: the transaction lost a page conflict to a concurrent commit and was
     rolled back; retry it (see run_transaction)."""
@@ -96,6 +101,8 @@ _ERRORS = {
     "serialization_failure": SerializationFailure,
     "storage_unavailable": OperationalError,
     "no_session": InterfaceError,
+    "writer_lost": WriterLostError,
+    "replica_wait_timeout": OperationalError,
     "internal": InternalError,
 }
 
@@ -106,20 +113,26 @@ def _raise_for(response) -> None:
 
 
 class Connection:
-    def __init__(self, address: str, autocommit: bool = False, timeout_s: float = 30.0) -> None:
+    def __init__(self, address: str, autocommit: bool = False, timeout_s: float = 30.0,
+                 replica_read_consistency: str = "") -> None:
         self.address = address
         self.autocommit = autocommit
         self.timeout_s = timeout_s
         self._channel = grpc.insecure_channel(address, options=CLIENT_CHANNEL_OPTIONS)
         self._stub = compute_pb2_grpc.ComputeStub(self._channel)
         try:
-            opened = self._stub.OpenSession(cpb.OpenSessionRequest(client_name="sixfold.dbapi"), timeout=timeout_s)
+            opened = self._stub.OpenSession(cpb.OpenSessionRequest(
+                client_name="sixfold.dbapi", replica_read_consistency=replica_read_consistency), timeout=timeout_s)
         except grpc.RpcError as exc:
             self._channel.close()
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise ProgrammingError(exc.details()) from None
             raise OperationalError(f"cannot reach the compute node at {address}: {exc.code().name}") from None
         self.session_id = opened.session_id
         self.role = opened.role
         self.node_id = opened.node_id
+        self.write_forwarding = opened.write_forwarding   # a reader that forwards writes (when asked to)
+        self.last_forwarded = False                        # the last statement ran on the primary writer
         self.in_transaction = False
         self.last_commit_lsn = 0
         self.session_left_open = False
@@ -139,6 +152,7 @@ class Connection:
             raise OperationalError(f"lost the compute node at {self.address}: {exc.code().name}; "
                                    "the outcome of the last statement is unknown") from None
         self.in_transaction = response.in_transaction
+        self.last_forwarded = response.forwarded
         if response.commit_lsn:
             self.last_commit_lsn = response.commit_lsn
         _raise_for(response)
@@ -263,9 +277,13 @@ def close_session(address: str, session_id: str, timeout_s: float = 5.0) -> bool
             return False
 
 
-def connect(address: str, autocommit: bool = False, timeout_s: float = 30.0) -> Connection:
-    """Opens a session on a compute node (HOST:PORT)."""
-    return Connection(address, autocommit=autocommit, timeout_s=timeout_s)
+def connect(address: str, autocommit: bool = False, timeout_s: float = 30.0,
+            replica_read_consistency: str = "") -> Connection:
+    """Opens a session on a compute node (HOST:PORT). On a reader with write forwarding,
+    replica_read_consistency ("eventual", "session" or "global") lets the session send writes
+    (they run on the primary writer); "" or "off": writes are refused (ReadOnlyError)."""
+    return Connection(address, autocommit=autocommit, timeout_s=timeout_s,
+                      replica_read_consistency=replica_read_consistency)
 
 
 def run_transaction(connection: Connection, fn, attempts: int = 10, backoff_max_s: float = 0.02):

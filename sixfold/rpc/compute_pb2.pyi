@@ -25,20 +25,24 @@ class Row(_message.Message):
     def __init__(self, values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("client_name",)
+    __slots__ = ("client_name", "replica_read_consistency")
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_READ_CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     client_name: str
-    def __init__(self, client_name: _Optional[str] = ...) -> None: ...
+    replica_read_consistency: str
+    def __init__(self, client_name: _Optional[str] = ..., replica_read_consistency: _Optional[str] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
-    __slots__ = ("session_id", "role", "node_id")
+    __slots__ = ("session_id", "role", "node_id", "write_forwarding")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    WRITE_FORWARDING_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     role: str
     node_id: str
-    def __init__(self, session_id: _Optional[str] = ..., role: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+    write_forwarding: bool
+    def __init__(self, session_id: _Optional[str] = ..., role: _Optional[str] = ..., node_id: _Optional[str] = ..., write_forwarding: _Optional[bool] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
     __slots__ = ("session_id", "sql", "params")
@@ -51,7 +55,7 @@ class ExecuteRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., sql: _Optional[str] = ..., params: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
-    __slots__ = ("error_code", "error_message", "columns", "rows", "rowcount", "lastrowid", "in_transaction", "commit_lsn")
+    __slots__ = ("error_code", "error_message", "columns", "rows", "rowcount", "lastrowid", "in_transaction", "commit_lsn", "forwarded")
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +64,7 @@ class ExecuteResponse(_message.Message):
     LASTROWID_FIELD_NUMBER: _ClassVar[int]
     IN_TRANSACTION_FIELD_NUMBER: _ClassVar[int]
     COMMIT_LSN_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_FIELD_NUMBER: _ClassVar[int]
     error_code: str
     error_message: str
     columns: _containers.RepeatedScalarFieldContainer[str]
@@ -68,7 +73,8 @@ class ExecuteResponse(_message.Message):
     lastrowid: int
     in_transaction: bool
     commit_lsn: int
-    def __init__(self, error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., rowcount: _Optional[int] = ..., lastrowid: _Optional[int] = ..., in_transaction: _Optional[bool] = ..., commit_lsn: _Optional[int] = ...) -> None: ...
+    forwarded: bool
+    def __init__(self, error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., rowcount: _Optional[int] = ..., lastrowid: _Optional[int] = ..., in_transaction: _Optional[bool] = ..., commit_lsn: _Optional[int] = ..., forwarded: _Optional[bool] = ...) -> None: ...
 
 class CloseSessionRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -8,9 +8,9 @@ environment variables instead, see k8s_manifests.py).
 
 from __future__ import annotations
 
-from sixfold.runtime.topology import (COMPUTE, COORDINATOR, PG_USER, READER, REPLICATOR, STORAGE, TIER_MAX, WRITER,
-                                      ClusterSpec, NodeSpec, custom_endpoint_port_base, in_region, raft_address,
-                                      router_addresses, storage_nodes_flag)
+from sixfold.runtime.topology import (COMPUTE, COORDINATOR, PG_USER, PRIMARY_REGION, READER, REPLICATOR, STORAGE,
+                                      TIER_MAX, WRITER, ClusterSpec, NodeSpec, custom_endpoint_port_base, in_region,
+                                      raft_address, router_addresses, storage_nodes_flag)
 
 NODE_MODULES = {STORAGE: "sixfold.nodes.storage", COMPUTE: "sixfold.nodes.compute",
                 COORDINATOR: "sixfold.nodes.coordinator", REPLICATOR: "sixfold.globaldb"}
@@ -77,6 +77,9 @@ def node_args(node: NodeSpec, specs: list[NodeSpec], spec: ClusterSpec, tuning: 
         # a restarted instance asks the catalog for its role (the writer may have moved)
         args += ["--coordinators", ",".join(c.address for c in coordinators)]
     writer = next((s for s in specs if s.role in (WRITER, REPLICATOR)), None)
+    if tuning.get("write_forwarding") and node.region != PRIMARY_REGION and node.role == READER:
+        primary_coordinators = [s for s in in_region(all_specs, PRIMARY_REGION) if s.kind == COORDINATOR]
+        args += ["--write-forwarding", "--primary-coordinators", ",".join(c.address for c in primary_coordinators)]
     if spec.regions > 1 and node.region == 1:   # a reader too: it may be promoted
         args += ["--vdl-hint-interval-ms", str(VDL_HINT_INTERVAL_MS)]
     if node.takes_writes and writer is not None:   # a peer writer (multi-writer, MULTIWRITER.md)

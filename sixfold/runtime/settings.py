@@ -100,6 +100,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Pass calls inside a region through the RPC latency layer too, so that `chaos latency --from R "
             "--to R` and the latency nemesis can slow them (about 40 us of CPU per stream message: off by "
             "default; calls between regions always pass through it).", "tuning"),
+    Setting("write_forwarding", bool, False,
+            "Readers of secondary regions forward the writes of sessions that set "
+            "sixfold.replica_read_consistency (eventual, session or global) to the primary writer "
+            "(see README, write forwarding).", "tuning"),
     Setting("start_timeout_s", click.FloatRange(1), 90.0,
             "How long `up` waits for the cluster to become healthy.", "tuning"),
     Setting("stop_timeout_s", click.FloatRange(0.5), 10.0,
@@ -117,7 +121,7 @@ def click_options(*names: str) -> Callable:
             s = BY_NAME[name]
             fn = click.option(
                 s.flag, s.name, type=s.type, default=s.default, envvar=s.env, show_envvar=True,
-                show_default=s.default is not None, help=s.help,
+                show_default=s.default is not None, help=s.help, is_flag=s.type is bool,
             )(fn)
         return fn
 

@@ -88,6 +88,11 @@ SESSION_CLOSED = "no_session"   # the same code the service uses for an unknown 
 AUTOCOMMIT_CONFLICT_ATTEMPTS = 8
 CONFLICT_BACKOFF_MAX_S = 0.005
 VOLUME_FAILURES = (FENCED, COMMIT_UNKNOWN, STORAGE_UNAVAILABLE)
+# write forwarding (FORWARDING.md): the primary writer was lost before the forwarded transaction
+# committed (nothing of it is committed: retry it); a read waited too long for this reader to
+# apply what the session's consistency asks for
+WRITER_LOST = "writer_lost"
+REPLICA_WAIT_TIMEOUT = "replica_wait_timeout"
 
 
 def map_error(exc: BaseException) -> SqlError:
@@ -124,6 +129,7 @@ class Result:
     rowcount: int = -1
     lastrowid: int | None = None
     commit_lsn: int | None = None
+    forwarded: bool = False   # ran on the primary writer (write forwarding)
 
 
 # what a statement came to, and the LSN that must be durable before it is answered
@@ -234,6 +240,8 @@ class Engine:
         # multi-writer (MULTIWRITER.md): the writer connection reads a pinned snapshot and
         # commits through the adjudicator; None: the single writer
         self.backend = backend
+        # a secondary reader with write forwarding: its sessions may forward writes (FORWARDING.md)
+        self.forwarder = None
         self.vfs = MultiWriterVFS(volume, backend) if backend is not None else SixfoldVFS(volume, writer)
         # a peer writer's commit returns once it is durable and in this node's view
         # (PeerBackend.commit), and the peer reads durable data only: nothing left to wait for
@@ -291,7 +299,7 @@ class Engine:
                 log.exception("cache maintenance failed")
 
     def session(self) -> "Session":
-        return Session(self)
+        return Session(self) if self.forwarder is None else self.forwarder.session(Session(self))
 
     def close(self) -> None:
         self._stop.set()

@@ -14,6 +14,7 @@ import grpc
 from sixfold.client import latency
 from sixfold.client.quorum import ClientSettings
 from sixfold.nodes.compute.engine import Engine
+from sixfold.nodes.compute.forwarding import Forwarder
 from sixfold.nodes.compute.multiwriter import PeerBackend, PeerWriterVolume, PrimaryBackend
 from sixfold.nodes.compute.pgwire import functions as pg_functions
 from sixfold.nodes.compute.pgwire.protocol import Config as PgConfig
@@ -114,6 +115,12 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
               help="With secondary regions: tell storage a new VDL this long after the writer's last batch even "
                    "when there is nothing else to send, so that the last commit before a quiet spell is shipped "
                    "too (0: only with the next batch).")
+@click.option("--write-forwarding", envvar="SIXFOLD_WRITE_FORWARDING", is_flag=True, default=False,
+              help="Reader in a secondary region: a session that sets sixfold.replica_read_consistency may send "
+                   "writes, which run on the primary writer (sixfold/nodes/compute/FORWARDING.md).")
+@click.option("--primary-coordinators", envvar="SIXFOLD_PRIMARY_COORDINATORS", default="",
+              help="With --write-forwarding: HOST:PORT,... of the primary region's coordinators (they name its "
+                   "writer).")
 @click.option("--pg-listen", envvar="SIXFOLD_PG_LISTEN", default="",
               help="HOST:PORT for the PostgreSQL wire protocol (off when empty; `sixfold up` uses the "
                    "instance's address and compute port + 1000).")
@@ -129,7 +136,8 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
                    "SSLRequest is refused and clients fall back to plain TCP or fail (sslmode=require).")
 def compute_node(node_id, role, region, az, listen, storage_nodes, writer_address, volume_id,
                  pages_per_segment, cache_pages, coordinators, commit_timeout_s, idle_in_transaction_timeout_s,
-                 fault_promote_delay_s, multi_writer, vdl_hint_interval_ms, pg_listen,
+                 fault_promote_delay_s, multi_writer, vdl_hint_interval_ms, write_forwarding, primary_coordinators,
+                 pg_listen,
                  pg_auth, pg_user, pg_password, pg_tls) -> None:
     """Run a compute node: SQLite on the shared Sixfold volume."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -162,6 +170,9 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
         role = "reader"   # to the control plane it follows the primary like a reader (and takes writes)
     if role == "reader" and not writer_address:
         raise click.BadParameter("a reader needs the writer's address", param_hint="--writer-address")
+    if write_forwarding and not primary_coordinators:
+        raise click.BadParameter("write forwarding needs the primary region's coordinators",
+                                 param_hint="--primary-coordinators")
     stop = threading.Event()
     hub = None
     if role == "writer":
@@ -194,6 +205,8 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
         backend = PeerBackend(volume, node_id, lambda: service.writer_address, commit_timeout_s + 5.0)
     service.engine = Engine(volume, writer=(role == "writer" or peer_writer), on_connect=pg_functions.register,
                             backend=backend)
+    if write_forwarding and role == "reader" and not peer_writer:
+        service.engine.forwarder = Forwarder(volume, primary_coordinators)
     pg_server = None
     if pg_listen:
         verifier = ScramVerifier.from_password(pg_password) if pg_auth == "scram" else None

@@ -19,6 +19,7 @@ import grpc
 
 from sixfold.client import latency
 from sixfold import unsafe
+from sixfold.nodes.compute import forwarding
 from sixfold.nodes.compute.engine import Engine, SqlError, INTERNAL
 from sixfold.nodes.compute.multiwriter import PrimaryBackend, serve_commit
 from sixfold.nodes.compute.redo import RedoHub, members_of, serve_redo
@@ -229,10 +230,17 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         if len(self.sessions) >= SESSIONS_MAX:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"this node already has {SESSIONS_MAX} sessions; close some and retry")
+        session = self.engine.session()
+        try:
+            forwarding.set_consistency(session, request.replica_read_consistency)
+        except ValueError as exc:
+            await self._in_thread(session.close)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         session_id = uuid.uuid4().hex
-        self.sessions[session_id] = self.engine.session()
+        self.sessions[session_id] = session
         self.session_seen[session_id] = time.monotonic()
-        return cpb.OpenSessionResponse(session_id=session_id, role=self.role, node_id=self.node_id)
+        return cpb.OpenSessionResponse(session_id=session_id, role=self.role, node_id=self.node_id,
+                                       write_forwarding=self.engine.forwarder is not None)
 
     async def reap_idle_sessions(self, in_transaction_timeout_s: float = IDLE_IN_TRANSACTION_TIMEOUT_S) -> None:
         """Rolls back and closes sessions idle in a transaction (they hold the write lock or a
@@ -277,6 +285,14 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
                 del self.session_busy[sid]
 
     async def _execute(self, session, request):
+        consistency = forwarding.consistency_set_in(request.sql)
+        if consistency is not None:   # a session setting (FORWARDING.md), not SQL for SQLite
+            try:
+                forwarding.set_consistency(session, consistency)
+            except ValueError as exc:
+                return cpb.ExecuteResponse(error_code="sql_error", error_message=str(exc),
+                                           in_transaction=session.in_transaction)
+            return cpb.ExecuteResponse(rowcount=-1, in_transaction=session.in_transaction)
         try:
             params = [from_pb(v) for v in request.params]
             result = await session.execute_async(request.sql, params, self._in_thread)
@@ -296,7 +312,7 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         return cpb.ExecuteResponse(
             columns=result.columns, rows=rows, rowcount=result.rowcount,
             lastrowid=result.lastrowid or 0, in_transaction=session.in_transaction,
-            commit_lsn=result.commit_lsn or 0,
+            commit_lsn=result.commit_lsn or 0, forwarded=result.forwarded,
         )
 
     async def CloseSession(self, request, context):

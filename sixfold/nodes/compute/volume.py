@@ -93,12 +93,18 @@ class VolumeState:
         self.client = client
         self.loop = loop
         self.lock = threading.Lock()
+        self.read_lsn_moved = threading.Condition(self.lock)   # a reader's read_lsn advanced (forwarding waits)
         self.cache = PageCache(capacity_pages=cache_pages)
         self.read_lsn = 0            # newest snapshot point: VDL on the writer, received VDL on a reader
         self.issued_lsn = 0          # the writer's newest published transaction
         self._pins: dict[int, int] = {}
         self._pin_ids = itertools.count(1)
         self.commit_counter = 0
+
+    def wait_read_lsn(self, lsn: int, timeout_s: float) -> bool:
+        """True once read_lsn >= lsn (a reader: the redo stream brought it); False after timeout_s."""
+        with self.read_lsn_moved:
+            return self.read_lsn_moved.wait_for(lambda: self.read_lsn >= lsn, timeout=timeout_s)
 
     # --- pins -----------------------------------------------------------------------
     def pin(self) -> tuple[int, int]:
@@ -256,6 +262,7 @@ class ReaderVolume(VolumeState):
             self.read_lsn = vdl
             self.client.epoch = epoch
             self.writer_id = writer_id
+            self.read_lsn_moved.notify_all()
         self.subscribed.set()
 
     def apply_batch(self, records: list, vdl: int, vdl_unix_s: float) -> None:
@@ -268,6 +275,7 @@ class ReaderVolume(VolumeState):
             if vdl > self.read_lsn:
                 self.read_lsn = vdl
                 self.lag.add(max(0.0, (time.time() - vdl_unix_s) * 1000))
+                self.read_lsn_moved.notify_all()
 
     def _min_pinned_locked(self) -> int:
         return min(self._pins.values(), default=self.read_lsn)

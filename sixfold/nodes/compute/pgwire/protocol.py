@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 from sixfold.nodes.compute import engine as E
+from sixfold.nodes.compute import forwarding
 from sixfold.nodes.compute.pgwire import messages as M
 from sixfold.nodes.compute.pgwire import pgtypes as T
 from sixfold.nodes.compute.pgwire.catalog import SERVER_VERSION, Catalog, SessionContext
@@ -43,6 +44,7 @@ DEFAULT_SETTINGS = {
     "lc_messages": "C", "lc_monetary": "C", "lc_numeric": "C", "lc_time": "C", "bytea_output": "hex",
     "client_min_messages": "notice", "synchronous_commit": "on", "max_connections": "512",
     "default_transaction_deferrable": "off", "row_security": "on", "jit": "off", "work_mem": "4MB",
+    forwarding.CONSISTENCY_SETTING: forwarding.OFF,
 }
 REPORTED = ("server_version", "server_encoding", "client_encoding", "DateStyle", "TimeZone", "IntervalStyle",
             "integer_datetimes", "standard_conforming_strings", "is_superuser", "application_name",
@@ -131,6 +133,10 @@ def pg_error_of(exc: E.SqlError) -> M.PgError:
                                             "retry the transaction")
     if exc.code == E.CANCELED:
         return M.PgError("57014", "canceling statement due to user request")
+    if exc.code == E.REPLICA_WAIT_TIMEOUT:
+        return M.PgError("57014", msg)
+    if exc.code == E.WRITER_LOST:
+        return M.PgError("08006", msg, severity="FATAL", hint="reconnect and retry the transaction")
     if exc.code in (E.FENCED, E.COMMIT_UNKNOWN, E.STORAGE_UNAVAILABLE):
         code = "08007" if exc.code == E.COMMIT_UNKNOWN else "08006"
         return M.PgError(code, f"the writer was lost: {msg}", severity="FATAL",
@@ -309,6 +315,11 @@ class PgSession:
             self._out.append(M.parameter_status(name, values[name]))
         self._out.append(M.backend_key_data(self.pid, self.secret))
         self.db = self.engine.session()
+        if self.settings[forwarding.CONSISTENCY_SETTING] != forwarding.OFF:   # options=-c sixfold.replica_...
+            try:
+                forwarding.set_consistency(self.db, self.settings[forwarding.CONSISTENCY_SETTING])
+            except ValueError as exc:
+                raise ConnectionLost(M.PgError("22023", str(exc))) from None
         self.state = "ready"
         self._ready()
 
@@ -580,6 +591,8 @@ class PgSession:
             return None, [], [], "ROLLBACK"
         if plan.kind == "set":
             name, value = plan.info["name"], plan.info["value"]
+            if name == forwarding.CONSISTENCY_SETTING:
+                value = self._set_consistency(value)
             if value is None:
                 self.settings[name] = DEFAULT_SETTINGS.get(name, "")
             else:
@@ -590,6 +603,8 @@ class PgSession:
             return None, [], [], "SET"
         if plan.kind == "reset":
             name = plan.info["name"]
+            if name in ("all", forwarding.CONSISTENCY_SETTING):
+                self._set_consistency(None)
             if name == "all":
                 self.settings = dict(DEFAULT_SETTINGS)
             else:
@@ -609,6 +624,7 @@ class PgSession:
             self.statements.clear()
             self.portals = {"": portal} if "" in self.portals else {}
             self.settings = dict(DEFAULT_SETTINGS)
+            self._set_consistency(None)
             return None, [], [], plan.tag
         if plan.kind == "deallocate":
             name = plan.info["name"]
@@ -652,6 +668,13 @@ class PgSession:
         if plan.tag in ("UPDATE", "DELETE"):
             return None, [], [], f"{plan.tag} {count}"
         return None, [], [], plan.tag
+
+    def _set_consistency(self, value: str | None) -> str:
+        """Write forwarding's per-session switch (on a node without forwarding: accepted, no effect)."""
+        try:
+            return forwarding.set_consistency(self.db, value)
+        except ValueError as exc:
+            raise M.PgError("22023", str(exc)) from None
 
     def _context(self) -> SessionContext:
         return SessionContext(self.user, self.database, self.pid, self.settings, self.is_reader, self.config.port)
