@@ -75,11 +75,26 @@ async def _serve(host: str) -> tuple[grpc.aio.Server, str]:
     return server, f"{host}:{port}"
 
 
+CALLS_PER_MEASURE = 5   # the fastest of a few calls: a loaded machine only ever adds time
+
+
 async def _unary_s(channel) -> float:
     call = channel.unary_unary("/echo.Echo/Unary")
-    started = time.monotonic()
-    assert await call(b"ping", timeout=10) == b"ping"
-    return time.monotonic() - started
+    fastest_s = float("inf")
+    for _ in range(CALLS_PER_MEASURE):
+        started = time.monotonic()
+        assert await call(b"ping", timeout=10) == b"ping"
+        fastest_s = min(fastest_s, time.monotonic() - started)
+    return fastest_s
+
+
+def _sync_unary_s(call) -> float:
+    fastest_s = float("inf")
+    for _ in range(CALLS_PER_MEASURE):
+        started = time.monotonic()
+        assert call(b"x", timeout=10) == b"x"
+        fastest_s = min(fastest_s, time.monotonic() - started)
+    return fastest_s
 
 
 @pytest.mark.timeout(60)
@@ -107,7 +122,7 @@ def test_aio_calls_pay_the_table_and_follow_changes_at_run_time(region_1):
                 elapsed_s = time.monotonic() - started
                 await call.done_writing()
                 assert replies == [str(i).encode() for i in range(20)]
-                assert 0.200 <= elapsed_s < 0.200 + 0.200
+                assert 0.200 <= elapsed_s < 1.0    # one round trip; one per message would be 4 s
 
                 region_1.unlink()   # back to the defaults
                 await asyncio.sleep(latency.RELOAD_INTERVAL_S + 0.05)
@@ -140,18 +155,14 @@ def test_blocking_channels_pay_it_too_and_processes_without_a_region_pay_nothing
         with latency.sync_channel(ready[0]) as channel:
             call = channel.unary_unary("/echo.Echo/Unary")
             call(b"x", timeout=10)
-            started = time.monotonic()
-            assert call(b"x", timeout=10) == b"x"
-            assert 0.060 <= time.monotonic() - started < 0.060 + 0.050
+            assert 0.060 <= _sync_unary_s(call) < 0.060 + 0.050
         monkeypatch.delenv(latency.LATENCY_REGION_ENV)
         latency.reset_for_tests()
         with latency.sync_channel(ready[0]) as channel:
             assert not isinstance(channel, grpc._interceptor._Channel)   # no interceptor at all
             call = channel.unary_unary("/echo.Echo/Unary")
             call(b"x", timeout=10)
-            started = time.monotonic()
-            call(b"x", timeout=10)
-            assert time.monotonic() - started < 0.030
+            assert _sync_unary_s(call) < 0.030
     finally:
         stop.append(True)
         thread.join(10)
