@@ -60,6 +60,9 @@ class ClientSettings:
     # last batch (an empty batch), so that storage's vdl_hint does not stay one transaction
     # behind when the writer goes quiet; a secondary region ships up to it (sixfold/globaldb)
     vdl_hint_interval_s: float = 0.0
+    # global database: called with the commit's deadline before a durable commit is acknowledged;
+    # raises when the writer holds no lease from every secondary region (sixfold/globaldb/lease.py)
+    commit_gate: object = None
 
 
 def _payload(write: PageWrite) -> tuple[RecordKind, bytes]:
@@ -297,10 +300,11 @@ class QuorumClient:
         self.membership = MembershipChanger(self)   # replaces storage nodes when the coordinator asks
 
     # --- life cycle ---------------------------------------------------------------
-    async def open_writer(self) -> RecoveredVolume:
+    async def open_writer(self, min_epoch: int = 0) -> RecoveredVolume:
         """Runs recovery (fencing any earlier writer), then accepts commits."""
         recovered = await recover_volume(
             self.pool, self.settings.volume_id, self.nodes, self.writer_id, self.settings.rpc_timeout_s,
+            min_epoch=min_epoch,
         )
         self.recovered = recovered
         self._loop = asyncio.get_running_loop()
@@ -422,6 +426,8 @@ class QuorumClient:
                         f"commit LSN {lsn} is not durable after {self.settings.commit_timeout_s:.1f} s"))
                 self._cond.wait(remaining)
             self.commits += 1
+        if self.settings.commit_gate is not None:
+            self.settings.commit_gate(deadline)
 
     def _room_for(self, count: int) -> bool:
         with self._cond:
