@@ -430,6 +430,9 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
         if not alive:
             if not running:
                 row["health"] = "stopped"
+            elif entry.get("state") == "standby":
+                row.update(health="standby", detail="a replicator of the primary region (or of a region that needs a "
+                                                    "resync) does not run")
             elif cdir.has_marker(entry["name"], MARKER_DOWN):
                 row.update(health="down", detail="killed by chaos; `sixfold chaos restart` or `heal` brings it back")
             else:
@@ -451,7 +454,8 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
     }
     regions = sorted({int(r["region"]) for r in rows})
     if len(regions) > 1:
-        cluster["regions"] = [region_summary(r, rows) for r in regions]
+        primary = primary_region(node_specs(state)) if running else PRIMARY_REGION
+        cluster["regions"] = [region_summary(r, rows, primary) for r in regions]
     return {"cluster": cluster, "nodes": rows}
 
 
@@ -506,9 +510,9 @@ def fill_probed_rows(rows: list[dict], entries: list[dict], to_probe: list[tuple
             row["detail"] = f"cut off from {len(row['partitioned_from'])} node(s) (chaos partition)"
 
 
-def region_summary(region: int, rows: list[dict]) -> dict:
+def region_summary(region: int, rows: list[dict], primary: int = PRIMARY_REGION) -> dict:
     """A region's role and, for a secondary, its replication: VDL, how far behind, lag."""
-    if region == PRIMARY_REGION:
+    if region == primary:
         writer = next((r for r in rows if r["kind"] == COMPUTE and r["role"] == WRITER), None)
         return {"region": region, "role": "primary", "vdl": writer["vdl"] if writer else None}
     rep = next((r for r in rows if r["kind"] == REPLICATOR and int(r["region"]) == region), None)
@@ -546,6 +550,28 @@ def _custom_endpoint(e: dict) -> Endpoint:
                     members=tuple(e["members"]))
 
 
+def primary_region(nodes: list[NodeSpec]) -> int:
+    """The region that takes writes: region 1 until a `sixfold region switchover|failover` moved it
+    (the coordinators know it from the region roles; globaldb/roles.py)."""
+    regions = sorted({n.region for n in nodes})
+    if len(regions) < 2:
+        return PRIMARY_REGION
+    import grpc
+
+    from sixfold.rpc import coordinator_pb2 as copb
+    from sixfold.rpc import coordinator_pb2_grpc
+
+    for n in sorted((n for n in nodes if n.kind == COORDINATOR), key=lambda n: (n.region != PRIMARY_REGION, n.name)):
+        with grpc.insecure_channel(n.address) as channel:
+            try:
+                catalog = coordinator_pb2_grpc.CoordinatorStub(channel).GetCatalog(copb.CatalogRequest(), timeout=1.0)
+            except grpc.RpcError:
+                continue
+        if catalog.primary_region:
+            return catalog.primary_region
+    return PRIMARY_REGION
+
+
 def _coordinator_call(nodes: list[NodeSpec], call, what: str):
     """`call(stub)` on the first coordinator that answers; usage errors from it become UsageProblem."""
     import grpc
@@ -553,7 +579,7 @@ def _coordinator_call(nodes: list[NodeSpec], call, what: str):
     from sixfold.rpc import coordinator_pb2_grpc
 
     last_error = "no coordinator is configured" if not any(n.kind == COORDINATOR for n in nodes) else ""
-    for n in in_region(nodes, PRIMARY_REGION):   # the primary's catalog (a secondary's has no writer)
+    for n in in_region(nodes, primary_region(nodes)):   # the primary's catalog (a secondary's has no writer)
         if n.kind != COORDINATOR:
             continue
         with grpc.insecure_channel(n.address) as channel:
@@ -609,7 +635,7 @@ def _catalog(nodes: list[NodeSpec], timeout_s: float = 1.0) -> dict | None:
     """The primary region's catalog, from the first of its coordinators that answers."""
     from sixfold.runtime.probe import probe_coordinator
 
-    for n in in_region(nodes, PRIMARY_REGION):
+    for n in in_region(nodes, primary_region(nodes)):
         if n.kind == COORDINATOR:
             result = probe_coordinator(n.address, timeout_s)
             if result.get("reachable"):
@@ -747,7 +773,7 @@ def resolve_endpoint(cdir: ClusterDir, name: str) -> tuple[str, str]:
     state = require_running(cdir)
     nodes = node_specs(state)
     compute = [n for n in nodes if n.kind == COMPUTE]
-    routed = router_addresses(nodes)
+    routed = router_addresses(in_region(nodes, primary_region(nodes)))
     if name in ("writer", "reader") and routed:
         return routed[name], f"{name} endpoint (router)"
     if name == "writer":

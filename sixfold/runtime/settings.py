@@ -100,6 +100,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Pass calls inside a region through the RPC latency layer too, so that `chaos latency --from R "
             "--to R` and the latency nemesis can slow them (about 40 us of CPU per stream message: off by "
             "default; calls between regions always pass through it).", "tuning"),
+    Setting("lease_s", click.FloatRange(0.2), 2.0,
+            "With secondary regions: the primary writer acknowledges a commit only while it holds a lease "
+            "this long from every other region's replicator, so that a region failed over from can never "
+            "acknowledge a write (its commits wait while a secondary region is cut off).", "tuning",
+            ("compute",)),
     Setting("start_timeout_s", click.FloatRange(1), 90.0,
             "How long `up` waits for the cluster to become healthy.", "tuning"),
     Setting("stop_timeout_s", click.FloatRange(0.5), 10.0,
