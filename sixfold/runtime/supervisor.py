@@ -301,8 +301,12 @@ class Supervisor:
         for m in self.nodes:
             if self.standing_by(m):
                 if m.running:
+                    # at once: a failover waits for it to be gone (it must grant no more leases);
+                    # its durable position is written atomically, nothing is lost by a kill
                     log.info("%s stands by: its region is the primary now (or is being failed over to)", m.name)
-                    self.stop_node(m, float(self.tuning.get("stop_timeout_s", 10.0)))
+                    m.proc.send_signal(signal.SIGCONT)
+                    m.proc.kill()
+                    m.proc.wait()
                 if m.state != "standby":
                     m.state, m.proc, m.next_start_monotonic = "standby", None, None
                     changed = True
