@@ -291,8 +291,14 @@ def coordinator(listen, raft_address, replicas, instances, writer_endpoint, read
         catalog.destroy()
         raise click.ClickException(failure[0])
     controller.start()
-    if not no_failover:   # a secondary region's storage is written by its replicator, which replaces no node
-        StorageHealer(catalog, storage, storage_replace_after_s, controller.pool).start(controller.stop)
+    healer = StorageHealer(catalog, storage, storage_replace_after_s, controller.pool)
+    if controller.roles is not None:
+        # a global cluster: heal while the region is the steady primary (a secondary region's
+        # storage is written by its replicator, which replaces no node)
+        healer.enabled = lambda: controller.failover_enabled
+        healer.start(controller.stop)
+    elif not no_failover:
+        healer.start(controller.stop)
     log.info("coordinator serving on %s (raft %s; endpoints %s)", listen, raft_address, endpoints or "none")
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
