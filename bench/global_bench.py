@@ -223,8 +223,8 @@ def failover_trial(rate_per_s: float) -> dict:
         present = {row_id for (row_id,) in conn.cursor().execute("SELECT id FROM t WHERE v = 'rpo'").fetchall()}
         conn.close()
         lost = sorted(set(acked_ids) - present)
-        kept_at = [at for row_id, at in acked_ids.items() if row_id in present]
-        lost_s = (max(acked_ids.values()) - max(kept_at)) if lost and kept_at else 0.0
+        # the span of acknowledgements that were lost: from the first lost one to the last one
+        lost_s = (max(acked_ids.values()) - min(acked_ids[row_id] for row_id in lost)) if lost else 0.0
         return {"rto_s": round(first_commit_unix_s - killed_unix_s, 3), "failover_command_s": report["duration_s"],
                 "kill_s": round(killed_s - lost_at, 3), "failover_cli_s": round(failed_over_s - killed_s, 3),
                 "first_commit_after_s": round(first_commit_s - failed_over_s, 3), "phases": report["phases"],
