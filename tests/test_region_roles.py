@@ -60,6 +60,15 @@ def test_a_possible_role_change_has_no_problem():
     assert switch_problem(STEADY, [1, 2, 3], 3, FAILOVER) == ""
 
 
+def test_an_unfinished_change_goes_on_and_one_that_fenced_nothing_is_abandoned():
+    switching = STEADY.begin(SWITCHOVER, 2)
+    assert switch_problem(switching, [1, 2], 2, SWITCHOVER) == ""        # run again: it goes on
+    assert switching.begin(SWITCHOVER, 2) == switching                     # ... with the same record
+    assert "did not finish" in switch_problem(switching, [1, 2, 3], 3, SWITCHOVER)
+    back = switching.abandon()
+    assert back.generation == 3 and failover_allowed(back, 1) and back.primary == 1
+
+
 def test_rpo_is_what_the_promoted_region_had_not_received():
     rpo = rpo_of(source_vdl=120, region_vdl=100, lag_ms_last=250.0, source_seen_unix_s=1000.0)
     assert rpo["rpo_lsns"] == 20 and rpo["rpo_lag_s"] == 0.25

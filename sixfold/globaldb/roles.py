@@ -48,7 +48,10 @@ class RegionRoles:
     # ---------------------------------------------------------------- transitions (pure)
 
     def begin(self, kind: str, to_region: int) -> "RegionRoles":
-        """No region may promote on its own from here on (the fence comes after this is applied)."""
+        """No region may promote on its own from here on (the fence comes after this is applied).
+        The same change again (it did not finish) goes on where it is."""
+        if (self.change, self.change_to) == (kind, to_region):
+            return self
         return replace(self, generation=self.generation + 1, change=kind, change_to=to_region)
 
     def finish(self, writer: str, writer_address: str, writer_endpoint: str, record: dict,
@@ -92,7 +95,7 @@ def switch_problem(roles: RegionRoles, regions: list[int], to_region: int, kind:
         return "this cluster has one region: start it with `sixfold up --regions 2` (or more) for a global database"
     if to_region not in regions:
         return f"no region {to_region}; the regions are {', '.join(map(str, regions))}"
-    if roles.change:
+    if roles.change and (roles.change, roles.change_to) != (kind, to_region):
         return (f"a {roles.change} to region {roles.change_to} did not finish: run `sixfold region {roles.change} "
                 f"--to {roles.change_to}{' --allow-data-loss' if roles.change == FAILOVER else ''}` again")
     if to_region == roles.primary:

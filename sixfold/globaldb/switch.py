@@ -177,9 +177,16 @@ def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: 
     switch_id = uuid.uuid4().hex[:8]
     change.report.update(kind=SWITCHOVER, id=switch_id, from_region=old, to_region=to_region,
                          old_writer=roles.writer)
+    resumed = bool(roles.change)
     change.save(roles.begin(SWITCHOVER, to_region))
-    change.wait_applied(change.region_list())
-    change.phase("no region promotes on its own now", generation=change.roles.generation)
+    try:
+        change.wait_applied(change.region_list())
+    except SwitchFailed:
+        if not resumed:   # nothing is fenced yet: the old primary takes writes again
+            change.save(change.roles.abandon())
+        raise
+    change.phase("no region promotes on its own now" + (" (resuming an unfinished switchover)" if resumed else ""),
+                 generation=change.roles.generation)
 
     # 2-3: fence the old primary; its recovery's VDL holds every acknowledged commit; ship it to R
     settings = ClientSettings(volume_id=spec.get("volume_id", "vol-1"),
@@ -209,16 +216,19 @@ def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: 
     recovered, shipped = asyncio.run(fence_and_ship())
     change.phase(f"region {to_region} holds everything up to the fence", vdl=shipped.vdl, epoch=shipped.epoch)
 
-    # 4: promote a reader of R (recovery in R at a higher epoch: VDL F, nothing truncated)
-    writer, writer_address, epoch = change.promote(to_region, min_epoch=recovered.epoch + 1)
-    change.phase(f"promoted {writer}", epoch=epoch)
-
-    # 5: P becomes a secondary of R: its replicator starts at F (P's storage holds everything to F)
+    # P's replicator will start at F (P's storage holds everything to F): recorded before the
+    # promotion, so that the promotion and the record of it are as close together as can be
     old_replicator = change.node(REPLICATOR, old)
     data_dir = cdir.node_data(old_replicator.name)
     data_dir.mkdir(parents=True, exist_ok=True)
     save_position(data_dir, Position(recovered.vdl, dict(recovered.segment_tails), recovered.epoch, owner,
                                      recovered.history))
+
+    # 4: promote a reader of R (recovery in R at a higher epoch: VDL F, nothing truncated)
+    writer, writer_address, epoch = change.promote(to_region, min_epoch=recovered.epoch + 1)
+    change.phase(f"promoted {writer}", epoch=epoch)
+
+    # 5: P becomes a secondary of R
     record = {"kind": SWITCHOVER, "id": switch_id, "from_region": old, "to_region": to_region,
               "old_writer": roles.writer, "new_writer": writer, "fence_epoch": recovered.epoch,
               "fence_vdl": recovered.vdl, "epoch": epoch, "unix_s": time.time()}
@@ -248,7 +258,7 @@ def failover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: in
     switch_id = uuid.uuid4().hex[:8]
     change.report.update(kind=FAILOVER, id=switch_id, from_region=old, to_region=to_region, old_writer=roles.writer)
     # 1: no promotions anywhere, and R's replicator stops for good (no more leases for the old writer)
-    change.save(roles.begin(FAILOVER, to_region))
+    change.save(roles.begin(FAILOVER, to_region))   # (the same record when an unfinished failover goes on)
     change.phase(f"recorded: failing over to region {to_region}; {replicator.name} stops",
                  generation=change.roles.generation)
 
