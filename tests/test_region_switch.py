@@ -114,6 +114,8 @@ def test_a_switchover_under_a_running_writer_loses_no_acknowledged_commit(cluste
         assert time.monotonic() < deadline, f"writer-1 did not come back as a reader: {status['writer-1']}"
         time.sleep(1)
     assert status["replicator-2"]["health"] == "standby" and status["replicator-1"]["health"] == "ok"
+    listed = {e["name"]: e for e in cli("endpoints", "--data-dir", data_dir, "--json")}
+    assert listed["writer"]["address"] == endpoints[2] and listed["writer"]["target"] == "reader-2-1"
     wait_rows(address_of(data_dir, "writer-1"), "SELECT id, v FROM t ORDER BY id", expected, timeout_s=60)
 
 
@@ -147,6 +149,9 @@ def test_after_a_failover_the_resumed_old_primary_cannot_commit(cluster):
     assert rows == [-2, -1]
     status = {n["name"]: n for n in cli("status", "--data-dir", data_dir, "--json")}
     assert status["replicator-2"]["health"] == "standby"   # region 2 needs a resync: it ships nothing
+    result = subprocess.run([*CLI, "status", "--data-dir", str(data_dir)], capture_output=True, text=True,
+                            timeout=60, env=clean_env())
+    assert "region 2: failed over from; needs a resync" in result.stdout and "region 1: primary" in result.stdout
     roles = json.loads((Path(data_dir) / "regions.json").read_text())
     assert roles["primary"] == 1 and roles["needs_resync"] == [2]
     result = subprocess.run([*CLI, "region", "switchover", "--data-dir", str(data_dir), "--to", "2"],

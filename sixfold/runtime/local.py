@@ -28,6 +28,7 @@ from typing import Callable
 from sixfold.runtime import latency_chaos, partition, procs
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_PAUSED, MARKER_RESTART, MARKERS,
                                     RUNNING, STARTING, STATE_FORMAT, STOPPED, STOPPING, ClusterDir, StateError, tail)
+from sixfold.runtime.commands import default_roles
 from sixfold.runtime.probe import probe, probe_many
 from sixfold.runtime.topology import (PEER_WRITER_OCTET_BASE, WRITERS_MAX)
 from sixfold.runtime.topology import (COMPUTE, COMPUTE_OCTET_BASE, COORDINATOR, PRIMARY_REGION, READER, READERS_MAX,
@@ -456,6 +457,12 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
     if len(regions) > 1:
         primary = primary_region(node_specs(state)) if running else PRIMARY_REGION
         cluster["regions"] = [region_summary(r, rows, primary) for r in regions]
+        from sixfold.globaldb.roles import load_roles, roles_path
+
+        resync = load_roles(roles_path(cdir.root), default_roles(node_specs(state))).needs_resync
+        for summary in cluster["regions"]:
+            if summary["region"] in resync and summary["region"] != primary:
+                summary["role"] = "needs-resync"
     return {"cluster": cluster, "nodes": rows}
 
 
@@ -529,7 +536,24 @@ def endpoints(cdir: ClusterDir) -> list[Endpoint]:
     """The router's writer and reader endpoints (their target is the current writer or the
     readers, when a coordinator answers), the custom endpoints, then one per instance."""
     nodes = node_specs(require(cdir))
-    return with_catalog(cdir, nodes, endpoints_of(nodes))
+    return with_catalog(cdir, nodes, primary_endpoints(nodes, endpoints_of(nodes)))
+
+
+def primary_endpoints(nodes: list[NodeSpec], out: list[Endpoint]) -> list[Endpoint]:
+    """After a region switchover or failover the writer and reader endpoints are the new primary
+    region's router (the one-region addresses otherwise)."""
+    primary = primary_region(nodes)
+    if primary == PRIMARY_REGION:
+        return out
+    routed = router_addresses(in_region(nodes, primary))
+    moved = []
+    for e in out:
+        if e.name in ("writer", "reader"):
+            host, port = routed[e.name].rsplit(":", 1)
+            pg_port = int(routed[f"{e.name}-pg"].rsplit(":", 1)[1])
+            e = dataclasses.replace(e, host=host, port=int(port), pg_port=pg_port, dsn=pg_dsn(host, pg_port))
+        moved.append(e)
+    return moved
 
 
 def with_catalog(cdir: ClusterDir, nodes: list[NodeSpec], out: list[Endpoint]) -> list[Endpoint]:
