@@ -39,8 +39,9 @@ def _run(data_dir: Path | None, kind: str, to_region: int, as_json: bool) -> Non
             f"[bold]{report['new_writer']}[/bold] is the writer at epoch {report['epoch']} "
             f"({report['duration_s']:.2f} s)")
     if kind == "failover":
-        line += (f"; RPO {report['rpo_lsns']} LSN(s), lag {report['rpo_lag_s']:.3f} s; region "
-                 f"{report['needs_resync']} needs a resync before it rejoins")
+        rpo = ("unknown (the replicator did not answer)" if report["rpo_lsns"] is None
+               else f"{report['rpo_lsns']} LSN(s), lag {report['rpo_lag_s']:.3f} s")
+        line += f"; RPO {rpo}; region {report['needs_resync']} needs a resync before it rejoins"
     else:
         line += f"; RPO 0 (fenced at LSN {report['fence_vdl']})"
     out.print(line)

@@ -284,8 +284,11 @@ def failover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: in
     writer, writer_address, epoch = change.promote(to_region)
     promoted = _compute_status(writer_address, 2.0)
     region_vdl = last.vdl if last is not None else 0
-    rpo = rpo_of(last.source_vdl if last else 0, region_vdl, last.region_lag_ms_last if last else 0.0,
-                 last.source_seen_unix_s if last else 0.0)
+    if last is not None:
+        rpo = rpo_of(last.source_vdl, region_vdl, last.region_lag_ms_last, last.source_seen_unix_s)
+    else:   # the replicator never answered: nobody in this region knows what the primary had
+        rpo = {"rpo_lsns": None, "rpo_lag_s": None, "primary_last_heard_unix_s": None,
+               "primary_vdl_last_heard": None}
     change.phase(f"promoted {writer}", epoch=epoch, vdl=promoted.vdl if promoted else None)
     record = {"kind": FAILOVER, "id": switch_id, "from_region": old, "to_region": to_region,
               "old_writer": roles.writer, "new_writer": writer, "epoch": epoch, "promoted_at_lsn": region_vdl,
