@@ -312,7 +312,10 @@ class Supervisor:
                     changed = True
                 continue
             if m.state == "standby":   # its region became a secondary: it ships from the new primary
-                self.spawn(m, "its region is a secondary now")
+                if self.cdir.has_marker(m.name, MARKER_DOWN):
+                    m.state = "down"     # (chaos killed its region meanwhile: it waits like the rest)
+                else:
+                    self.spawn(m, "its region is a secondary now")
                 changed = True
                 continue
             restart_marker = self.cdir.marker(m.name, MARKER_RESTART)
