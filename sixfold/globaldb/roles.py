@@ -95,6 +95,12 @@ def switch_problem(roles: RegionRoles, regions: list[int], to_region: int, kind:
         return "this cluster has one region: start it with `sixfold up --regions 2` (or more) for a global database"
     if to_region not in regions:
         return f"no region {to_region}; the regions are {', '.join(map(str, regions))}"
+    if len(regions) > 2:
+        # the other secondaries would have to move their source to the new primary (their
+        # replicators restarted at a position the new primary's storage still has the log for,
+        # and, after a failover, without a tail the new primary never had): not built
+        return (f"role changes are built for two regions; this cluster has {len(regions)} (the other "
+                "secondary regions cannot follow the new primary yet)")
     if roles.change and (roles.change, roles.change_to) != (kind, to_region):
         return (f"a {roles.change} to region {roles.change_to} did not finish: run `sixfold region {roles.change} "
                 f"--to {roles.change_to}{' --allow-data-loss' if roles.change == FAILOVER else ''}` again")
