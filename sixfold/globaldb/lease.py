@@ -26,6 +26,8 @@ from sixfold.rpc import compute_pb2_grpc
 log = logging.getLogger("sixfold.lease")
 
 RENEWALS_PER_LEASE = 4
+RETRY_S = 0.1   # between requests while no lease is held
+REQUEST_TIMEOUT_MAX_S = 2.0   # (and lease_s / 2 at most)
 
 
 class PrimaryLease:
@@ -71,15 +73,19 @@ class PrimaryLease:
         try:
             while not self.stop.is_set():
                 sent = time.monotonic()
+                held = False
                 if self.asking():
-                    self._ask(stub, lessor, sent)
-                self.stop.wait(max(0.0, sent + interval_s - time.monotonic()))
+                    held = self._ask(stub, lessor, sent)
+                # without a lease (refused, no answer, or not the writer yet) ask again soon: a
+                # newly promoted writer must not wait a whole renewal interval for its first one
+                self.stop.wait(max(0.0, sent + (interval_s if held else RETRY_S) - time.monotonic()))
         finally:
             channel.close()
 
-    def _ask(self, stub, lessor: str, sent: float) -> None:
+    def _ask(self, stub, lessor: str, sent: float) -> bool:
         try:
-            reply = stub.Status(cpb.StatusRequest(lease_epoch=max(1, self.epoch())), timeout=self.lease_s / 2)
+            reply = stub.Status(cpb.StatusRequest(lease_epoch=max(1, self.epoch())),
+                                timeout=min(self.lease_s / 2, REQUEST_TIMEOUT_MAX_S))
             granted, why = reply.lease_granted, reply.lease_refused or f"{reply.role} grants no lease"
         except grpc.RpcError as exc:
             granted, why = False, exc.code().name
@@ -91,3 +97,4 @@ class PrimaryLease:
             elif self.refused.get(lessor) != why:
                 self.refused[lessor] = why
                 log.warning("no lease from %s: %s", lessor, why)
+        return granted

@@ -8,7 +8,7 @@ switchover --to R (planned, RPO 0):
      compute node restarted in the old primary comes back as a reader (hazards 1 and 2);
   2. fence the old primary P: a recovery of P's storage by the switchover itself (epoch E+1). The
      old writer's appends are refused from now on; the recovery's VDL F holds every commit it
-     acknowledged. The recovery's client stays open to tell P's storage F (its vdl_hint);
+     acknowledged. Every member of every PG is told F as its vdl_hint (_tell_vdl);
   3. wait until R's replicator has shipped up to F under E+1;
   4. R's coordinators promote a reader of R (recovery in R at E+2, VDL F: nothing is truncated);
   5. record P as a secondary of R: the supervisor stops R's replicator and starts P's, from the
@@ -159,6 +159,25 @@ class RoleChange:
         return sorted({n.region for n in self.nodes})
 
 
+async def _tell_vdl(client, recovered, owner: str) -> None:
+    """Every member of every PG learns the fence's VDL as its vdl_hint (what a replicator ships up
+    to): an empty append naming the segment. A stream's VDL-only heartbeat would not do: storage
+    applies it only to segments that stream has named before, and the fence's has named none."""
+    from sixfold.client.convert import truncations_to_pb
+    from sixfold.client.recovery import _append_once
+    from sixfold.rpc import storage_pb2 as spb
+
+    calls = []
+    for segment, membership in sorted(recovered.segment_memberships.items()):
+        request = spb.AppendRequest(
+            batch_seq=1, volume_id=client.settings.volume_id, volume_epoch=recovered.epoch, writer_id=owner,
+            vdl_hint=recovered.vdl, truncations=truncations_to_pb(recovered.history),
+            segments=[spb.SegmentAppend(segment=segment, records=b"", members=list(membership.members))])
+        calls += [_append_once(client.pool, member, request, client.settings.rpc_timeout_s)
+                  for member in membership.all_members()]
+    await asyncio.gather(*calls)
+
+
 def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: int, progress: Progress) -> dict:
     from sixfold.client.quorum import ClientSettings, QuorumClient
     from sixfold.globaldb.replicator import Position, save_position
@@ -198,6 +217,7 @@ def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: 
         recovered = await client.open_writer()
         change.phase(f"fenced region {old}", epoch=recovered.epoch, vdl=recovered.vdl,
                      discarded_lsns=recovered.discarded_lsns)
+        await _tell_vdl(client, recovered, owner)
         try:
             loop = asyncio.get_running_loop()
             deadline = time.monotonic() + SHIPPED_TIMEOUT_S
