@@ -69,10 +69,28 @@ def test_only_secondary_readers_get_the_forwarding_flags_and_the_primary_coordin
     spec = ClusterSpec(regions=2, readers=1)
     nodes = nodes_of(spec)
     by_name = {n.name: n for n in nodes}
-    primary_coordinators = ",".join(n.address for n in nodes if n.kind == "coordinator" and n.region == 1)
+    coordinators_of = {r: [n.address for n in nodes if n.kind == "coordinator" and n.region == r] for r in (1, 2)}
     args = node_args(by_name["reader-2-1"], nodes, spec, {"write_forwarding": True}, "/d")
     assert "--write-forwarding" in args
-    assert args[args.index("--primary-coordinators") + 1] == primary_coordinators
+    # the primary's coordinators first, then its own region's (they name the primary after a region switch)
+    assert args[args.index("--primary-coordinators") + 1] == ",".join(coordinators_of[1] + coordinators_of[2])
     for name in ("writer-1", "reader-1"):
         assert "--write-forwarding" not in node_args(by_name[name], nodes, spec, {"write_forwarding": True}, "/d")
     assert "--write-forwarding" not in node_args(by_name["reader-2-1"], nodes, spec, {}, "/d")
+
+
+def test_the_primary_writer_is_found_through_any_regions_catalog():
+    from sixfold.nodes.compute.forwarding import primary_writer_in
+    from sixfold.rpc import coordinator_pb2 as copb
+
+    writer = copb.Instance(name="writer-1", address="127.1.1.100:7200")
+    # the primary region's own catalog (or a one-region cluster): its writer, by address
+    assert primary_writer_in(copb.CatalogResponse(writer="writer-1", instances=[writer])) == "127.1.1.100:7200"
+    assert primary_writer_in(copb.CatalogResponse(writer="writer-1", instances=[writer], regions_generation=1,
+                                                  region=1, primary_region=1)) == "127.1.1.100:7200"
+    # another region's catalog, after a switch: the primary region's writer endpoint
+    assert primary_writer_in(copb.CatalogResponse(regions_generation=3, region=1, primary_region=2,
+                                                  primary_writer_endpoint="127.2.0.200:7400")) == "127.2.0.200:7400"
+    # a role change in progress: nobody takes writes yet (the forwarder asks again)
+    assert primary_writer_in(copb.CatalogResponse(writer="writer-1", instances=[writer], regions_generation=2,
+                                                  region=1, primary_region=0)) is None

@@ -62,8 +62,10 @@ def cluster(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("regions") / "cluster"
     storage_port, compute_port = free_ports(regions=2)
     try:
+        # a long lease: the primary keeps committing through the partition test's few seconds of
+        # partition (with the default 2 s its commits would wait for the partition to heal)
         cli("up", "--data-dir", data_dir, "--regions", 2, "--readers", 1, "--storage-port", storage_port,
-            "--compute-port", compute_port, "--json")
+            "--compute-port", compute_port, "--lease-s", 60, "--json")
         writer = sixfold.connect(address_of(data_dir, "writer-1"), autocommit=True)
         writer.cursor().execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
         yield data_dir, writer

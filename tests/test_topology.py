@@ -165,7 +165,11 @@ def test_readme_settings_table_is_generated_from_the_table():
 def test_secondary_regions_have_their_own_storage_readers_coordinators_and_a_replicator():
     nodes = nodes_of(ClusterSpec(regions=3, readers=2))
     one_region = nodes_of(ClusterSpec(readers=2))
-    assert [n for n in nodes if n.region == 1] == one_region   # --regions 1 is exactly the cluster it always was
+    # the primary region is the cluster it always was, plus its standby replicator (it ships into
+    # region 1 once region 1 is a secondary: sixfold/globaldb/roles.py)
+    assert [n for n in nodes if n.region == 1 and n.kind != "replicator"] == one_region
+    assert [n.address for n in nodes if n.region == 1 and n.kind == "replicator"] == ["127.1.1.210:7350"]
+    assert not any(n.kind == "replicator" for n in one_region)
     second = [n for n in nodes if n.region == 2]
     assert [n.name for n in second] == [
         "storage-2-1-1", "storage-2-1-2", "storage-2-2-1", "storage-2-2-2", "storage-2-3-1", "storage-2-3-2",

@@ -178,6 +178,8 @@ def status(data_dir: Path | None, as_json: bool) -> None:
         for r in cluster.get("regions", []):
             if r["role"] == "primary":
                 out.print(f"region {r['region']}: primary, VDL {_fmt(r['vdl'])}")
+            elif r["role"] == "needs-resync":
+                out.print(f"region {r['region']}: failed over from; needs a resync (not built) before it rejoins")
             elif r.get("primary_vdl") is None:
                 out.print(f"region {r['region']}: secondary, replicator {r.get('health', 'unknown')}")
             else:

@@ -21,6 +21,7 @@ COMMANDS = {
     "endpoint": "sixfold.cli.cluster:endpoint",
     "failover": "sixfold.cli.cluster:failover",
     "replica": "sixfold.cli.cluster:replica",
+    "region": "sixfold.cli.region:region",
     "writer": "sixfold.cli.writer:writer",
     "sql": "sixfold.cli.sql:sql",
     "chaos": "sixfold.cli.chaos:chaos",

@@ -21,3 +21,8 @@ class ReadUnavailableError(StorageError):
 
 class RecoveryError(StorageError):
     """Recovery could not reach the quorums it needs."""
+
+
+class LeaseLostError(CommitTimeoutError):
+    """Global database: the primary writer holds no lease from every secondary region (one may be
+    promoting itself): the commit is not acknowledged; its outcome is unknown."""

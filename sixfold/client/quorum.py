@@ -60,6 +60,9 @@ class ClientSettings:
     # last batch (an empty batch), so that storage's vdl_hint does not stay one transaction
     # behind when the writer goes quiet; a secondary region ships up to it (sixfold/globaldb)
     vdl_hint_interval_s: float = 0.0
+    # global database: called with the commit's deadline before a durable commit is acknowledged;
+    # raises when the writer holds no lease from every secondary region (sixfold/globaldb/lease.py)
+    commit_gate: object = None
 
 
 def _payload(write: PageWrite) -> tuple[RecordKind, bytes]:
@@ -301,10 +304,11 @@ class QuorumClient:
         self.membership = MembershipChanger(self)   # replaces storage nodes when the coordinator asks
 
     # --- life cycle ---------------------------------------------------------------
-    async def open_writer(self) -> RecoveredVolume:
+    async def open_writer(self, min_epoch: int = 0) -> RecoveredVolume:
         """Runs recovery (fencing any earlier writer), then accepts commits."""
         recovered = await recover_volume(
             self.pool, self.settings.volume_id, self.nodes, self.writer_id, self.settings.rpc_timeout_s,
+            min_epoch=min_epoch,
         )
         self.recovered = recovered
         self._loop = asyncio.get_running_loop()
@@ -453,6 +457,27 @@ class QuorumClient:
                     raise CommitTimeoutError(self._quorum_report(
                         f"commit LSN {lsn} is not durable after {self.settings.commit_timeout_s:.1f} s"))
                 self._cond.wait(remaining)
+        self.pass_commit_gate_from_thread(deadline)
+
+    # --- the commit gate (global database: the primary writer's lease, sixfold/globaldb/lease.py) --
+    def commit_gate_open(self) -> bool:
+        """True when a durable commit may be acknowledged right now."""
+        gate = self.settings.commit_gate
+        if gate is None:
+            return True
+        held = getattr(gate, "held", None)
+        return held is not None and held()
+
+    def pass_commit_gate_from_thread(self, deadline: float | None = None) -> None:
+        """Blocks until a durable commit may be acknowledged; raises at `deadline`."""
+        if not self.commit_gate_open():
+            self.settings.commit_gate(deadline if deadline is not None
+                                      else time.monotonic() + self.settings.commit_timeout_s)
+
+    async def pass_commit_gate(self, deadline: float | None = None) -> None:
+        """pass_commit_gate_from_thread() for the loop: the wait for a lease runs in a thread."""
+        if not self.commit_gate_open():
+            await asyncio.get_running_loop().run_in_executor(None, self.pass_commit_gate_from_thread, deadline)
 
     def _room_for(self, count: int) -> bool:
         with self._cond:
@@ -486,6 +511,7 @@ class QuorumClient:
         if deadline is None:
             deadline = time.monotonic() + self.settings.commit_timeout_s
         await self._wait_durable(lsn, deadline)
+        await self.pass_commit_gate(deadline)
         self.commits += commits
 
     def _unsafe_ack(self) -> bool:

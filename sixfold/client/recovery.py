@@ -79,6 +79,7 @@ async def recover_volume(
     owner: str,
     rpc_timeout_s: float = 2.0,
     repair_timeout_s: float = 15.0,
+    min_epoch: int = 0,
 ) -> RecoveredVolume:
     started = time.monotonic()
     reachable, seen = await discover_segments(pool, volume_id, nodes, rpc_timeout_s)
@@ -88,7 +89,8 @@ async def recover_volume(
             f"({WRITE_QUORUM} of 6) in every PG. Start the missing nodes and retry."
         )
     all_states = [s for states in seen.values() for s in states]
-    epoch = decide.choose_epoch(all_states)
+    # min_epoch: a region switchover fenced another region's copy of the volume at min_epoch - 1
+    epoch = max(decide.choose_epoch(all_states), min_epoch)
     history = merge_histories(decide.merged_history(all_states))
     segments = sorted(seen)
     # the membership with the highest epoch any replica reports; the placement is only the start

@@ -337,6 +337,11 @@ class ReplicatorService(compute_pb2_grpc.ComputeServicer):
 
     async def Status(self, request, context):
         r = self.r
+        granted, refused = False, ""
+        if request.lease_epoch:   # the primary writer's lease (lease.py): refused to an older epoch
+            known = max(r.point.epoch if r.point else 0, r.mirror.epoch)
+            granted = request.lease_epoch >= known
+            refused = "" if granted else f"epoch {request.lease_epoch} is older than {known}, known here"
         if not r.started.is_set():
             health = "catching-up"
         elif r.problem.startswith("needs-resync"):
@@ -352,5 +357,5 @@ class ReplicatorService(compute_pb2_grpc.ComputeServicer):
             health=health, sessions=len(r.hub.reader_read_lsns),
             issued_lsn=r.mirror.tracker.next_lsn - 1 if r.started.is_set() else 0,
             source_vdl=r.source_vdl, region_lag_ms_last=r.lag_ms_last,
-            source_seen_unix_s=r.source_seen_unix_s,
+            source_seen_unix_s=r.source_seen_unix_s, lease_granted=granted, lease_refused=refused,
         )

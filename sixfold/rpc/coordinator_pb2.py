@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsixfold/rpc/coordinator.proto\x12\nsixfold.v1\"x\n\x08Instance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\n\n\x02\x61z\x18\x03 \x01(\t\x12\x16\n\x0epromotion_tier\x18\x04 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x0e\n\x06health\x18\x06 \x01(\t\x12\x0b\n\x03vdl\x18\x07 \x01(\x04\"{\n\x08\x45ndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07targets\x18\x04 \x03(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x0f\n\x07members\x18\x06 \x03(\t\x12\x12\n\npg_address\x18\x07 \x01(\t\"\xa7\x01\n\x0e\x46\x61iloverRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rfrom_instance\x18\x02 \x01(\t\x12\x13\n\x0bto_instance\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x16\n\x0estarted_unix_s\x18\x06 \x01(\x01\x12\x17\n\x0f\x66inished_unix_s\x18\x07 \x01(\x01\x12\r\n\x05\x65poch\x18\x08 \x01(\x04\"h\n\x0bStorageNode\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02\x61z\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0e\n\x06health\x18\x04 \x01(\t\x12\x0e\n\x06\x64own_s\x18\x05 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\x10\n\x0e\x43\x61talogRequest\"\xa1\x02\n\x0f\x43\x61talogResponse\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x11\n\tis_leader\x18\x02 \x01(\x08\x12\x0e\n\x06leader\x18\x03 \x01(\t\x12\x0e\n\x06writer\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12\'\n\tinstances\x18\x06 \x03(\x0b\x32\x14.sixfold.v1.Instance\x12\'\n\tendpoints\x18\x07 \x03(\x0b\x32\x14.sixfold.v1.Endpoint\x12,\n\x08\x66\x61ilover\x18\x08 \x01(\x0b\x32\x1a.sixfold.v1.FailoverRecord\x12\x11\n\tfailovers\x18\t \x01(\x04\x12(\n\x07storage\x18\n \x03(\x0b\x32\x17.sixfold.v1.StorageNode\"!\n\x0f\x46\x61iloverRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\"@\n\x10\x46\x61iloverResponse\x12,\n\x08\x66\x61ilover\x18\x01 \x01(\x0b\x32\x1a.sixfold.v1.FailoverRecord\"D\n\x15\x43reateEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x03(\t\"%\n\x15\x44\x65leteEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteEndpointResponse\"<\n\x12\x41\x64\x64InstanceRequest\x12&\n\x08instance\x18\x01 \x01(\x0b\x32\x14.sixfold.v1.Instance\"%\n\x15RemoveInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16RemoveInstanceResponse2\xdd\x03\n\x0b\x43oordinator\x12\x45\n\nGetCatalog\x12\x1a.sixfold.v1.CatalogRequest\x1a\x1b.sixfold.v1.CatalogResponse\x12\x45\n\x08\x46\x61ilover\x12\x1b.sixfold.v1.FailoverRequest\x1a\x1c.sixfold.v1.FailoverResponse\x12I\n\x0e\x43reateEndpoint\x12!.sixfold.v1.CreateEndpointRequest\x1a\x14.sixfold.v1.Endpoint\x12W\n\x0e\x44\x65leteEndpoint\x12!.sixfold.v1.DeleteEndpointRequest\x1a\".sixfold.v1.DeleteEndpointResponse\x12\x43\n\x0b\x41\x64\x64Instance\x12\x1e.sixfold.v1.AddInstanceRequest\x1a\x14.sixfold.v1.Instance\x12W\n\x0eRemoveInstance\x12!.sixfold.v1.RemoveInstanceRequest\x1a\".sixfold.v1.RemoveInstanceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsixfold/rpc/coordinator.proto\x12\nsixfold.v1\"x\n\x08Instance\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\n\n\x02\x61z\x18\x03 \x01(\t\x12\x16\n\x0epromotion_tier\x18\x04 \x01(\r\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x0e\n\x06health\x18\x06 \x01(\t\x12\x0b\n\x03vdl\x18\x07 \x01(\x04\"{\n\x08\x45ndpoint\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07targets\x18\x04 \x03(\t\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x0f\n\x07members\x18\x06 \x03(\t\x12\x12\n\npg_address\x18\x07 \x01(\t\"\xbb\x01\n\x0e\x46\x61iloverRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rfrom_instance\x18\x02 \x01(\t\x12\x13\n\x0bto_instance\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x16\n\x0estarted_unix_s\x18\x06 \x01(\x01\x12\x17\n\x0f\x66inished_unix_s\x18\x07 \x01(\x01\x12\r\n\x05\x65poch\x18\x08 \x01(\x04\x12\x12\n\tmin_epoch\x18\xac\x02 \x01(\x04\"h\n\x0bStorageNode\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02\x61z\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0e\n\x06health\x18\x04 \x01(\t\x12\x0e\n\x06\x64own_s\x18\x05 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\x10\n\x0e\x43\x61talogRequest\"\xa3\x03\n\x0f\x43\x61talogResponse\x12\x0f\n\x07replica\x18\x01 \x01(\t\x12\x11\n\tis_leader\x18\x02 \x01(\x08\x12\x0e\n\x06leader\x18\x03 \x01(\t\x12\x0e\n\x06writer\x18\x04 \x01(\t\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\x12\'\n\tinstances\x18\x06 \x03(\x0b\x32\x14.sixfold.v1.Instance\x12\'\n\tendpoints\x18\x07 \x03(\x0b\x32\x14.sixfold.v1.Endpoint\x12,\n\x08\x66\x61ilover\x18\x08 \x01(\x0b\x32\x1a.sixfold.v1.FailoverRecord\x12\x11\n\tfailovers\x18\t \x01(\x04\x12(\n\x07storage\x18\n \x03(\x0b\x32\x17.sixfold.v1.StorageNode\x12\x1b\n\x12regions_generation\x18\xac\x02 \x01(\x04\x12\x0f\n\x06region\x18\xad\x02 \x01(\r\x12\x17\n\x0eprimary_region\x18\xae\x02 \x01(\r\x12\x17\n\x0eprimary_writer\x18\xaf\x02 \x01(\t\x12 \n\x17primary_writer_endpoint\x18\xb0\x02 \x01(\t\"5\n\x0f\x46\x61iloverRequest\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x12\n\tmin_epoch\x18\xac\x02 \x01(\x04\"@\n\x10\x46\x61iloverResponse\x12,\n\x08\x66\x61ilover\x18\x01 \x01(\x0b\x32\x1a.sixfold.v1.FailoverRecord\"D\n\x15\x43reateEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x03(\t\"%\n\x15\x44\x65leteEndpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteEndpointResponse\"<\n\x12\x41\x64\x64InstanceRequest\x12&\n\x08instance\x18\x01 \x01(\x0b\x32\x14.sixfold.v1.Instance\"%\n\x15RemoveInstanceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16RemoveInstanceResponse2\xdd\x03\n\x0b\x43oordinator\x12\x45\n\nGetCatalog\x12\x1a.sixfold.v1.CatalogRequest\x1a\x1b.sixfold.v1.CatalogResponse\x12\x45\n\x08\x46\x61ilover\x12\x1b.sixfold.v1.FailoverRequest\x1a\x1c.sixfold.v1.FailoverResponse\x12I\n\x0e\x43reateEndpoint\x12!.sixfold.v1.CreateEndpointRequest\x1a\x14.sixfold.v1.Endpoint\x12W\n\x0e\x44\x65leteEndpoint\x12!.sixfold.v1.DeleteEndpointRequest\x1a\".sixfold.v1.DeleteEndpointResponse\x12\x43\n\x0b\x41\x64\x64Instance\x12\x1e.sixfold.v1.AddInstanceRequest\x1a\x14.sixfold.v1.Instance\x12W\n\x0eRemoveInstance\x12!.sixfold.v1.RemoveInstanceRequest\x1a\".sixfold.v1.RemoveInstanceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,29 +36,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDPOINT']._serialized_start=167
   _globals['_ENDPOINT']._serialized_end=290
   _globals['_FAILOVERRECORD']._serialized_start=293
-  _globals['_FAILOVERRECORD']._serialized_end=460
-  _globals['_STORAGENODE']._serialized_start=462
-  _globals['_STORAGENODE']._serialized_end=566
-  _globals['_CATALOGREQUEST']._serialized_start=568
-  _globals['_CATALOGREQUEST']._serialized_end=584
-  _globals['_CATALOGRESPONSE']._serialized_start=587
-  _globals['_CATALOGRESPONSE']._serialized_end=876
-  _globals['_FAILOVERREQUEST']._serialized_start=878
-  _globals['_FAILOVERREQUEST']._serialized_end=911
-  _globals['_FAILOVERRESPONSE']._serialized_start=913
-  _globals['_FAILOVERRESPONSE']._serialized_end=977
-  _globals['_CREATEENDPOINTREQUEST']._serialized_start=979
-  _globals['_CREATEENDPOINTREQUEST']._serialized_end=1047
-  _globals['_DELETEENDPOINTREQUEST']._serialized_start=1049
-  _globals['_DELETEENDPOINTREQUEST']._serialized_end=1086
-  _globals['_DELETEENDPOINTRESPONSE']._serialized_start=1088
-  _globals['_DELETEENDPOINTRESPONSE']._serialized_end=1112
-  _globals['_ADDINSTANCEREQUEST']._serialized_start=1114
-  _globals['_ADDINSTANCEREQUEST']._serialized_end=1174
-  _globals['_REMOVEINSTANCEREQUEST']._serialized_start=1176
-  _globals['_REMOVEINSTANCEREQUEST']._serialized_end=1213
-  _globals['_REMOVEINSTANCERESPONSE']._serialized_start=1215
-  _globals['_REMOVEINSTANCERESPONSE']._serialized_end=1239
-  _globals['_COORDINATOR']._serialized_start=1242
-  _globals['_COORDINATOR']._serialized_end=1719
+  _globals['_FAILOVERRECORD']._serialized_end=480
+  _globals['_STORAGENODE']._serialized_start=482
+  _globals['_STORAGENODE']._serialized_end=586
+  _globals['_CATALOGREQUEST']._serialized_start=588
+  _globals['_CATALOGREQUEST']._serialized_end=604
+  _globals['_CATALOGRESPONSE']._serialized_start=607
+  _globals['_CATALOGRESPONSE']._serialized_end=1026
+  _globals['_FAILOVERREQUEST']._serialized_start=1028
+  _globals['_FAILOVERREQUEST']._serialized_end=1081
+  _globals['_FAILOVERRESPONSE']._serialized_start=1083
+  _globals['_FAILOVERRESPONSE']._serialized_end=1147
+  _globals['_CREATEENDPOINTREQUEST']._serialized_start=1149
+  _globals['_CREATEENDPOINTREQUEST']._serialized_end=1217
+  _globals['_DELETEENDPOINTREQUEST']._serialized_start=1219
+  _globals['_DELETEENDPOINTREQUEST']._serialized_end=1256
+  _globals['_DELETEENDPOINTRESPONSE']._serialized_start=1258
+  _globals['_DELETEENDPOINTRESPONSE']._serialized_end=1282
+  _globals['_ADDINSTANCEREQUEST']._serialized_start=1284
+  _globals['_ADDINSTANCEREQUEST']._serialized_end=1344
+  _globals['_REMOVEINSTANCEREQUEST']._serialized_start=1346
+  _globals['_REMOVEINSTANCEREQUEST']._serialized_end=1383
+  _globals['_REMOVEINSTANCERESPONSE']._serialized_start=1385
+  _globals['_REMOVEINSTANCERESPONSE']._serialized_end=1409
+  _globals['_COORDINATOR']._serialized_start=1412
+  _globals['_COORDINATOR']._serialized_end=1889
 # @@protoc_insertion_point(module_scope)

@@ -43,7 +43,7 @@ class Endpoint(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., address: _Optional[str] = ..., targets: _Optional[_Iterable[str]] = ..., type: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., pg_address: _Optional[str] = ...) -> None: ...
 
 class FailoverRecord(_message.Message):
-    __slots__ = ("id", "from_instance", "to_instance", "reason", "state", "started_unix_s", "finished_unix_s", "epoch")
+    __slots__ = ("id", "from_instance", "to_instance", "reason", "state", "started_unix_s", "finished_unix_s", "epoch", "min_epoch")
     ID_FIELD_NUMBER: _ClassVar[int]
     FROM_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     TO_INSTANCE_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class FailoverRecord(_message.Message):
     STARTED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     FINISHED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MIN_EPOCH_FIELD_NUMBER: _ClassVar[int]
     id: str
     from_instance: str
     to_instance: str
@@ -60,7 +61,8 @@ class FailoverRecord(_message.Message):
     started_unix_s: float
     finished_unix_s: float
     epoch: int
-    def __init__(self, id: _Optional[str] = ..., from_instance: _Optional[str] = ..., to_instance: _Optional[str] = ..., reason: _Optional[str] = ..., state: _Optional[str] = ..., started_unix_s: _Optional[float] = ..., finished_unix_s: _Optional[float] = ..., epoch: _Optional[int] = ...) -> None: ...
+    min_epoch: int
+    def __init__(self, id: _Optional[str] = ..., from_instance: _Optional[str] = ..., to_instance: _Optional[str] = ..., reason: _Optional[str] = ..., state: _Optional[str] = ..., started_unix_s: _Optional[float] = ..., finished_unix_s: _Optional[float] = ..., epoch: _Optional[int] = ..., min_epoch: _Optional[int] = ...) -> None: ...
 
 class StorageNode(_message.Message):
     __slots__ = ("name", "az", "address", "health", "down_s", "detail")
@@ -83,7 +85,7 @@ class CatalogRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CatalogResponse(_message.Message):
-    __slots__ = ("replica", "is_leader", "leader", "writer", "epoch", "instances", "endpoints", "failover", "failovers", "storage")
+    __slots__ = ("replica", "is_leader", "leader", "writer", "epoch", "instances", "endpoints", "failover", "failovers", "storage", "regions_generation", "region", "primary_region", "primary_writer", "primary_writer_endpoint")
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     IS_LEADER_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +96,11 @@ class CatalogResponse(_message.Message):
     FAILOVER_FIELD_NUMBER: _ClassVar[int]
     FAILOVERS_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_REGION_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_WRITER_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_WRITER_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     replica: str
     is_leader: bool
     leader: str
@@ -104,13 +111,20 @@ class CatalogResponse(_message.Message):
     failover: FailoverRecord
     failovers: int
     storage: _containers.RepeatedCompositeFieldContainer[StorageNode]
-    def __init__(self, replica: _Optional[str] = ..., is_leader: _Optional[bool] = ..., leader: _Optional[str] = ..., writer: _Optional[str] = ..., epoch: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., failover: _Optional[_Union[FailoverRecord, _Mapping]] = ..., failovers: _Optional[int] = ..., storage: _Optional[_Iterable[_Union[StorageNode, _Mapping]]] = ...) -> None: ...
+    regions_generation: int
+    region: int
+    primary_region: int
+    primary_writer: str
+    primary_writer_endpoint: str
+    def __init__(self, replica: _Optional[str] = ..., is_leader: _Optional[bool] = ..., leader: _Optional[str] = ..., writer: _Optional[str] = ..., epoch: _Optional[int] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., failover: _Optional[_Union[FailoverRecord, _Mapping]] = ..., failovers: _Optional[int] = ..., storage: _Optional[_Iterable[_Union[StorageNode, _Mapping]]] = ..., regions_generation: _Optional[int] = ..., region: _Optional[int] = ..., primary_region: _Optional[int] = ..., primary_writer: _Optional[str] = ..., primary_writer_endpoint: _Optional[str] = ...) -> None: ...
 
 class FailoverRequest(_message.Message):
-    __slots__ = ("target",)
+    __slots__ = ("target", "min_epoch")
     TARGET_FIELD_NUMBER: _ClassVar[int]
+    MIN_EPOCH_FIELD_NUMBER: _ClassVar[int]
     target: str
-    def __init__(self, target: _Optional[str] = ...) -> None: ...
+    min_epoch: int
+    def __init__(self, target: _Optional[str] = ..., min_epoch: _Optional[int] = ...) -> None: ...
 
 class FailoverResponse(_message.Message):
     __slots__ = ("failover",)

@@ -28,6 +28,7 @@ from typing import Callable
 from sixfold.runtime import latency_chaos, partition, procs
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_PAUSED, MARKER_RESTART, MARKERS,
                                     RUNNING, STARTING, STATE_FORMAT, STOPPED, STOPPING, ClusterDir, StateError, tail)
+from sixfold.runtime.commands import default_roles
 from sixfold.runtime.probe import probe, probe_many
 from sixfold.runtime.topology import (PEER_WRITER_OCTET_BASE, WRITERS_MAX)
 from sixfold.runtime.topology import (COMPUTE, COMPUTE_OCTET_BASE, COORDINATOR, PRIMARY_REGION, READER, READERS_MAX,
@@ -430,6 +431,9 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
         if not alive:
             if not running:
                 row["health"] = "stopped"
+            elif entry.get("state") == "standby":
+                row.update(health="standby", detail="a replicator of the primary region (or of a region that needs a "
+                                                    "resync) does not run")
             elif cdir.has_marker(entry["name"], MARKER_DOWN):
                 row.update(health="down", detail="killed by chaos; `sixfold chaos restart` or `heal` brings it back")
             else:
@@ -451,7 +455,14 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
     }
     regions = sorted({int(r["region"]) for r in rows})
     if len(regions) > 1:
-        cluster["regions"] = [region_summary(r, rows) for r in regions]
+        primary = primary_region(node_specs(state)) if running else PRIMARY_REGION
+        cluster["regions"] = [region_summary(r, rows, primary) for r in regions]
+        from sixfold.globaldb.roles import load_roles, roles_path
+
+        resync = load_roles(roles_path(cdir.root), default_roles(node_specs(state))).needs_resync
+        for summary in cluster["regions"]:
+            if summary["region"] in resync and summary["region"] != primary:
+                summary["role"] = "needs-resync"
     return {"cluster": cluster, "nodes": rows}
 
 
@@ -506,9 +517,9 @@ def fill_probed_rows(rows: list[dict], entries: list[dict], to_probe: list[tuple
             row["detail"] = f"cut off from {len(row['partitioned_from'])} node(s) (chaos partition)"
 
 
-def region_summary(region: int, rows: list[dict]) -> dict:
+def region_summary(region: int, rows: list[dict], primary: int = PRIMARY_REGION) -> dict:
     """A region's role and, for a secondary, its replication: VDL, how far behind, lag."""
-    if region == PRIMARY_REGION:
+    if region == primary:
         writer = next((r for r in rows if r["kind"] == COMPUTE and r["role"] == WRITER), None)
         return {"region": region, "role": "primary", "vdl": writer["vdl"] if writer else None}
     rep = next((r for r in rows if r["kind"] == REPLICATOR and int(r["region"]) == region), None)
@@ -525,7 +536,24 @@ def endpoints(cdir: ClusterDir) -> list[Endpoint]:
     """The router's writer and reader endpoints (their target is the current writer or the
     readers, when a coordinator answers), the custom endpoints, then one per instance."""
     nodes = node_specs(require(cdir))
-    return with_catalog(cdir, nodes, endpoints_of(nodes))
+    return with_catalog(cdir, nodes, primary_endpoints(nodes, endpoints_of(nodes)))
+
+
+def primary_endpoints(nodes: list[NodeSpec], out: list[Endpoint]) -> list[Endpoint]:
+    """After a region switchover or failover the writer and reader endpoints are the new primary
+    region's router (the one-region addresses otherwise)."""
+    primary = primary_region(nodes)
+    if primary == PRIMARY_REGION:
+        return out
+    routed = router_addresses(in_region(nodes, primary))
+    moved = []
+    for e in out:
+        if e.name in ("writer", "reader"):
+            host, port = routed[e.name].rsplit(":", 1)
+            pg_port = int(routed[f"{e.name}-pg"].rsplit(":", 1)[1])
+            e = dataclasses.replace(e, host=host, port=int(port), pg_port=pg_port, dsn=pg_dsn(host, pg_port))
+        moved.append(e)
+    return moved
 
 
 def with_catalog(cdir: ClusterDir, nodes: list[NodeSpec], out: list[Endpoint]) -> list[Endpoint]:
@@ -546,6 +574,28 @@ def _custom_endpoint(e: dict) -> Endpoint:
                     members=tuple(e["members"]))
 
 
+def primary_region(nodes: list[NodeSpec]) -> int:
+    """The region that takes writes: region 1 until a `sixfold region switchover|failover` moved it
+    (the coordinators know it from the region roles; globaldb/roles.py)."""
+    regions = sorted({n.region for n in nodes})
+    if len(regions) < 2:
+        return PRIMARY_REGION
+    import grpc
+
+    from sixfold.rpc import coordinator_pb2 as copb
+    from sixfold.rpc import coordinator_pb2_grpc
+
+    for n in sorted((n for n in nodes if n.kind == COORDINATOR), key=lambda n: (n.region != PRIMARY_REGION, n.name)):
+        with grpc.insecure_channel(n.address) as channel:
+            try:
+                catalog = coordinator_pb2_grpc.CoordinatorStub(channel).GetCatalog(copb.CatalogRequest(), timeout=1.0)
+            except grpc.RpcError:
+                continue
+        if catalog.primary_region:
+            return catalog.primary_region
+    return PRIMARY_REGION
+
+
 def _coordinator_call(nodes: list[NodeSpec], call, what: str):
     """`call(stub)` on the first coordinator that answers; usage errors from it become UsageProblem."""
     import grpc
@@ -553,7 +603,7 @@ def _coordinator_call(nodes: list[NodeSpec], call, what: str):
     from sixfold.rpc import coordinator_pb2_grpc
 
     last_error = "no coordinator is configured" if not any(n.kind == COORDINATOR for n in nodes) else ""
-    for n in in_region(nodes, PRIMARY_REGION):   # the primary's catalog (a secondary's has no writer)
+    for n in in_region(nodes, primary_region(nodes)):   # the primary's catalog (a secondary's has no writer)
         if n.kind != COORDINATOR:
             continue
         with grpc.insecure_channel(n.address) as channel:
@@ -609,7 +659,7 @@ def _catalog(nodes: list[NodeSpec], timeout_s: float = 1.0) -> dict | None:
     """The primary region's catalog, from the first of its coordinators that answers."""
     from sixfold.runtime.probe import probe_coordinator
 
-    for n in in_region(nodes, PRIMARY_REGION):
+    for n in in_region(nodes, primary_region(nodes)):
         if n.kind == COORDINATOR:
             result = probe_coordinator(n.address, timeout_s)
             if result.get("reachable"):
@@ -747,7 +797,7 @@ def resolve_endpoint(cdir: ClusterDir, name: str) -> tuple[str, str]:
     state = require_running(cdir)
     nodes = node_specs(state)
     compute = [n for n in nodes if n.kind == COMPUTE]
-    routed = router_addresses(nodes)
+    routed = router_addresses(in_region(nodes, primary_region(nodes)))
     if name in ("writer", "reader") and routed:
         return routed[name], f"{name} endpoint (router)"
     if name == "writer":

@@ -104,6 +104,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Readers of secondary regions forward the writes of sessions that set "
             "sixfold.replica_read_consistency (eventual, session or global) to the primary writer "
             "(see README, write forwarding).", "tuning"),
+    Setting("lease_s", click.FloatRange(0.2), 2.0,
+            "With secondary regions: the primary writer acknowledges a commit only while it holds a lease "
+            "this long from every other region's replicator, so that a region failed over from can never "
+            "acknowledge a write (its commits wait while a secondary region is cut off).", "tuning",
+            ("compute",)),
     Setting("start_timeout_s", click.FloatRange(1), 90.0,
             "How long `up` waits for the cluster to become healthy.", "tuning"),
     Setting("stop_timeout_s", click.FloatRange(0.5), 10.0,

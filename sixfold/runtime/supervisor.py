@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -45,7 +45,8 @@ from sixfold.runtime import partition
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_RESTART, RUNNING, STARTING, STOPPED,
                                     STOPPING, ClusterDir, hold_lock, tail)
 from sixfold.runtime.probe import probe, ready
-from sixfold.runtime.commands import node_args
+from sixfold.globaldb.roles import RolesReader, replicator_runs, roles_path, save_roles
+from sixfold.runtime.commands import default_roles, node_args
 from sixfold.runtime.topology import (COMPUTE, COORDINATOR, READER, REPLICATOR, STORAGE, WRITER, ClusterSpec,
                                       NodeSpec)
 
@@ -101,12 +102,22 @@ class Supervisor:
         # partitions need each node in its own cgroup and the connection-marking chain (see partition.py)
         self.partition_reason = partition.unavailable_reason()
         self.cgroups = self.partition_reason is None
+        # which region takes writes: node flags follow it, the primary's replicator stands by
+        self.roles = RolesReader(roles_path(cdir.root), default_roles([m.spec for m in self.nodes]))
+        if self.spec.regions > 1 and not roles_path(cdir.root).exists():
+            # the first record (generation 1): every region's coordinators learn the primary writer's address
+            save_roles(roles_path(cdir.root), replace(self.roles.default, generation=1))
 
     # ------------------------------------------------------------ commands
 
     def node_command(self, node: NodeSpec) -> list[str]:
         return [self.python, *node_args(node, [m.spec for m in self.nodes], self.spec, self.tuning,
-                                        str(self.cdir.node_data(node.name)))]
+                                        str(self.cdir.node_data(node.name)), roles=self.roles.get(),
+                                        roles_file=str(roles_path(self.cdir.root)))]
+
+    def standing_by(self, m: Managed) -> bool:
+        """A replicator whose region is the primary (or is being failed over to) is not run."""
+        return m.spec.kind == REPLICATOR and not replicator_runs(self.roles.get(), m.spec.region)
 
     def child_env(self, node: NodeSpec | None = None) -> dict[str, str]:
         # the nodes read their flags from SIXFOLD_* variables too: none of the user's may leak in,
@@ -194,11 +205,16 @@ class Supervisor:
 
     def start_all(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
+        writer = self.roles.get().writer if self.spec.regions > 1 else ""
+        is_writer = (lambda m: m.name == writer) if writer else (lambda m: m.spec.role == WRITER)
+        for m in self.nodes:
+            if self.standing_by(m):
+                m.state = "standby"
         groups = [
             ([m for m in self.nodes if m.spec.kind == STORAGE], "storage nodes"),
-            ([m for m in self.nodes if m.spec.role == WRITER], "writer"),
-            ([m for m in self.nodes if m.spec.kind == REPLICATOR], "replicators"),
-            ([m for m in self.nodes if m.spec.role == READER], "readers"),
+            ([m for m in self.nodes if m.spec.kind == COMPUTE and is_writer(m)], "writer"),
+            ([m for m in self.nodes if m.spec.kind == REPLICATOR and not self.standing_by(m)], "replicators"),
+            ([m for m in self.nodes if m.spec.kind == COMPUTE and not is_writer(m)], "readers"),
             ([m for m in self.nodes if m.spec.kind == COORDINATOR], "coordinators"),
         ]
         for group, label in groups:
@@ -283,6 +299,25 @@ class Supervisor:
         changed = self.handle_requests()
         now = time.monotonic()
         for m in self.nodes:
+            if self.standing_by(m):
+                if m.running:
+                    # at once: a failover waits for it to be gone (it must grant no more leases);
+                    # its durable position is written atomically, nothing is lost by a kill
+                    log.info("%s stands by: its region is the primary now (or is being failed over to)", m.name)
+                    m.proc.send_signal(signal.SIGCONT)
+                    m.proc.kill()
+                    m.proc.wait()
+                if m.state != "standby":
+                    m.state, m.proc, m.next_start_monotonic = "standby", None, None
+                    changed = True
+                continue
+            if m.state == "standby":   # its region became a secondary: it ships from the new primary
+                if self.cdir.has_marker(m.name, MARKER_DOWN):
+                    m.state = "down"     # (chaos killed its region meanwhile: it waits like the rest)
+                else:
+                    self.spawn(m, "its region is a secondary now")
+                changed = True
+                continue
             restart_marker = self.cdir.marker(m.name, MARKER_RESTART)
             if restart_marker.exists():
                 if m.running:

@@ -41,7 +41,7 @@ REPLICATOR = "replicator"   # a secondary region's log shipper (sixfold/globaldb
 REPLICATOR_OCTET = 210
 REPLICATOR_PORT_OFFSET = 150   # from compute_port
 REGIONS_MAX = 9                # a bound; addresses allow up to 255
-PRIMARY_REGION = 1             # the region that takes writes (switchover and failover are not built yet)
+PRIMARY_REGION = 1             # the region that takes writes at `up` (then regions.json says: globaldb/roles.py)
 COORDINATOR_OCTET = 200
 COORDINATOR_PORT_OFFSET = 100   # from compute_port
 RAFT_PORT_OFFSET = 101
@@ -222,7 +222,9 @@ def _region_nodes(spec: ClusterSpec, region: int) -> list[NodeSpec]:
             nodes.append(NodeSpec(name=f"writer-{k}", kind=COMPUTE, role=READER, region=region, az=az,
                                   host=f"127.{region}.{az}.{PEER_WRITER_OCTET_BASE + k}", port=spec.compute_port,
                                   takes_writes=True))
-    else:
+    if region != 1 or spec.regions > 1:
+        # every region of a global cluster has a replicator; it runs while its region is a
+        # secondary (the primary's, replicator-1 at first, stands by: sixfold/globaldb/roles.py)
         nodes.append(NodeSpec(name=f"replicator-{region}", kind=REPLICATOR, role=REPLICATOR, region=region, az=1,
                               host=f"127.{region}.1.{REPLICATOR_OCTET}",
                               port=spec.compute_port + REPLICATOR_PORT_OFFSET))

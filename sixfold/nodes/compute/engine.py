@@ -413,7 +413,10 @@ class Engine:
     async def durable(self, lsn: int) -> None:
         """Returns when VDL >= lsn (on the volume loop)."""
         client = self.volume.client
-        if self._commits_return_durable or client.tracker.is_durable(lsn):
+        if self._commits_return_durable:
+            return
+        if client.tracker.is_durable(lsn):
+            await client.pass_commit_gate()   # (the global database's lease: no acknowledgement without it)
             return
         if client.fenced:
             raise FencedError(client.fenced)
@@ -422,7 +425,10 @@ class Engine:
     def wait_durable(self, lsn: int) -> None:
         """durable(), from a thread other than the volume loop's."""
         client = self.volume.client
-        if self._commits_return_durable or client.tracker.is_durable(lsn):
+        if self._commits_return_durable:
+            return
+        if client.tracker.is_durable(lsn):
+            client.pass_commit_gate_from_thread()
             return
         if client.fenced:
             raise FencedError(client.fenced)
@@ -602,7 +608,8 @@ class CommitGroups:
 
     def _answer_when_durable(self, group: list[_Queued], durable_lsn: int | None) -> None:
         """On the loop: one durability wait for the whole group, then every statement's answer."""
-        if durable_lsn is None or self.engine.volume.client.tracker.is_durable(durable_lsn):
+        client = self.engine.volume.client
+        if durable_lsn is None or (client.tracker.is_durable(durable_lsn) and client.commit_gate_open()):
             self._answer(group)
         else:
             task = self._loop.create_task(self._wait_then_answer(group, durable_lsn))

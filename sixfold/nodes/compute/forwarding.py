@@ -125,12 +125,27 @@ def result_digest(result: E.Result) -> str:
 # ---------------------------------------------------------------- the primary writer
 
 
-def primary_writer_address(primary_coordinators: str) -> str | None:
-    """HOST:PORT of the primary region's writer, from its coordinators' catalog (a writer being
-    promoted counts: it is the one to reach). The one place that knows where the primary is."""
-    from sixfold.nodes.compute.main import ask_coordinators   # main imports this module
+def primary_writer_address(coordinators: str) -> str | None:
+    """HOST:PORT of the primary region's writer. The one place that knows where the primary is.
+    `coordinators`: the primary region's at start, then this node's region's. A catalog of the
+    primary region names its writer (a writer being promoted counts: it is the one to reach);
+    any other region's names the primary region's writer endpoint (region roles, after a
+    switchover or failover); None while a region role change is in progress."""
+    from sixfold.nodes.compute.main import ask_catalog   # main imports this module
 
-    found = ask_coordinators(primary_coordinators)
+    catalog = ask_catalog(coordinators)
+    return primary_writer_in(catalog) if catalog is not None else None
+
+
+def primary_writer_in(catalog) -> str | None:
+    """Where a region's catalog says the primary writer is (see primary_writer_address)."""
+    from sixfold.nodes.compute.main import writer_of
+
+    if catalog.primary_region and catalog.primary_region != catalog.region:
+        return catalog.primary_writer_endpoint or None
+    if catalog.regions_generation and not catalog.primary_region:
+        return None   # the primary is changing region
+    found = writer_of(catalog)
     return found[1] if found and found[1] else None
 
 

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import click
 import grpc
@@ -58,23 +59,33 @@ class _Placeholder:
         self.fenced = None
 
 
-def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | None:
-    """(writer name, writer address) from the first coordinator that answers; None if none does."""
+def ask_catalog(spec: str, timeout_s: float = 1.0):
+    """The catalog of the first coordinator in `spec` (HOST:PORT,...) that answers; None if none does."""
     for address in filter(None, (a.strip() for a in spec.split(","))):
         with latency.sync_channel(address) as channel:
             try:
-                catalog = coordinator_pb2_grpc.CoordinatorStub(channel).GetCatalog(copb.CatalogRequest(),
-                                                                                    timeout=timeout_s)
+                return coordinator_pb2_grpc.CoordinatorStub(channel).GetCatalog(copb.CatalogRequest(),
+                                                                                 timeout=timeout_s)
             except grpc.RpcError:
                 continue
-        writer_name = catalog.writer
-        if catalog.HasField("failover") and catalog.failover.state == "promoting":
-            writer_name = catalog.failover.to_instance   # being promoted: it is the writer to follow
-        if not writer_name:
-            return None
-        writer = next((i for i in catalog.instances if i.name == writer_name), None)
-        return (writer_name, writer.address if writer else "")
     return None
+
+
+def writer_of(catalog) -> tuple[str, str] | None:
+    """(writer name, writer address) in a region's catalog; a writer being promoted counts."""
+    writer_name = catalog.writer
+    if catalog.HasField("failover") and catalog.failover.state == "promoting":
+        writer_name = catalog.failover.to_instance   # being promoted: it is the writer to follow
+    if not writer_name:
+        return None
+    writer = next((i for i in catalog.instances if i.name == writer_name), None)
+    return (writer_name, writer.address if writer else "")
+
+
+def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | None:
+    """(writer name, writer address) from the first coordinator that answers; None if none does."""
+    catalog = ask_catalog(spec, timeout_s)
+    return writer_of(catalog) if catalog is not None else None
 
 
 @click.command("compute-node")
@@ -134,11 +145,18 @@ def ask_coordinators(spec: str, timeout_s: float = 1.0) -> tuple[str, str] | Non
 @click.option("--pg-tls/--no-pg-tls", envvar="SIXFOLD_PG_TLS", default=True, show_default=True,
               help="Accept TLS (SSLRequest) with a self-signed certificate made at start; without it "
                    "SSLRequest is refused and clients fall back to plain TCP or fail (sslmode=require).")
+@click.option("--lease-from", envvar="SIXFOLD_LEASE_FROM", default="",
+              help="With secondary regions: REGION=HOST:PORT,... of the other regions' replicators; as the writer "
+                   "this instance acknowledges a commit only under a lease from each (sixfold/globaldb/lease.py).")
+@click.option("--regions-file", envvar="SIXFOLD_REGIONS_FILE", default="",
+              help="The cluster's region-roles file: a region that needs a resync (it cannot be promoted) owes "
+                   "no lease.")
+@click.option("--lease-s", envvar="SIXFOLD_LEASE_S", type=click.FloatRange(0.2), default=2.0, show_default=True,
+              help="How long a lease from a replicator lasts (from when it was asked for).")
 def compute_node(node_id, role, region, az, listen, storage_nodes, writer_address, volume_id,
                  pages_per_segment, cache_pages, coordinators, commit_timeout_s, idle_in_transaction_timeout_s,
                  fault_promote_delay_s, multi_writer, vdl_hint_interval_ms, write_forwarding, primary_coordinators,
-                 pg_listen,
-                 pg_auth, pg_user, pg_password, pg_tls) -> None:
+                 pg_listen, pg_auth, pg_user, pg_password, pg_tls, lease_from, lease_s, regions_file) -> None:
     """Run a compute node: SQLite on the shared Sixfold volume."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {node_id} %(name)s: %(message)s")
@@ -149,6 +167,32 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
     settings = ClientSettings(volume_id=volume_id, pages_per_segment=pages_per_segment,
                               commit_timeout_s=commit_timeout_s, local_az=az,
                               vdl_hint_interval_s=vdl_hint_interval_ms / 1000)
+    lease = None
+    if lease_from:
+        from sixfold.globaldb.lease import PrimaryLease
+
+        # (the service is made below: the lease asks only while this instance is the writer)
+        def writer_epoch() -> int:
+            engine = service.engine
+            return engine.volume.client.epoch if engine is not None else 0
+
+        def is_writer() -> bool:
+            return service.role == "writer" and service.engine is not None and not service.fenced_reason()
+
+        def waived() -> set[int]:
+            return set(roles.get().needs_resync) if roles is not None else set()
+
+        roles = None
+        if regions_file:
+            from sixfold.globaldb.roles import RegionRoles, RolesReader
+
+            roles = RolesReader(Path(regions_file), RegionRoles())
+        try:
+            lessors = {int(r): a for r, a in (item.split("=", 1) for item in lease_from.split(",") if item)}
+        except ValueError:
+            raise click.BadParameter("expected REGION=HOST:PORT,...", param_hint="--lease-from") from None
+        lease = PrimaryLease(lessors, lease_s, writer_epoch, is_writer, waived)
+        settings.commit_gate = lease
     if coordinators:
         # a restarted instance asks the catalog what it is now: after a failover the old
         # writer must come back as a reader (opening the volume as writer would fence the new one)
@@ -197,6 +241,8 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
             volume.close()
             raise click.ClickException(f"could not follow the writer at {writer_address} within 60 s; is it up?")
     service.engine_on_connect = pg_functions.register
+    if lease is not None:
+        lease.start()
     backend = None
     if multi_writer and role == "writer":
         backend = service.primary_backend = PrimaryBackend(volume)

@@ -132,14 +132,14 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
         # dies, gRPC cancels this handler, but the promotion goes on and a new leader's
         # Promote joins it (a second recovery would fence this node's own first one).
         if self._promotion is None or self._promotion.done():
-            self._promotion = asyncio.ensure_future(self._promote(request.failover_id))
+            self._promotion = asyncio.ensure_future(self._promote(request.failover_id, request.min_epoch))
         try:
             volume = await asyncio.shield(self._promotion)
         except PromotionFailed as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return cpb.PromoteResponse(epoch=volume.client.epoch, vdl=volume.read_lsn, node_id=self.node_id)
 
-    async def _promote(self, failover_id: str) -> WriterVolume:
+    async def _promote(self, failover_id: str, min_epoch: int = 0) -> WriterVolume:
         log.warning("promotion requested (%s): stopping the redo stream, opening the volume as writer",
                     failover_id or "no failover id")
         self.promoting = True
@@ -155,7 +155,8 @@ class ComputeService(compute_pb2_grpc.ComputeServicer):
                 self.follow_future = None
             # recovery: a new volume epoch on a write quorum of every PG fences the old writer
             volume = await loop.run_in_executor(None, functools.partial(
-                WriterVolume.open, cfg.nodes, self.node_id, cfg.settings, cfg.cache_pages, loop=old_volume.loop))
+                WriterVolume.open, cfg.nodes, self.node_id, cfg.settings, cfg.cache_pages, loop=old_volume.loop,
+                min_epoch=min_epoch))
             hub = start_writer_hub(volume, self.node_id)
             backend = PrimaryBackend(volume) if cfg.multi_writer else None
             engine = await loop.run_in_executor(None, functools.partial(

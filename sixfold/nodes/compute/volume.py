@@ -163,12 +163,12 @@ class WriterVolume(VolumeState):
 
     @classmethod
     def open(cls, nodes: list[StorageNodeInfo], writer_id: str, settings: ClientSettings,
-             cache_pages: int = 20_000, loop: LoopThread | None = None) -> "WriterVolume":
+             cache_pages: int = 20_000, loop: LoopThread | None = None, min_epoch: int = 0) -> "WriterVolume":
         """Runs recovery (a new volume epoch). `loop`: a promoted reader passes its own
         loop, which also runs its gRPC server; call this from another thread."""
         loop = loop or LoopThread(f"volume-{writer_id}")
         client = QuorumClient(nodes, writer_id, settings)
-        recovered = loop.run(client.open_writer())
+        recovered = loop.run(client.open_writer(min_epoch))
         volume = cls(client, loop, cache_pages)
         volume.read_lsn = volume.issued_lsn = recovered.vdl
         volume.cache.reset(recovered.vdl)

@@ -64,6 +64,7 @@ class Catalog(SyncObj):
         self.failovers = 0
         self.custom: dict[str, dict] = {}   # custom endpoints: name -> {type, members, port_slot}
         self.storage: dict[str, dict] = {}   # storage node name -> health, down since, replaced (healing.py)
+        self.regions: dict = {"generation": 0}   # the region roles last applied (globaldb/roles.py)
 
     # ------------------------------------------------------------ changes (through the leader)
 
@@ -172,13 +173,32 @@ class Catalog(SyncObj):
         if name in self.storage:
             self.storage[name].update(fields)
 
+    @replicated
+    def apply_region_roles(self, roles: dict, writer: str, replicator: dict | None) -> bool:
+        """A newer region-roles record (regions.json): `writer` is who this region's catalog names as
+        its writer (the primary's writer, or this region's replicator, added if missing). A region
+        that became the primary keeps the writer its promotion recorded and drops its replicator."""
+        if roles["generation"] <= self.regions.get("generation", 0):
+            return False
+        self.regions = dict(roles)
+        if replicator is not None and writer == replicator["name"] and writer not in self.instances:
+            self.instances[writer] = dict(replicator, role=WRITER, health="unknown", vdl=0)
+        if writer in self.instances and writer != self.writer:
+            if self.writer in self.instances:
+                self.instances[self.writer]["role"] = FENCED
+            self.instances[writer]["role"] = WRITER
+            self.writer = writer
+        if replicator is not None and replicator["name"] != self.writer:
+            self.instances.pop(replicator["name"], None)
+        return True
+
     # ------------------------------------------------------------ reads (this replica's copy)
 
     def snapshot(self) -> dict:
         return {"instances": copy.deepcopy(self.instances), "writer": self.writer, "epoch": self.epoch,
                 "failover": copy.deepcopy(self.failover), "failovers": self.failovers,
                 "custom": copy.deepcopy(self.custom),
-                "storage": copy.deepcopy(self.storage)}
+                "storage": copy.deepcopy(self.storage), "regions": copy.deepcopy(self.regions)}
 
     def leader_address(self) -> str:
         leader = self._getLeader()

@@ -109,6 +109,11 @@ class Controller:
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="health")
         self.was_leader = False
         self.failover_enabled = True   # off in a secondary region (its "writer" is the replicator)
+        # global database: this region, the region-roles file and this region's replicator
+        # ({name, az, tier, address}); the file decides failover_enabled (globaldb/roles.py)
+        self.region = 0
+        self.roles = None          # a RolesReader, or None in a one-region cluster
+        self.replicator: dict | None = None
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="control", daemon=True).start()
@@ -134,6 +139,8 @@ class Controller:
         if not snap["instances"]:
             self._seed()
             return
+        if self.roles is not None and self._apply_region_roles(snap):
+            snap = self.catalog.snapshot()
         names = list(snap["instances"])
         results = list(self.pool.map(lambda n: compute_status(snap["instances"][n]["address"]), names))
         self.statuses = dict(zip(names, results))   # removed instances drop out
@@ -174,6 +181,23 @@ class Controller:
             self._failover(writer, "", reason)
             return
         self._repoint(snap)
+
+    def _apply_region_roles(self, snap: dict) -> bool:
+        """Read the region roles first on every tick: a region that is not the steady primary never
+        promotes (hazard 1 in globaldb/DESIGN.md); a newer record repoints the catalog's writer."""
+        from sixfold.globaldb.roles import failover_allowed, region_writer
+
+        roles = self.roles.get()
+        self.failover_enabled = failover_allowed(roles, self.region)
+        if roles.generation <= snap["regions"].get("generation", 0):
+            return False
+        writer = region_writer(roles, self.region, self.replicator["name"] if self.replicator else "")
+        record = {"generation": roles.generation, "primary": 0 if roles.change else roles.primary,
+                  "writer": roles.writer, "writer_endpoint": roles.writer_endpoint}
+        log.warning("region roles #%d: primary region %s (%s), this region's writer: %s", roles.generation,
+                    roles.primary, roles.change or "steady", writer)
+        return bool(self.catalog.apply_region_roles(record, writer, self.replicator, sync=True,
+                                                    timeout=RAFT_WRITE_TIMEOUT_S))
 
     def _seed(self) -> None:
         """The first leader loads the instance list. The catalog is not durable: if every
@@ -221,7 +245,7 @@ class Controller:
 
     # ------------------------------------------------------------ failover
 
-    def planned_failover(self, target: str) -> dict:
+    def planned_failover(self, target: str, min_epoch: int = 0) -> dict:
         snap = self.catalog.snapshot()
         if target and target not in snap["instances"]:
             raise FailoverError(f"no instance named {target}; instances: {', '.join(sorted(snap['instances']))}")
@@ -229,10 +253,11 @@ class Controller:
             raise FailoverError(f"{target} already is the writer")
         for name, inst in snap["instances"].items():
             self.statuses[name] = compute_status(inst["address"], timeout_s=2.0)
-        return self._failover(snap["writer"], target, "planned failover (sixfold failover)", planned=True)
+        return self._failover(snap["writer"], target, "planned failover (sixfold failover)", planned=True,
+                              min_epoch=min_epoch)
 
     def _failover(self, old: str, target: str, reason: str, resume: dict | None = None,
-                  planned: bool = False) -> dict:
+                  planned: bool = False, min_epoch: int = 0) -> dict:
         with self.lock:
             snap = self.catalog.snapshot()
             if not planned and resume is None and snap["writer"] != old:
@@ -252,13 +277,15 @@ class Controller:
                     log.error("%s, and no healthy reader can be promoted; retrying", reason)
                     return snap["failover"]
                 record = {"id": uuid.uuid4().hex[:12], "from_instance": old, "to_instance": chosen,
-                          "reason": reason, "started_unix_s": time.time(), "finished_unix_s": 0.0, "epoch": 0}
+                          "reason": reason, "started_unix_s": time.time(), "finished_unix_s": 0.0, "epoch": 0,
+                          "min_epoch": min_epoch}
                 log.warning("failover %s: %s; promoting %s", record["id"], reason, chosen)
                 record = self.catalog.begin_failover(record, sync=True, timeout=RAFT_WRITE_TIMEOUT_S)
             target_address = snap["instances"][record["to_instance"]]["address"]
             channel, stub = _stub(target_address)
             try:
-                reply = stub.Promote(cpb.PromoteRequest(failover_id=record["id"]), timeout=PROMOTE_TIMEOUT_S)
+                reply = stub.Promote(cpb.PromoteRequest(failover_id=record["id"], min_epoch=record.get("min_epoch", 0)),
+                                     timeout=PROMOTE_TIMEOUT_S)
             except grpc.RpcError as exc:
                 log.error("failover %s: Promote on %s failed: %s", record["id"], record["to_instance"],
                           exc.details())

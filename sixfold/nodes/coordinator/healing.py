@@ -72,6 +72,8 @@ class StorageHealer:
         self.pool = pool
         self.down_since: dict[str, float] = {}
         self.next_ask_s: dict[str, float] = {}
+        # a global cluster: only the steady primary region's storage has a writer to replace nodes
+        self.enabled = lambda: True
 
     def start(self, stop: threading.Event) -> None:
         """Its own thread: a dead node's health timeout must not slow the writer's failover checks."""
@@ -82,7 +84,7 @@ class StorageHealer:
         was_leader = False
         while not stop.wait(CHECK_INTERVAL_S):
             try:
-                if not self.catalog.is_leader():
+                if not self.catalog.is_leader() or not self.enabled():
                     was_leader = False
                     continue
                 if not was_leader:

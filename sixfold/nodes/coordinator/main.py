@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 import click
 import grpc
@@ -164,7 +165,10 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
             storage=[pb.StorageNode(name=n, az=str(s["az"]), address=s["address"], health=s["health"],
                                     down_s=max(0.0, time.time() - s["down_since_unix"]) if s.get("down_since_unix")
                                     else 0.0, detail=s.get("detail", ""))
-                     for n, s in sorted(snap["storage"].items())])
+                     for n, s in sorted(snap["storage"].items())],
+            regions_generation=snap["regions"].get("generation", 0), region=self.controller.region,
+            primary_region=snap["regions"].get("primary", 0), primary_writer=snap["regions"].get("writer", ""),
+            primary_writer_endpoint=snap["regions"].get("writer_endpoint", ""))
 
     async def Failover(self, request, context):
         if not self.catalog.is_leader():
@@ -176,7 +180,8 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
                 return await coordinator_pb2_grpc.CoordinatorStub(channel).Failover(request, timeout=120)
         loop = asyncio.get_running_loop()
         try:
-            record = await loop.run_in_executor(None, self.controller.planned_failover, request.target)
+            record = await loop.run_in_executor(None, self.controller.planned_failover, request.target,
+                                                request.min_epoch)
         except FailoverError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return pb.FailoverResponse(failover=pb.FailoverRecord(**record) if record else None)
@@ -213,9 +218,17 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):
 @click.option("--no-failover", is_flag=True, envvar="SIXFOLD_NO_FAILOVER",
               help="A secondary region's coordinators: the 'writer' is the region's replicator, and no reader is "
                    "ever promoted here (a region changes roles only by `sixfold region switchover|failover`).")
+@click.option("--region", envvar="SIXFOLD_REGION", type=click.IntRange(1), default=1, show_default=True,
+              help="This coordinator's region (with --regions-file).")
+@click.option("--regions-file", envvar="SIXFOLD_REGIONS_FILE", default="",
+              help="The cluster's region-roles file (regions.json): read on every tick, it says which region "
+                   "is the primary; only the steady primary's coordinators ever promote (sixfold/globaldb).")
+@click.option("--replicator", envvar="SIXFOLD_REPLICATOR", default="",
+              help="NAME@AZ=HOST:PORT of this region's replicator: the catalog's writer while the region is a "
+                   "secondary.")
 def coordinator(listen, raft_address, replicas, instances, writer_endpoint, reader_endpoint,
                 custom_endpoint_port_base, writer_pg_endpoint, reader_pg_endpoint, storage_nodes,
-                storage_replace_after_s, no_failover) -> None:
+                storage_replace_after_s, no_failover, region, regions_file, replicator) -> None:
     """Run one region coordinator replica: catalog, health checks, failover, endpoint router."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s.%(msecs)03d %(levelname)s coordinator {listen} %(name)s: %(message)s",
@@ -231,6 +244,19 @@ def coordinator(listen, raft_address, replicas, instances, writer_endpoint, read
     catalog = Catalog(raft_address, [r for _, r in pairs if r != raft_address])
     controller = Controller(catalog, seed, writer)
     controller.failover_enabled = not no_failover
+    controller.region = region
+    if regions_file:
+        from sixfold.globaldb.roles import RegionRoles, RolesReader
+
+        # (the supervisor writes the file before it starts any node; the default is never applied)
+        controller.roles = RolesReader(Path(regions_file), RegionRoles(primary=1, writer="", generation=0))
+    if replicator:
+        try:
+            name, rest = replicator.split("@", 1)
+            az, address = rest.split("=", 1)
+        except ValueError:
+            raise click.BadParameter("expected NAME@AZ=HOST:PORT", param_hint="--replicator") from None
+        controller.replicator = {"name": name, "az": az, "tier": TIER_MAX, "address": address}
     endpoints = {k: v for k, v in (("writer", writer_endpoint), ("reader", reader_endpoint)) if v}
     pg_endpoints = {k: v for k, v in (("writer-pg", writer_pg_endpoint), ("reader-pg", reader_pg_endpoint)) if v}
     service = CoordinatorService(catalog, controller, raft_address, {r: g for g, r in pairs}, endpoints,
@@ -267,8 +293,14 @@ def coordinator(listen, raft_address, replicas, instances, writer_endpoint, read
         catalog.destroy()
         raise click.ClickException(failure[0])
     controller.start()
-    if not no_failover:   # a secondary region's storage is written by its replicator, which replaces no node
-        StorageHealer(catalog, storage, storage_replace_after_s, controller.pool).start(controller.stop)
+    healer = StorageHealer(catalog, storage, storage_replace_after_s, controller.pool)
+    if controller.roles is not None:
+        # a global cluster: heal while the region is the steady primary (a secondary region's
+        # storage is written by its replicator, which replaces no node)
+        healer.enabled = lambda: controller.failover_enabled
+        healer.start(controller.stop)
+    elif not no_failover:
+        healer.start(controller.stop)
     log.info("coordinator serving on %s (raft %s; endpoints %s)", listen, raft_address, endpoints or "none")
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -1,0 +1,80 @@
+"""`sixfold region switchover|failover`: move the primary role to another region (sixfold/globaldb)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sixfold.cli.common import CONTEXT, cluster_dir, data_dir_option, json_option, out, print_json, progress_printer
+from sixfold.cli.common import reports_errors
+from sixfold.runtime import local
+
+
+@click.group("region", context_settings=CONTEXT)
+def region() -> None:
+    """Region roles of a global database (`sixfold up --regions N`)."""
+
+
+def _run(data_dir: Path | None, kind: str, to_region: int, as_json: bool) -> None:
+    from sixfold.globaldb import switch
+
+    cdir = cluster_dir(data_dir)
+    # progress goes to stderr even with --json: a role change takes seconds
+    with cdir.cli_locked():
+        state = local.require_running(cdir)
+        if state.get("runtime") == "docker":
+            raise local.UsageProblem("region roles are a local-runtime feature (docker refuses --regions)")
+        nodes = local.node_specs(state)
+        try:
+            report = getattr(switch, kind)(cdir, state, nodes, to_region, progress_printer(True))
+        except ValueError as exc:
+            raise local.UsageProblem(str(exc)) from None
+        except switch.SwitchFailed as exc:
+            raise local.RuntimeFailure(f"the {kind} stopped: {exc}") from None
+    if as_json:
+        print_json(report)
+        return
+    line = (f"{kind} {report['id']}: region {report['from_region']} -> region {report['to_region']}; "
+            f"[bold]{report['new_writer']}[/bold] is the writer at epoch {report['epoch']} "
+            f"({report['duration_s']:.2f} s)")
+    if kind == "failover":
+        rpo = ("unknown (the replicator did not answer)" if report["rpo_lsns"] is None
+               else f"{report['rpo_lsns']} LSN(s), lag {report['rpo_lag_s']:.3f} s")
+        line += f"; RPO {rpo}; region {report['needs_resync']} needs a resync before it rejoins"
+    else:
+        line += f"; RPO 0 (fenced at LSN {report['fence_vdl']})"
+    out.print(line)
+
+
+@region.command("switchover", context_settings=CONTEXT)
+@data_dir_option
+@click.option("--to", "to_region", type=click.IntRange(1), required=True, help="The region to promote.")
+@json_option
+@reports_errors
+def switchover(data_dir: Path | None, to_region: int, as_json: bool) -> None:
+    """Planned: make region TO the primary with no acknowledged commit lost (RPO 0).
+
+    Fences the old primary's storage with a higher epoch, waits until TO's replicator has
+    shipped everything up to the fence, promotes a reader of TO, and makes the old primary
+    a secondary region replicating from TO (its instances restart as readers)."""
+    _run(data_dir, "switchover", to_region, as_json)
+
+
+@region.command("failover", context_settings=CONTEXT)
+@data_dir_option
+@click.option("--to", "to_region", type=click.IntRange(1), required=True, help="The region to promote.")
+@click.option("--allow-data-loss", is_flag=True,
+              help="Required: commits the primary made that TO had not received yet are lost (the RPO).")
+@json_option
+@reports_errors
+def failover(data_dir: Path | None, to_region: int, allow_data_loss: bool, as_json: bool) -> None:
+    """Unplanned: the primary region is gone or cut off; promote region TO at its last complete LSN.
+
+    Stops TO's replicator (the old primary's writer holds a lease from it and can acknowledge
+    nothing once that lease runs out), waits out the lease, promotes a reader of TO, reports the
+    RPO (LSNs and seconds) and the time taken. The old primary region needs a resync before it
+    rejoins."""
+    if not allow_data_loss:
+        raise local.UsageProblem("a failover may lose commits: pass --allow-data-loss (or use switchover)")
+    _run(data_dir, "failover", to_region, as_json)

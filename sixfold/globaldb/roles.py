@@ -1,0 +1,192 @@
+"""Region roles: which region takes writes, as durable state every process of the cluster reads.
+
+`regions.json` in the cluster's data dir is written only by `sixfold region switchover|failover`
+(atomic rename, fsync). The supervisor reads it whenever it starts a node (the node's flags follow
+it: a compute node of a region that is not the steady primary starts as a reader of its region's
+replicator and never asks its catalog for a role; the primary region's replicator is not run), and
+every coordinator leader reads it on every tick (a region that is not the steady primary never
+promotes; its catalog's writer is its replicator). See DESIGN.md, "Region roles".
+
+The decisions are pure functions of `RegionRoles`; `load_roles`/`save_roles` are the only I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+ROLES_FILE = "regions.json"
+SWITCHOVER, FAILOVER = "switchover", "failover"
+
+
+@dataclass(frozen=True)
+class RegionRoles:
+    primary: int = 1                  # the region whose writer takes writes
+    writer: str = "writer-1"          # the primary region's writer instance
+    writer_address: str = ""          # its HOST:PORT
+    writer_endpoint: str = ""         # the primary region's writer endpoint (follows in-region failovers)
+    generation: int = 0               # raised by every change of this record
+    change: str = ""                  # "" (steady) | switchover | failover: a role change is in progress
+    change_to: int = 0                # the region being promoted
+    changes: tuple[dict, ...] = field(default_factory=tuple)   # finished role changes, oldest first (reports)
+    needs_resync: tuple[int, ...] = ()   # regions failed over from: out of service until resynced
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["changes"] = list(self.changes)
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RegionRoles":
+        data = json.loads(text)
+        data["changes"] = tuple(data.get("changes", ()))
+        data["needs_resync"] = tuple(data.get("needs_resync", ()))
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    # ---------------------------------------------------------------- transitions (pure)
+
+    def begin(self, kind: str, to_region: int) -> "RegionRoles":
+        """No region may promote on its own from here on (the fence comes after this is applied).
+        The same change again (it did not finish) goes on where it is."""
+        if (self.change, self.change_to) == (kind, to_region):
+            return self
+        return replace(self, generation=self.generation + 1, change=kind, change_to=to_region)
+
+    def finish(self, writer: str, writer_address: str, writer_endpoint: str, record: dict,
+               resync: int = 0) -> "RegionRoles":
+        """The promoted region is the steady primary; the old one a secondary (or, after a failover,
+        a region that must be resynced before it ships again)."""
+        needs = tuple(sorted(set(self.needs_resync) - {self.change_to} | ({resync} if resync else set())))
+        return replace(self, primary=self.change_to, writer=writer, writer_address=writer_address,
+                       writer_endpoint=writer_endpoint, generation=self.generation + 1, change="", change_to=0,
+                       changes=self.changes + (record,), needs_resync=needs)
+
+    def abandon(self) -> "RegionRoles":
+        """Nothing was fenced yet: back to the steady state before `begin`."""
+        return replace(self, generation=self.generation + 1, change="", change_to=0)
+
+
+# -------------------------------------------------------------------- decisions (pure)
+
+
+def steady_primary(roles: RegionRoles, region: int) -> bool:
+    return roles.primary == region and not roles.change
+
+
+def failover_allowed(roles: RegionRoles, region: int) -> bool:
+    """A region's coordinators may promote one of its readers only as the steady primary: after a
+    fence of the old primary they would otherwise recover it at a higher epoch (hazard 1)."""
+    return steady_primary(roles, region)
+
+
+def replicator_runs(roles: RegionRoles, region: int) -> bool:
+    """A region's replicator ships while the region is a secondary. It stops for good when its
+    region is being failed over to (it must grant the old primary no more leases)."""
+    if region == roles.primary or region in roles.needs_resync:
+        return False
+    return not (roles.change == FAILOVER and roles.change_to == region)
+
+
+def switch_problem(roles: RegionRoles, regions: list[int], to_region: int, kind: str) -> str:
+    """Why this switchover or failover cannot start ("" when it can)."""
+    if len(regions) < 2:
+        return "this cluster has one region: start it with `sixfold up --regions 2` (or more) for a global database"
+    if to_region not in regions:
+        return f"no region {to_region}; the regions are {', '.join(map(str, regions))}"
+    if len(regions) > 2:
+        # the other secondaries would have to move their source to the new primary (their
+        # replicators restarted at a position the new primary's storage still has the log for,
+        # and, after a failover, without a tail the new primary never had): not built
+        return (f"role changes are built for two regions; this cluster has {len(regions)} (the other "
+                "secondary regions cannot follow the new primary yet)")
+    if roles.change and (roles.change, roles.change_to) != (kind, to_region):
+        return (f"a {roles.change} to region {roles.change_to} did not finish: run `sixfold region {roles.change} "
+                f"--to {roles.change_to}{' --allow-data-loss' if roles.change == FAILOVER else ''}` again")
+    if to_region == roles.primary:
+        return f"region {to_region} already is the primary"
+    if to_region in roles.needs_resync:
+        return f"region {to_region} was failed over from and needs a resync first; it holds no current copy"
+    return ""
+
+
+def rpo_of(source_vdl: int, region_vdl: int, lag_ms_last: float, source_seen_unix_s: float) -> dict:
+    """What a failover lost, as far as the promoted region's replicator knew: the primary VDL it last
+    heard of minus its own (LSNs), and how far behind it was then (seconds). A primary cut off
+    before the replicator's last poll may have committed more: those LSNs were never heard of."""
+    return {"rpo_lsns": max(0, source_vdl - region_vdl), "rpo_lag_s": round(lag_ms_last / 1000, 3),
+            "primary_last_heard_unix_s": round(source_seen_unix_s, 3), "primary_vdl_last_heard": source_vdl}
+
+
+def region_writer(roles: RegionRoles, region: int, replicator: str) -> str:
+    """The instance a region's catalog names as its writer: the primary's writer, or the region's
+    replicator (its readers follow it)."""
+    return roles.writer if region == roles.primary else replicator
+
+
+def compute_plan(roles: RegionRoles, name: str, region: int, replicator_address: str) -> tuple[str, str, bool]:
+    """(role, address to follow, may ask the coordinators) of a compute instance being started.
+
+    Only the steady primary region's instances ask their catalog (a restarted former writer learns
+    it is a reader there). Elsewhere, and in the primary while its role changes, an instance is a
+    reader of its region's replicator: a fenced writer restarted then must never run recovery in
+    its region (hazard 2)."""
+    if steady_primary(roles, region):
+        if name == roles.writer:
+            return "writer", "", True
+        return "reader", roles.writer_address, True
+    return "reader", replicator_address, False
+
+
+# -------------------------------------------------------------------- the file
+
+
+def roles_path(cluster_root: Path) -> Path:
+    return Path(cluster_root) / ROLES_FILE
+
+
+def load_roles(path: Path, default: RegionRoles) -> RegionRoles:
+    try:
+        return RegionRoles.from_json(Path(path).read_text())
+    except FileNotFoundError:
+        return default
+
+
+def save_roles(path: Path, roles: RegionRoles) -> None:
+    """Atomic and durable: every process must see the old record or the new one, never neither."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(roles.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class RolesReader:
+    """Re-reads the file only when it changed (the coordinators and the supervisor poll it)."""
+
+    def __init__(self, path: Path, default: RegionRoles) -> None:
+        self.path, self.default = Path(path), default
+        self._stamp: tuple[int, int] | None = None
+        self._roles = default
+
+    def get(self) -> RegionRoles:
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime_ns, st.st_ino)
+        except FileNotFoundError:
+            return self.default
+        if stamp != self._stamp:
+            try:
+                self._roles = load_roles(self.path, self.default)
+                self._stamp = stamp
+            except (OSError, ValueError):
+                pass   # (the rename is atomic: this is another process's file being replaced)
+        return self._roles
