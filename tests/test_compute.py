@@ -346,60 +346,58 @@ def test_storage_garbage_collects_behind_a_compute_writer_and_reader(compute_clu
         time.sleep(0.05)
 
 
-def test_a_session_abandoned_in_a_transaction_gives_the_write_lock_back(storage_cluster, tmp_path):
-    """A client that vanishes after BEGIN and a write must not block every other writer for good."""
+@pytest.fixture
+def writer_with_table_t(storage_cluster, tmp_path):
+    """A writer alone (idle-in-transaction timeout 2 s) with an empty table t (id)."""
     from tests.compute_cluster import ComputeCluster
 
     cluster = ComputeCluster(tmp_path / "compute", storage_cluster, readers=0,
                              extra_args=["--idle-in-transaction-timeout-s", "2"])
     try:
         cluster.start()
-        setup = cluster.writer.connect()
-        setup.cursor().execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-        abandoned = cluster.writer.connect()
-        abandoned.autocommit = False
-        abandoned.cursor().execute("INSERT INTO t VALUES (1)")   # BEGIN + a write: it holds the write lock
-        other = cluster.writer.connect()
-        other.autocommit = True
-        deadline = time.monotonic() + 30
-        while True:   # busy until the idle session is rolled back (after about 2 s), then it commits
-            try:
-                other.cursor().execute("INSERT INTO t VALUES (2)")
-                break
-            except sixfold.dbapi.OperationalError as exc:
-                assert "write lock" in str(exc), exc
-                assert time.monotonic() < deadline, "the abandoned transaction kept the write lock"
-        with pytest.raises(sixfold.dbapi.Error, match="idle in a transaction"):
-            abandoned.cursor().execute("INSERT INTO t VALUES (3)")
-        rows = other.cursor().execute("SELECT id FROM t ORDER BY id").fetchall()
-        assert [tuple(r) for r in rows] == [(2,)]   # the abandoned write was rolled back
+        cluster.writer.connect().cursor().execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        yield cluster
     finally:
         cluster.close()
 
 
-def test_a_session_closed_while_its_begin_waits_for_the_write_lock_gives_it_back(storage_cluster, tmp_path):
+def test_a_session_abandoned_in_a_transaction_gives_the_write_lock_back(writer_with_table_t):
+    """A client that vanishes after BEGIN and a write must not block every other writer for good."""
+    cluster = writer_with_table_t
+    abandoned = cluster.writer.connect()
+    abandoned.autocommit = False
+    abandoned.cursor().execute("INSERT INTO t VALUES (1)")   # BEGIN + a write: it holds the write lock
+    other = cluster.writer.connect()
+    other.autocommit = True
+    deadline = time.monotonic() + 30
+    while True:   # busy until the idle session is rolled back (after about 2 s), then it commits
+        try:
+            other.cursor().execute("INSERT INTO t VALUES (2)")
+            break
+        except sixfold.dbapi.OperationalError as exc:
+            assert "write lock" in str(exc), exc
+            assert time.monotonic() < deadline, "the abandoned transaction kept the write lock"
+    with pytest.raises(sixfold.dbapi.Error, match="idle in a transaction"):
+        abandoned.cursor().execute("INSERT INTO t VALUES (3)")
+    rows = other.cursor().execute("SELECT id FROM t ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [(2,)]   # the abandoned write was rolled back
+
+
+def test_a_session_closed_while_its_begin_waits_for_the_write_lock_gives_it_back(writer_with_table_t):
     """The race behind a chaos-run hang: a client gives up on a BEGIN that waits for the write
     lock and closes its session; the BEGIN, still waiting on the node, later gets the lock. A
     closed session must give it back at once, not hold it for good (no reaper knows it any more)."""
-    from tests.compute_cluster import ComputeCluster
+    cluster = writer_with_table_t
+    holder = cluster.writer.connect(autocommit=False)
+    holder.cursor().execute("INSERT INTO t VALUES (1)")          # holds the write lock
+    impatient = sixfold.connect(cluster.writer.address, autocommit=False, timeout_s=1.0)
+    with pytest.raises(sixfold.dbapi.OperationalError):
+        impatient.cursor().execute("INSERT INTO t VALUES (2)")   # BEGIN waits (busy timeout 5 s); we don't
+    impatient.close()                                            # the node closes the session meanwhile
+    assert not impatient.session_left_open
+    holder.commit()                                              # now the waiting BEGIN gets the lock
+    other = cluster.writer.connect()
+    other.cursor().execute("INSERT INTO t VALUES (3)")           # busy timeout 5 s: BUSY if the lock leaked
+    rows = other.cursor().execute("SELECT id FROM t ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [(1,), (3,)]
 
-    cluster = ComputeCluster(tmp_path / "compute", storage_cluster, readers=0,
-                             extra_args=["--idle-in-transaction-timeout-s", "2"])
-    try:
-        cluster.start()
-        setup = cluster.writer.connect()
-        setup.cursor().execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-        holder = cluster.writer.connect(autocommit=False)
-        holder.cursor().execute("INSERT INTO t VALUES (1)")          # holds the write lock
-        impatient = sixfold.connect(cluster.writer.address, autocommit=False, timeout_s=1.0)
-        with pytest.raises(sixfold.dbapi.OperationalError):
-            impatient.cursor().execute("INSERT INTO t VALUES (2)")   # BEGIN waits (busy timeout 5 s); we don't
-        impatient.close()                                            # the node closes the session meanwhile
-        assert not impatient.session_left_open
-        holder.commit()                                              # now the waiting BEGIN gets the lock
-        other = cluster.writer.connect()
-        other.cursor().execute("INSERT INTO t VALUES (3)")           # busy timeout 5 s: BUSY if the lock leaked
-        rows = other.cursor().execute("SELECT id FROM t ORDER BY id").fetchall()
-        assert [tuple(r) for r in rows] == [(1,), (3,)]
-    finally:
-        cluster.close()
