@@ -16,7 +16,7 @@ import grpc
 
 from sixfold.client.errors import CommitTimeoutError, FencedError, StorageError
 from sixfold.nodes.compute.vfs import (DB_NAME, SQLITE_FCNTL_COMMIT_PHASETWO, SQLITE_LOCK_NONE,
-                                       SQLITE_LOCK_SHARED, SixfoldVFS, _page_span, _VolumeFile)
+                                       SQLITE_LOCK_SHARED, BufferedWriteFile, SixfoldVFS, _page_span)
 from sixfold.nodes.compute.volume import ReaderVolume, WriterVolume, db_size_pages
 from sixfold.rpc import compute_pb2 as cpb
 from sixfold.rpc import compute_pb2_grpc
@@ -218,18 +218,15 @@ class PeerBackend:
 
 
 # --- the writer connection's file -----------------------------------------------------------
-class MultiWriterFile(_VolumeFile):
+class MultiWriterFile(BufferedWriteFile):
     """Reads at the read point pinned with the SHARED lock (NORMAL locking), buffers the
     transaction's pages, commits them through the backend at COMMIT_PHASETWO."""
 
     def __init__(self, backend) -> None:
         super().__init__(backend.volume)
         self.backend = backend
-        self.dirty: dict[int, bytes] = {}
         self.pin: int | None = None
         self.read_lsn = 0
-        self.size_bytes = 0
-        self.last_commit_lsn: int | None = None
 
     def _point(self) -> int:
         return self.read_lsn if self.pin is not None else self.volume.read_lsn
@@ -259,19 +256,6 @@ class MultiWriterFile(_VolumeFile):
             if image is None:
                 return b""
         return image[within:within + amount]
-
-    def xWrite(self, data: bytes, offset: int) -> None:
-        if offset % PAGE_SIZE_BYTES or len(data) != PAGE_SIZE_BYTES:
-            raise apsw.IOError(f"write of {len(data)} bytes at {offset}: the volume takes whole "
-                               f"{PAGE_SIZE_BYTES}-byte pages")
-        self.dirty[offset // PAGE_SIZE_BYTES] = bytes(data)
-        self.size_bytes = max(self.size_bytes, offset + PAGE_SIZE_BYTES)
-
-    def xTruncate(self, newsize: int) -> None:
-        self.size_bytes = newsize
-        gone_from = (newsize + PAGE_SIZE_BYTES - 1) // PAGE_SIZE_BYTES
-        for page in [p for p in self.dirty if p >= gone_from]:
-            del self.dirty[page]
 
     def xFileSize(self) -> int:
         return self.size_bytes if self.pin is not None else self._snapshot_size()

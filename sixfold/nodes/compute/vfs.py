@@ -60,14 +60,35 @@ class _VolumeFile:
         return None
 
 
-class WriterFile(_VolumeFile):
+class BufferedWriteFile(_VolumeFile):
+    """A transaction's page writes held in memory until COMMIT_PHASETWO publishes them
+    (the single writer's file and a multi-writer node's)."""
+
+    def __init__(self, volume) -> None:
+        super().__init__(volume)
+        self.dirty: dict[int, bytes] = {}
+        self.size_bytes = 0
+        self.last_commit_lsn: int | None = None
+
+    def xWrite(self, data: bytes, offset: int) -> None:
+        if offset % PAGE_SIZE_BYTES or len(data) != PAGE_SIZE_BYTES:
+            raise apsw.IOError(f"write of {len(data)} bytes at {offset}: the volume takes whole {PAGE_SIZE_BYTES}-byte pages")
+        self.dirty[offset // PAGE_SIZE_BYTES] = bytes(data)
+        self.size_bytes = max(self.size_bytes, offset + PAGE_SIZE_BYTES)
+
+    def xTruncate(self, newsize: int) -> None:
+        self.size_bytes = newsize
+        gone_from = (newsize + PAGE_SIZE_BYTES - 1) // PAGE_SIZE_BYTES
+        for page in [p for p in self.dirty if p >= gone_from]:
+            del self.dirty[page]
+
+
+class WriterFile(BufferedWriteFile):
     """The writer connection's file: newest versions, a buffered transaction."""
 
     def __init__(self, volume: WriterVolume) -> None:
         super().__init__(volume)
-        self.dirty: dict[int, bytes] = {}
         self.size_bytes = self._committed_size()
-        self.last_commit_lsn: int | None = None
 
     def _committed_size(self) -> int:
         return db_size_pages(self.volume.read_newest(0)) * PAGE_SIZE_BYTES
@@ -82,18 +103,6 @@ class WriterFile(_VolumeFile):
             if image is None:
                 return b""
         return image[within:within + amount]
-
-    def xWrite(self, data: bytes, offset: int) -> None:
-        if offset % PAGE_SIZE_BYTES or len(data) != PAGE_SIZE_BYTES:
-            raise apsw.IOError(f"write of {len(data)} bytes at {offset}: the volume takes whole {PAGE_SIZE_BYTES}-byte pages")
-        self.dirty[offset // PAGE_SIZE_BYTES] = bytes(data)
-        self.size_bytes = max(self.size_bytes, offset + PAGE_SIZE_BYTES)
-
-    def xTruncate(self, newsize: int) -> None:
-        self.size_bytes = newsize
-        gone_from = (newsize + PAGE_SIZE_BYTES - 1) // PAGE_SIZE_BYTES
-        for page in [p for p in self.dirty if p >= gone_from]:
-            del self.dirty[page]
 
     def xFileSize(self) -> int:
         return self.size_bytes
