@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sixfold.globaldb.roles import (FAILOVER, SWITCHOVER, RegionRoles, RolesReader, compute_plan, failover_allowed,
-                                    load_roles, region_writer, replicator_runs, rpo_of, save_roles, switch_problem)
+                                    lease_waived, load_roles, region_writer, replicator_runs, rpo_of, save_roles, switch_problem)
 
 STEADY = RegionRoles(primary=1, writer="writer-1", writer_address="127.1.1.100:7200", generation=1)
 
@@ -32,6 +32,17 @@ def test_replicators_run_in_secondaries_only_and_stop_for_good_when_their_region
     assert not replicator_runs(done, 1) and not replicator_runs(done, 2) and replicator_runs(done, 3)
 
 
+def test_a_resynced_region_joins_ships_owes_no_lease_and_then_is_an_ordinary_secondary():
+    failed = STEADY.begin(FAILOVER, 2).finish("reader-2-1", "a", "e", {}, resync=1)
+    assert lease_waived(failed) == {1} and not replicator_runs(failed, 1)
+    joining = failed.join(1)
+    assert (joining.needs_resync, joining.joining, joining.generation) == ((), (1,), failed.generation + 1)
+    assert replicator_runs(joining, 1) and lease_waived(joining) == {1}
+    joined = joining.joined(1)
+    assert joined.joining == () and lease_waived(joined) == set() and replicator_runs(joined, 1)
+    assert RegionRoles.from_json(joining.to_json()) == joining
+
+
 def test_a_restarted_instance_asks_its_catalog_only_in_the_steady_primary():
     assert compute_plan(STEADY, "writer-1", 1, "rep-1") == ("writer", "", True)
     assert compute_plan(STEADY, "reader-1", 1, "rep-1") == ("reader", "127.1.1.100:7200", True)
@@ -51,6 +62,7 @@ def test_the_catalog_writer_of_a_secondary_is_its_replicator():
     (STEADY, [1, 2], 1, SWITCHOVER, "already is the primary"),
     (STEADY.begin(FAILOVER, 2), [1, 2], 2, SWITCHOVER, "did not finish"),
     (STEADY.begin(FAILOVER, 2).finish("r", "a", "e", {}, resync=1), [1, 2], 1, SWITCHOVER, "needs a resync"),
+    (STEADY.join(2), [1, 2], 2, FAILOVER, "still joining"),
 ])
 def test_impossible_role_changes_say_why(roles, regions, to, kind, words):
     assert words in switch_problem(roles, regions, to, kind)

@@ -32,6 +32,9 @@ class RegionRoles:
     change_to: int = 0                # the region being promoted
     changes: tuple[dict, ...] = field(default_factory=tuple)   # finished role changes, oldest first (reports)
     needs_resync: tuple[int, ...] = ()   # regions failed over from: out of service until resynced
+    # regions whose storage is being seeded or is catching up (resynced or added): their replicator
+    # runs, but they owe the primary writer no lease and cannot be promoted until they caught up
+    joining: tuple[int, ...] = ()
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -43,6 +46,7 @@ class RegionRoles:
         data = json.loads(text)
         data["changes"] = tuple(data.get("changes", ()))
         data["needs_resync"] = tuple(data.get("needs_resync", ()))
+        data["joining"] = tuple(data.get("joining", ()))
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     # ---------------------------------------------------------------- transitions (pure)
@@ -63,6 +67,17 @@ class RegionRoles:
                        writer_endpoint=writer_endpoint, generation=self.generation + 1, change="", change_to=0,
                        changes=self.changes + (record,), needs_resync=needs)
 
+    def join(self, region: int) -> "RegionRoles":
+        """A region failed over from (resync) or new (region add) starts shipping: its replicator
+        runs, the writer owes it no lease, nobody may promote it."""
+        return replace(self, generation=self.generation + 1,
+                       needs_resync=tuple(r for r in self.needs_resync if r != region),
+                       joining=tuple(sorted(set(self.joining) | {region})))
+
+    def joined(self, region: int) -> "RegionRoles":
+        """The region caught up: an ordinary secondary (the writer owes it a lease from now on)."""
+        return replace(self, generation=self.generation + 1, joining=tuple(r for r in self.joining if r != region))
+
     def abandon(self) -> "RegionRoles":
         """Nothing was fenced yet: back to the steady state before `begin`."""
         return replace(self, generation=self.generation + 1, change="", change_to=0)
@@ -79,6 +94,12 @@ def failover_allowed(roles: RegionRoles, region: int) -> bool:
     """A region's coordinators may promote one of its readers only as the steady primary: after a
     fence of the old primary they would otherwise recover it at a higher epoch (hazard 1)."""
     return steady_primary(roles, region)
+
+
+def lease_waived(roles: RegionRoles) -> set[int]:
+    """Regions the primary writer needs no lease from: nobody can promote them (needs a resync, or
+    still joining), so no commit the writer acknowledges can be lost to their promotion."""
+    return set(roles.needs_resync) | set(roles.joining)
 
 
 def replicator_runs(roles: RegionRoles, region: int) -> bool:
@@ -107,7 +128,10 @@ def switch_problem(roles: RegionRoles, regions: list[int], to_region: int, kind:
     if to_region == roles.primary:
         return f"region {to_region} already is the primary"
     if to_region in roles.needs_resync:
-        return f"region {to_region} was failed over from and needs a resync first; it holds no current copy"
+        return (f"region {to_region} was failed over from and needs a resync first (`sixfold region resync "
+                f"{to_region}`); it holds no current copy")
+    if to_region in roles.joining:
+        return f"region {to_region} is still joining (its storage is being seeded or catching up): wait for it"
     return ""
 
 

@@ -180,11 +180,11 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
             return service.role == "writer" and service.engine is not None and not service.fenced_reason()
 
         def waived() -> set[int]:
-            return set(roles.get().needs_resync) if roles is not None else set()
+            return lease_waived(roles.get()) if roles is not None else set()
 
         roles = None
         if regions_file:
-            from sixfold.globaldb.roles import RegionRoles, RolesReader
+            from sixfold.globaldb.roles import RegionRoles, RolesReader, lease_waived
 
             roles = RolesReader(Path(regions_file), RegionRoles())
         try:
