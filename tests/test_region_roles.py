@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sixfold.globaldb.roles import (FAILOVER, SWITCHOVER, RegionRoles, RolesReader, compute_plan, failover_allowed,
-                                    lease_waived, load_roles, region_writer, replicator_runs, rpo_of, save_roles, switch_problem)
+                                    lease_waived, load_roles, other_secondaries, region_writer, replicator_runs, rpo_of, save_roles, switch_problem)
 
 STEADY = RegionRoles(primary=1, writer="writer-1", writer_address="127.1.1.100:7200", generation=1)
 
@@ -27,13 +27,13 @@ def test_replicators_run_in_secondaries_only_and_stop_for_good_when_their_region
     assert replicator_runs(STEADY.begin(SWITCHOVER, 2), 2)   # it ships up to the fence
     failing = STEADY.begin(FAILOVER, 2)
     assert not replicator_runs(failing, 2) and replicator_runs(failing, 3)   # no more leases from it
-    done = failing.finish("reader-2-1", "a", "e", {}, resync=1)
+    done = failing.finish("reader-2-1", "a", "e", {}, resync=(1,))
     assert done.needs_resync == (1,)
     assert not replicator_runs(done, 1) and not replicator_runs(done, 2) and replicator_runs(done, 3)
 
 
 def test_a_resynced_region_joins_ships_owes_no_lease_and_then_is_an_ordinary_secondary():
-    failed = STEADY.begin(FAILOVER, 2).finish("reader-2-1", "a", "e", {}, resync=1)
+    failed = STEADY.begin(FAILOVER, 2).finish("reader-2-1", "a", "e", {}, resync=(1,))
     assert lease_waived(failed) == {1} and not replicator_runs(failed, 1)
     joining = failed.join(1)
     assert (joining.needs_resync, joining.joining, joining.generation) == ((), (1,), failed.generation + 1)
@@ -61,7 +61,7 @@ def test_the_catalog_writer_of_a_secondary_is_its_replicator():
     (STEADY, [1, 2], 3, SWITCHOVER, "no region 3"),
     (STEADY, [1, 2], 1, SWITCHOVER, "already is the primary"),
     (STEADY.begin(FAILOVER, 2), [1, 2], 2, SWITCHOVER, "did not finish"),
-    (STEADY.begin(FAILOVER, 2).finish("r", "a", "e", {}, resync=1), [1, 2], 1, SWITCHOVER, "needs a resync"),
+    (STEADY.begin(FAILOVER, 2).finish("r", "a", "e", {}, resync=(1,)), [1, 2], 1, SWITCHOVER, "needs a resync"),
     (STEADY.join(2), [1, 2], 2, FAILOVER, "still joining"),
 ])
 def test_impossible_role_changes_say_why(roles, regions, to, kind, words):
@@ -70,7 +70,10 @@ def test_impossible_role_changes_say_why(roles, regions, to, kind, words):
 
 def test_a_possible_role_change_has_no_problem():
     assert switch_problem(STEADY, [1, 2], 2, FAILOVER) == ""
-    assert "two regions" in switch_problem(STEADY, [1, 2, 3], 3, FAILOVER)   # not built for three
+    assert switch_problem(STEADY, [1, 2, 3], 3, FAILOVER) == ""
+    assert other_secondaries(STEADY, [1, 2, 3], 3) == [2]   # it follows (switchover) or is resynced (failover)
+    assert "still joining" in switch_problem(STEADY.join(2), [1, 2, 3], 3, SWITCHOVER)   # it may be far behind
+    assert switch_problem(STEADY.join(2), [1, 2, 3], 3, FAILOVER) == ""
 
 
 def test_an_unfinished_change_goes_on_and_one_that_fenced_nothing_is_abandoned():
@@ -93,7 +96,7 @@ def test_the_roles_file_round_trips_and_is_re_read_when_it_changes(tmp_path):
     assert load_roles(path, STEADY) == STEADY   # no file: the default
     reader = RolesReader(path, STEADY)
     assert reader.get() == STEADY
-    changed = STEADY.begin(FAILOVER, 2).finish("reader-2-1", "a", "e", {"kind": FAILOVER}, resync=1)
+    changed = STEADY.begin(FAILOVER, 2).finish("reader-2-1", "a", "e", {"kind": FAILOVER}, resync=(1,))
     save_roles(path, changed)
     assert load_roles(path, STEADY) == changed
     assert reader.get() == changed

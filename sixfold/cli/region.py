@@ -41,9 +41,12 @@ def _run(data_dir: Path | None, kind: str, to_region: int, as_json: bool) -> Non
     if kind == "failover":
         rpo = ("unknown (the replicator did not answer)" if report["rpo_lsns"] is None
                else f"{report['rpo_lsns']} LSN(s), lag {report['rpo_lag_s']:.3f} s")
-        line += f"; RPO {rpo}; region {report['needs_resync']} needs a resync before it rejoins"
+        regions = ", ".join(map(str, report["needs_resync"]))
+        line += f"; RPO {rpo}; region(s) {regions} need a resync before they rejoin (`sixfold region resync`)"
     else:
         line += f"; RPO 0 (fenced at LSN {report['fence_vdl']})"
+        if report.get("followers"):
+            line += f"; region(s) {', '.join(map(str, report['followers']))} follow the new primary"
     out.print(line)
 
 
@@ -78,3 +81,44 @@ def failover(data_dir: Path | None, to_region: int, allow_data_loss: bool, as_js
     if not allow_data_loss:
         raise local.UsageProblem("a failover may lose commits: pass --allow-data-loss (or use switchover)")
     _run(data_dir, "failover", to_region, as_json)
+
+
+@region.command("add", context_settings=CONTEXT)
+@data_dir_option
+@json_option
+@reports_errors
+def add(data_dir: Path | None, as_json: bool) -> None:
+    """Add a secondary region (the next number) to a running global cluster.
+
+    Starts its storage nodes, coordinators, readers and replicator; the replicator seeds the
+    empty storage from the primary and ships its log. The region joins (the primary writer then
+    needs its lease, and it can be switched or failed over to) once it has caught up with the
+    primary's VDL of the moment the add began."""
+    from sixfold.runtime import regions
+
+    report = regions.add_region(cluster_dir(data_dir), progress_printer(True))
+    if as_json:
+        print_json(report)
+        return
+    out.print(f"region {report['region']} has joined: {len(report['nodes'])} nodes, VDL {report['vdl']} "
+              f"({report['duration_s']:.2f} s)")
+
+
+@region.command("remove", context_settings=CONTEXT)
+@data_dir_option
+@click.argument("region_no", metavar="REGION", type=click.IntRange(1))
+@json_option
+@reports_errors
+def remove(data_dir: Path | None, region_no: int, as_json: bool) -> None:
+    """Take secondary region REGION out of a running global cluster and delete its copies.
+
+    The primary writer stops needing its lease first, then its nodes stop. The primary region
+    cannot be removed: switch over to another region first."""
+    from sixfold.runtime import regions
+
+    report = regions.remove_region(cluster_dir(data_dir), region_no, progress_printer(True))
+    if as_json:
+        print_json(report)
+        return
+    out.print(f"region {report['region']} is removed: {len(report['removed'])} nodes stopped, copies deleted "
+              f"({report['duration_s']:.2f} s)")

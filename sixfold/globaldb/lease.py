@@ -28,12 +28,13 @@ log = logging.getLogger("sixfold.lease")
 RENEWALS_PER_LEASE = 4
 RETRY_S = 0.1   # between requests while no lease is held
 REQUEST_TIMEOUT_MAX_S = 2.0   # (and lease_s / 2 at most)
+LESSORS_POLL_S = 0.5   # how soon a region added to the roles is asked for a lease
 
 
 class PrimaryLease:
-    def __init__(self, lessors: dict[int, str], lease_s: float, epoch: Callable[[], int],
+    def __init__(self, lessors: Callable[[], dict[int, str]], lease_s: float, epoch: Callable[[], int],
                  asking: Callable[[], bool], waived: Callable[[], set[int]] = set) -> None:
-        self.lessors = dict(lessors)   # region -> its replicator's address
+        self.lessors = lessors      # region -> its replicator's address, now (`region add|remove` change it)
         self.lease_s = lease_s
         self.epoch = epoch          # the writer's volume epoch (a replicator refuses an older one)
         self.asking = asking        # only a writer asks
@@ -41,15 +42,29 @@ class PrimaryLease:
         self.valid_until: dict[str, float] = {}   # lessor -> monotonic s
         self.refused: dict[str, str] = {}
         self._cond = threading.Condition()
+        self._asking_threads: dict[str, threading.Thread] = {}
         self.stop = threading.Event()
 
     def start(self) -> None:
-        for lessor in self.lessors.values():
-            threading.Thread(target=self._renew, args=(lessor,), name=f"lease-{lessor}", daemon=True).start()
+        self._follow_lessors()
+        threading.Thread(target=self._watch_lessors, name="lease-lessors", daemon=True).start()
+
+    def _watch_lessors(self) -> None:
+        while not self.stop.wait(LESSORS_POLL_S):
+            self._follow_lessors()
+
+    def _follow_lessors(self) -> None:
+        """One asking thread per current lessor (a removed region's thread ends by itself)."""
+        for lessor in self.lessors().values():
+            thread = self._asking_threads.get(lessor)
+            if thread is None or not thread.is_alive():
+                thread = threading.Thread(target=self._renew, args=(lessor,), name=f"lease-{lessor}", daemon=True)
+                self._asking_threads[lessor] = thread
+                thread.start()
 
     def required(self) -> list[str]:
         waived = self.waived()
-        return [lessor for region, lessor in sorted(self.lessors.items()) if region not in waived]
+        return [lessor for region, lessor in sorted(self.lessors().items()) if region not in waived]
 
     def held(self) -> bool:
         """A lease from every required replicator, now (the commit paths' check without waiting)."""
@@ -78,7 +93,7 @@ class PrimaryLease:
         channel = latency.sync_channel(lessor, options=[("grpc.enable_retries", 0)])
         stub = compute_pb2_grpc.ComputeStub(channel)
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and lessor in self.lessors().values():
                 sent = time.monotonic()
                 held = False
                 if self.asking():

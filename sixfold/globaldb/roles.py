@@ -35,6 +35,9 @@ class RegionRoles:
     # regions whose storage is being seeded or is catching up (resynced or added): their replicator
     # runs, but they owe the primary writer no lease and cannot be promoted until they caught up
     joining: tuple[int, ...] = ()
+    # region -> its replicator's HOST:PORT, every region of the cluster (`region add|remove` change
+    # it): the primary writer needs a lease from each of them but its own region's and the waived
+    replicators: dict[int, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -47,6 +50,7 @@ class RegionRoles:
         data["changes"] = tuple(data.get("changes", ()))
         data["needs_resync"] = tuple(data.get("needs_resync", ()))
         data["joining"] = tuple(data.get("joining", ()))
+        data["replicators"] = {int(k): v for k, v in data.get("replicators", {}).items()}
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     # ---------------------------------------------------------------- transitions (pure)
@@ -59,13 +63,14 @@ class RegionRoles:
         return replace(self, generation=self.generation + 1, change=kind, change_to=to_region)
 
     def finish(self, writer: str, writer_address: str, writer_endpoint: str, record: dict,
-               resync: int = 0) -> "RegionRoles":
+               resync: tuple[int, ...] = ()) -> "RegionRoles":
         """The promoted region is the steady primary; the old one a secondary (or, after a failover,
-        a region that must be resynced before it ships again)."""
-        needs = tuple(sorted(set(self.needs_resync) - {self.change_to} | ({resync} if resync else set())))
+        the old primary and every other secondary must be resynced before they ship again)."""
+        needs = tuple(sorted(set(self.needs_resync) - {self.change_to} | set(resync)))
         return replace(self, primary=self.change_to, writer=writer, writer_address=writer_address,
                        writer_endpoint=writer_endpoint, generation=self.generation + 1, change="", change_to=0,
-                       changes=self.changes + (record,), needs_resync=needs)
+                       changes=self.changes + (record,), needs_resync=needs,
+                       joining=tuple(r for r in self.joining if r not in resync))
 
     def join(self, region: int) -> "RegionRoles":
         """A region failed over from (resync) or new (region add) starts shipping: its replicator
@@ -77,6 +82,17 @@ class RegionRoles:
     def joined(self, region: int) -> "RegionRoles":
         """The region caught up: an ordinary secondary (the writer owes it a lease from now on)."""
         return replace(self, generation=self.generation + 1, joining=tuple(r for r in self.joining if r != region))
+
+    def with_region(self, region: int, replicator_address: str) -> "RegionRoles":
+        """`region add`: a new, empty region joins (its replicator seeds and ships; no lease owed yet)."""
+        return replace(self.join(region), replicators={**self.replicators, region: replicator_address})
+
+    def without_region(self, region: int) -> "RegionRoles":
+        """`region remove`: a secondary region leaves; the writer stops asking its replicator for a lease."""
+        return replace(self, generation=self.generation + 1,
+                       replicators={r: a for r, a in self.replicators.items() if r != region},
+                       joining=tuple(r for r in self.joining if r != region),
+                       needs_resync=tuple(r for r in self.needs_resync if r != region))
 
     def abandon(self) -> "RegionRoles":
         """Nothing was fenced yet: back to the steady state before `begin`."""
@@ -102,6 +118,26 @@ def lease_waived(roles: RegionRoles) -> set[int]:
     return set(roles.needs_resync) | set(roles.joining)
 
 
+def lessors(roles: RegionRoles, own_region: int) -> dict[int, str]:
+    """The replicators a writer in `own_region` asks for its lease (waived ones included: a joining
+    region's grant is held by the time it has joined)."""
+    return {r: a for r, a in sorted(roles.replicators.items()) if r != own_region}
+
+
+def region_change_problem(roles: RegionRoles, regions: list[int], region: int, adding: bool) -> str:
+    """Why `region add|remove` cannot go on ("" when it can)."""
+    if roles.change:
+        return (f"a {roles.change} to region {roles.change_to} did not finish: finish it first "
+                f"(`sixfold region {roles.change} --to {roles.change_to}`)")
+    if adding:
+        return ""
+    if region not in regions:
+        return f"no region {region}; the regions are {', '.join(map(str, regions))}"
+    if region == roles.primary:
+        return f"region {region} is the primary: switch over to another region first (`sixfold region switchover`)"
+    return ""
+
+
 def replicator_runs(roles: RegionRoles, region: int) -> bool:
     """A region's replicator ships while the region is a secondary. It stops for good when its
     region is being failed over to (it must grant the old primary no more leases)."""
@@ -116,12 +152,11 @@ def switch_problem(roles: RegionRoles, regions: list[int], to_region: int, kind:
         return "this cluster has one region: start it with `sixfold up --regions 2` (or more) for a global database"
     if to_region not in regions:
         return f"no region {to_region}; the regions are {', '.join(map(str, regions))}"
-    if len(regions) > 2:
-        # the other secondaries would have to move their source to the new primary (their
-        # replicators restarted at a position the new primary's storage still has the log for,
-        # and, after a failover, without a tail the new primary never had): not built
-        return (f"role changes are built for two regions; this cluster has {len(regions)} (the other "
-                "secondary regions cannot follow the new primary yet)")
+    if kind == SWITCHOVER and roles.joining and roles.change != SWITCHOVER:
+        # every other secondary must be at the fence before the promotion; a joining one may be
+        # far from it (seeding)
+        return (f"region(s) {', '.join(map(str, roles.joining))} are still joining: wait until they have "
+                "joined (`sixfold status`), or remove them")
     if roles.change and (roles.change, roles.change_to) != (kind, to_region):
         return (f"a {roles.change} to region {roles.change_to} did not finish: run `sixfold region {roles.change} "
                 f"--to {roles.change_to}{' --allow-data-loss' if roles.change == FAILOVER else ''}` again")
@@ -133,6 +168,13 @@ def switch_problem(roles: RegionRoles, regions: list[int], to_region: int, kind:
     if to_region in roles.joining:
         return f"region {to_region} is still joining (its storage is being seeded or catching up): wait for it"
     return ""
+
+
+def other_secondaries(roles: RegionRoles, regions: list[int], to_region: int) -> list[int]:
+    """The secondaries that are neither the old primary nor the target of a role change: a
+    switchover brings them to the fence and they follow the new primary; after a failover they
+    must be resynced (one may hold a tail the promoted region never had)."""
+    return [r for r in regions if r not in (roles.primary, to_region) and r not in roles.needs_resync]
 
 
 def rpo_of(source_vdl: int, region_vdl: int, lag_ms_last: float, source_seen_unix_s: float) -> dict:

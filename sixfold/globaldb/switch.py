@@ -36,10 +36,10 @@ from typing import Callable
 import grpc
 
 from sixfold.globaldb.roles import FAILOVER, SWITCHOVER, RegionRoles, load_roles, roles_path, save_roles
-from sixfold.globaldb.roles import switch_problem, rpo_of
+from sixfold.globaldb.roles import other_secondaries, switch_problem, rpo_of
 from sixfold.runtime.commands import default_roles
 from sixfold.runtime.layout import ClusterDir
-from sixfold.runtime.topology import (COORDINATOR, REPLICATOR, NodeSpec, in_region, router_addresses,
+from sixfold.runtime.topology import (COORDINATOR, REPLICATOR, STORAGE, NodeSpec, in_region, router_addresses,
                                       storage_node_infos)
 
 Progress = Callable[[str], None]
@@ -159,6 +159,25 @@ class RoleChange:
         return sorted({n.region for n in self.nodes})
 
 
+def _retain_for(storage: list[NodeSpec], replicators: list[str], lsn: int, volume_id: str) -> None:
+    """Each storage node keeps the records above `lsn` for these replicators (as their own polls
+    ask it to: GetSegmentState with shipping_to) until they ask themselves."""
+    from sixfold.rpc import storage_pb2 as spb
+    from sixfold.rpc import storage_pb2_grpc
+
+    for n in storage:
+        if n.kind != STORAGE:
+            continue
+        with grpc.insecure_channel(n.address) as channel:
+            stub = storage_pb2_grpc.StorageStub(channel)
+            for name in replicators:
+                try:
+                    stub.GetSegmentState(spb.SegmentStateRequest(volume_id=volume_id, shipping_to=name,
+                                                                 shipped_lsn=lsn), timeout=2.0)
+                except grpc.RpcError:
+                    pass   # a node down now: the replicator's own polls register it there
+
+
 async def _tell_vdl(client, recovered, owner: str) -> None:
     """Every member of every PG learns the fence's VDL as its vdl_hint (what a replicator ships up
     to): an empty append naming the segment. A stream's VDL-only heartbeat would not do: storage
@@ -180,7 +199,7 @@ async def _tell_vdl(client, recovered, owner: str) -> None:
 
 def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: int, progress: Progress) -> dict:
     from sixfold.client.quorum import ClientSettings, QuorumClient
-    from sixfold.globaldb.replicator import Position, save_position
+    from sixfold.globaldb.replicator import Position, load_position, save_position
 
     change = RoleChange(cdir, state, nodes, progress)
     roles = change.roles
@@ -189,6 +208,8 @@ def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: 
         raise ValueError(problem)
     old, spec = roles.primary, state["spec"]
     target_replicator = change.node(REPLICATOR, to_region)
+    # the other secondaries reach the fence too, then follow the new primary from there
+    followers = [change.node(REPLICATOR, r) for r in other_secondaries(roles, change.region_list(), to_region)]
     status = _compute_status(target_replicator.address)
     if status is None or status.health != "ok":
         raise SwitchFailed(f"{target_replicator.name} is not shipping ({status.health if status else 'unreachable'}); "
@@ -221,15 +242,22 @@ def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: 
         try:
             loop = asyncio.get_running_loop()
             deadline = time.monotonic() + SHIPPED_TIMEOUT_S
-            while True:
-                s = await loop.run_in_executor(None, _compute_status, target_replicator.address, 1.0)
-                if s is not None and s.vdl >= recovered.vdl and s.epoch >= recovered.epoch:
-                    return recovered, s
-                if time.monotonic() > deadline:
-                    raise SwitchFailed(f"{target_replicator.name} did not ship up to LSN {recovered.vdl} within "
-                                       f"{SHIPPED_TIMEOUT_S:.0f} s (at {s.vdl if s else '?'}); region {old} is "
-                                       f"fenced and no region takes writes: run the switchover again")
-                await asyncio.sleep(0.02)
+            shipped = None
+            for replicator in [target_replicator, *followers]:
+                while True:
+                    s = await loop.run_in_executor(None, _compute_status, replicator.address, 1.0)
+                    # a follower restarts from its durable position: that must be at the fence too
+                    if (s is not None and s.vdl >= recovered.vdl and s.epoch >= recovered.epoch
+                            and (replicator is target_replicator
+                                 or load_position(cdir.node_data(replicator.name)).vdl >= recovered.vdl)):
+                        shipped = shipped or s
+                        break
+                    if time.monotonic() > deadline:
+                        raise SwitchFailed(f"{replicator.name} did not ship up to LSN {recovered.vdl} within "
+                                           f"{SHIPPED_TIMEOUT_S:.0f} s (at {s.vdl if s else '?'}); region {old} is "
+                                           f"fenced and no region takes writes: run the switchover again")
+                    await asyncio.sleep(0.02)
+            return recovered, shipped
         finally:
             await client.close()
 
@@ -243,6 +271,10 @@ def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: 
     data_dir.mkdir(parents=True, exist_ok=True)
     save_position(data_dir, Position(recovered.vdl, dict(recovered.segment_tails), recovered.epoch, owner,
                                      recovered.history))
+
+    # the followers will fetch what lies above F from R's storage: it keeps those records for them
+    # from now (nothing above F exists there yet, so nothing they need can have been collected)
+    _retain_for(in_region(nodes, to_region), [f.name for f in followers], recovered.vdl, settings.volume_id)
 
     # 4: promote a reader of R (recovery in R at a higher epoch: VDL F, nothing truncated)
     writer, writer_address, epoch = change.promote(to_region, min_epoch=recovered.epoch + 1)
@@ -259,8 +291,13 @@ def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: 
     _wait(lambda: (s := _compute_status(old_replicator.address)) is not None and s.vdl >= recovered.vdl,
           SHIPPED_TIMEOUT_S, f"{old_replicator.name} to start shipping from region {to_region}")
     change.phase(f"{old_replicator.name} ships region {to_region}'s log into region {old}")
+    for follower in followers:   # the supervisor restarted it with region R's storage as its source
+        _wait(lambda: (s := _compute_status(follower.address)) is not None and s.health == "ok" and s.epoch >= epoch,
+              SHIPPED_TIMEOUT_S, f"{follower.name} to ship from region {to_region}")
+        change.phase(f"{follower.name} ships region {to_region}'s log into region {follower.region}")
     change.report.update(new_writer=writer, new_writer_address=writer_address, epoch=epoch,
                          fence_epoch=recovered.epoch, fence_vdl=recovered.vdl, rpo_lsns=0,
+                         followers=[f.region for f in followers],
                          duration_s=round(time.monotonic() - change.t0, 3))
     return change.report
 
@@ -272,6 +309,7 @@ def failover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: in
     if problem:
         raise ValueError(problem)
     old = roles.primary
+    resync = (old, *other_secondaries(roles, change.region_list(), to_region))
     lease_s = float(state.get("tuning", {}).get("lease_s", 2.0))
     replicator = change.node(REPLICATOR, to_region)
     before = _compute_status(replicator.address)
@@ -312,13 +350,13 @@ def failover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: in
     change.phase(f"promoted {writer}", epoch=epoch, vdl=promoted.vdl if promoted else None)
     record = {"kind": FAILOVER, "id": switch_id, "from_region": old, "to_region": to_region,
               "old_writer": roles.writer, "new_writer": writer, "epoch": epoch, "promoted_at_lsn": region_vdl,
-              "needs_resync": old, "unix_s": time.time(), **rpo}
+              "needs_resync": list(resync), "unix_s": time.time(), **rpo}
     change.save(change.roles.finish(writer, writer_address, change.writer_endpoint(to_region), record,
-                                    resync=old))
+                                    resync=resync))
     change.wait_applied([r for r in change.region_list() if r != old])
-    change.phase(f"region {to_region} is the primary; region {old} needs a resync before it rejoins",
-                 generation=change.roles.generation)
+    change.phase(f"region {to_region} is the primary; region(s) {', '.join(map(str, resync))} need a resync "
+                 f"before they rejoin", generation=change.roles.generation)
     change.report.update(new_writer=writer, new_writer_address=writer_address, epoch=epoch,
-                         promoted_at_lsn=region_vdl, needs_resync=old, **rpo,
+                         promoted_at_lsn=region_vdl, needs_resync=list(resync), **rpo,
                          duration_s=round(time.monotonic() - change.t0, 3))
     return change.report

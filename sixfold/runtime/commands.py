@@ -24,7 +24,8 @@ def default_roles(specs: list[NodeSpec]) -> RegionRoles:
     writer = next((s for s in specs if s.role == WRITER and s.region == 1), None)
     return RegionRoles(primary=1, writer=writer.name if writer else "",
                        writer_address=writer.address if writer else "",
-                       writer_endpoint=router_addresses(in_region(specs, 1)).get("writer", ""))
+                       writer_endpoint=router_addresses(in_region(specs, 1)).get("writer", ""),
+                       replicators={s.region: s.address for s in specs if s.kind == REPLICATOR})
 
 
 def promotion_tier(node: NodeSpec, position: int) -> int:

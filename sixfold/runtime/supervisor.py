@@ -72,6 +72,7 @@ class Managed:
     next_start_monotonic: float | None = None
     last_exit_code: int | None = None
     history: list[str] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)   # what it was started with
 
     @property
     def name(self) -> str:
@@ -147,7 +148,8 @@ class Supervisor:
             out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} supervisor: starting {m.name} ({why}) ---\n"
                       .encode())
             out.flush()
-            m.proc = subprocess.Popen([*launcher, "--", *self.node_command(m.spec)], stdin=subprocess.DEVNULL,
+            m.command = self.node_command(m.spec)
+            m.proc = subprocess.Popen([*launcher, "--", *m.command], stdin=subprocess.DEVNULL,
                                       stdout=out, stderr=out, env=self.child_env(m.spec), close_fds=True)
         m.state = "starting" if why == "start" else "running"
         m.started_monotonic = time.monotonic()
@@ -264,12 +266,39 @@ class Supervisor:
                 self.state["nodes"] = [n for n in self.state["nodes"] if n["name"] != m.name]
                 self.remark()
                 log.info("removed %s (sixfold replica remove)", m.name)
+            elif request.get("action") in ("add-region", "remove-region"):
+                self.change_region(request, by_name)
+                changed = True
+                continue
             else:
                 log.error("ignoring the request %s: %s", path.name, request)
                 continue
             self.state["spec"]["readers"] = sum(1 for m in self.nodes if m.spec.kind == COMPUTE) - 1
             changed = True
         return changed
+
+    def change_region(self, request: dict, by_name: dict[str, Managed]) -> None:
+        """`sixfold region add|remove`: a whole region's nodes start (storage first) or stop, and the
+        cluster's spec (its region numbers) changes with them, so a later `up` brings back the same."""
+        if request["action"] == "add-region":
+            added = [Managed(NodeSpec.from_dict(n)) for n in request["nodes"] if n["name"] not in by_name]
+            self.nodes += added
+            self.state["nodes"] += [{**m.spec.to_dict(), "pid": None, "state": "stopped", "restarts": 0}
+                                    for m in added]
+        else:
+            names = set(request["names"])
+            stop_timeout_s = float(self.tuning.get("stop_timeout_s", 10.0))
+            for m in [by_name[name] for name in request["names"] if name in by_name]:
+                self.stop_node(m, stop_timeout_s)
+                self.nodes.remove(m)
+            self.state["nodes"] = [n for n in self.state["nodes"] if n["name"] not in names]
+            added = []
+        self.state["spec"] = request["spec"]
+        self.spec = ClusterSpec.from_dict(request["spec"])
+        self.remark()
+        for m in added:
+            self.spawn(m, "added by sixfold region add")
+        log.info("%s: %s", request["action"], ", ".join(request.get("names") or [m.name for m in added]))
 
     def remark(self) -> None:
         """Node numbers for partitions follow the node list (the CLI refuses while a partition is on)."""
@@ -316,6 +345,14 @@ class Supervisor:
                     m.state = "down"     # (chaos killed its region meanwhile: it waits like the rest)
                 else:
                     self.spawn(m, "its region is a secondary now")
+                changed = True
+                continue
+            if m.spec.kind == REPLICATOR and m.running and self.node_command(m.spec) != m.command:
+                # the primary moved (a switchover): it ships from the new primary's storage now,
+                # from its durable position (SIGTERM: it records that position on the way out)
+                log.info("%s: the primary region changed: restarting it with the new source", m.name)
+                self.stop_node(m, float(self.tuning.get("stop_timeout_s", 10.0)))
+                self.spawn(m, "the primary region changed")
                 changed = True
                 continue
             restart_marker = self.cdir.marker(m.name, MARKER_RESTART)

@@ -74,6 +74,9 @@ class ClusterSpec:
     compute_port: int = 7200
     volume_id: str = "vol-1"
     pages_per_segment: int = 256
+    # regions taken out by `sixfold region remove` (numbers are never reused: `region add` appends
+    # region `regions + 1`), so the cluster's regions are 1..regions without these
+    removed_regions: tuple[int, ...] = ()
 
     # the fields that define which nodes exist and where (ports may differ between starts)
     SHAPE_FIELDS = ("regions", "azs", "storage_per_az", "readers", "writers", "volume_id", "pages_per_segment")
@@ -126,6 +129,9 @@ class ClusterSpec:
             found.append(f"--pages-per-segment {self.pages_per_segment}: use 1..{1 << 20}")
         return found
 
+    def region_numbers(self) -> list[int]:
+        return [r for r in range(1, self.regions + 1) if r not in self.removed_regions]
+
     def validate(self) -> "ClusterSpec":
         problems = self.problems()
         if problems:
@@ -138,7 +144,9 @@ class ClusterSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "ClusterSpec":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        values["removed_regions"] = tuple(values.get("removed_regions", ()))   # (a list in JSON)
+        return cls(**values)
 
     def shape_differences(self, other: "ClusterSpec") -> list[str]:
         """`field: ours -> theirs` for each shape field that differs."""
@@ -199,15 +207,15 @@ def nodes_of(spec: ClusterSpec) -> list[NodeSpec]:
     (primary region) or the replicator (secondary regions), readers, coordinators."""
     spec.validate()
     nodes = []
-    for region in range(1, spec.regions + 1):
-        nodes += _region_nodes(spec, region)
+    for region in spec.region_numbers():
+        nodes += region_nodes(spec, region)
     names = [n.name for n in nodes]
     hosts = [n.host for n in nodes]
     assert len(set(names)) == len(names) and len(set(hosts)) == len(hosts), "names and addresses are unique"
     return nodes
 
 
-def _region_nodes(spec: ClusterSpec, region: int) -> list[NodeSpec]:
+def region_nodes(spec: ClusterSpec, region: int) -> list[NodeSpec]:
     nodes = [
         NodeSpec(name=storage_name(region, az, n), kind=STORAGE, role=STORAGE, region=region, az=az,
                  host=f"127.{region}.{az}.{n}", port=spec.storage_port)

@@ -185,12 +185,19 @@ def compute_node(node_id, role, region, az, listen, storage_nodes, writer_addres
         roles = None
         if regions_file:
             from sixfold.globaldb.roles import RegionRoles, RolesReader, lease_waived
+            from sixfold.globaldb.roles import lessors as roles_lessors
 
             roles = RolesReader(Path(regions_file), RegionRoles())
         try:
-            lessors = {int(r): a for r, a in (item.split("=", 1) for item in lease_from.split(",") if item)}
+            flag_lessors = {int(r): a for r, a in (item.split("=", 1) for item in lease_from.split(",") if item)}
         except ValueError:
             raise click.BadParameter("expected REGION=HOST:PORT,...", param_hint="--lease-from") from None
+
+        def lessors() -> dict[int, str]:
+            """The roles' regions when they list them (`region add|remove` change them), else the flag's."""
+            current = roles.get() if roles is not None else None
+            return roles_lessors(current, int(region)) if current is not None and current.replicators else flag_lessors
+
         lease = PrimaryLease(lessors, lease_s, writer_epoch, is_writer, waived)
         settings.commit_gate = lease
     if coordinators:
