@@ -33,7 +33,6 @@ import json
 import multiprocessing as mp
 import os
 import queue
-import subprocess
 import sys
 import threading
 import time
@@ -46,7 +45,13 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sixfold  # noqa: E402
 from bench.cluster import BenchCluster  # noqa: E402
-from bench.global_bench import address, free_bench_ports, percentile, set_latency, wait_for_table  # noqa: E402
+from bench.global_bench import (  # noqa: E402
+    address,
+    free_bench_ports,
+    percentile,
+    set_latency,
+    wait_for_table,
+)
 from sixfold.client.latency import default_one_way_ms  # noqa: E402
 from sixfold.rpc import compute_pb2 as cpb  # noqa: E402
 from sixfold.rpc import compute_pb2_grpc  # noqa: E402
@@ -221,6 +226,30 @@ def run(cluster: BenchCluster, label: str, seconds: float, rate_per_s: float, se
             "load_before": load_before, "load_after": load_average()}
 
 
+def lag_runs(cluster: BenchCluster, rate_per_s: float, reference_rate_per_s: float, seconds: float, sessions: int,
+             procs: int, closed_sessions: list[int]) -> list[dict]:
+    """The runs on a fresh two-region cluster: the offered rate at the default latency and at
+    0 ms, and the low rate at the default latency; or closed-loop runs with these session counts."""
+    default_ms = default_one_way_ms(1, 2)
+    setup = sixfold.connect(address(cluster, "writer-1"), autocommit=True)
+    setup.cursor().execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    setup.close()
+    wait_for_table(address(cluster, "reader-2-1"))
+    plan: list[tuple[str, int | None, float, int]] = [   # (label, one-way ms or None = default, rate, sessions)
+        (f"{rate_per_s:.0f}/s offered, {default_ms} ms one way (default)", None, rate_per_s, sessions),
+        (f"{rate_per_s:.0f}/s offered, 0 ms (reference)", 0, rate_per_s, sessions),
+        (f"{reference_rate_per_s:.0f}/s offered, {default_ms} ms (reference)", None, reference_rate_per_s, sessions)]
+    if closed_sessions:
+        plan = [(f"closed loop, {n} sessions", None, 0.0, n) for n in closed_sessions]
+    results = []
+    for label, one_way_ms, rate, n in plan:
+        set_latency(cluster, one_way_ms)
+        console.print(f"{label} for {seconds:.0f} s (load {load_average()}) ...")
+        results.append(run(cluster, label, seconds, rate, n, min(procs, n)))
+    set_latency(cluster, None)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=500.0, help="offered commits per second, in total")
@@ -233,26 +262,9 @@ def main() -> None:
     args = parser.parse_args()
     default_ms = default_one_way_ms(1, 2)
     storage_port, compute_port = free_bench_ports()
-    results = []
     with BenchCluster(readers=1, regions=2, storage_port=storage_port, compute_port=compute_port) as cluster:
-        setup = sixfold.connect(address(cluster, "writer-1"), autocommit=True)
-        setup.cursor().execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
-        setup.close()
-        wait_for_table(address(cluster, "reader-2-1"))
-        plan: list[tuple[str, int | None, float, int]] = []   # (label, one-way ms or None = default, rate, sessions)
-        if args.closed:
-            plan = [(f"closed loop, {n} sessions", None, 0.0, n) for n in map(int, args.closed.split(","))]
-        else:
-            plan = [(f"{args.rate:.0f}/s offered, {default_ms} ms one way (default)", None, args.rate, args.sessions),
-                    (f"{args.rate:.0f}/s offered, 0 ms (reference)", 0, args.rate, args.sessions),
-                    (f"{args.reference_rate:.0f}/s offered, {default_ms} ms (reference)", None, args.reference_rate,
-                     args.sessions)]
-        for label, one_way_ms, rate, sessions in plan:
-            set_latency(cluster, one_way_ms)
-            console.print(f"{label} for {args.seconds:.0f} s (load {load_average()}) ...")
-            results.append(run(cluster, label, args.seconds, rate, sessions, min(args.procs, sessions)))
-            console.print(f"  {json.dumps(results[-1])}")
-        set_latency(cluster, None)
+        results = lag_runs(cluster, args.rate, args.reference_rate, args.seconds, args.sessions, args.procs,
+                           [int(n) for n in args.closed.split(",")] if args.closed else [])
     report(results, default_ms)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"inter_region_one_way_ms_default": default_ms, "results": results}, indent=2))
