@@ -120,6 +120,22 @@ def client_process(writer: str, start_s: float, seconds: float, rate_per_s: floa
     results.put((done, errors, slots.qsize(), time.process_time() - cpu_at_start_s))
 
 
+def e2e_lags_ms(commits: list[tuple[float, float, int]], seen: list[tuple[float, int]]) -> tuple[list[float], int]:
+    """Per commit (due s, acked s, row id): the first poll at or after its acknowledgement that
+    saw its id, minus the acknowledgement. `seen` is (polled at s, highest id visible), in poll
+    order; a reader's snapshot only moves forward, so the highest id never decreases. Returns
+    the lags and how many commits no poll saw."""
+    times, highs = [t for t, _ in seen], [h for _, h in seen]
+    lags_ms, unseen = [], 0
+    for _, acked_s, row_id in commits:
+        i = max(bisect.bisect_left(highs, row_id), bisect.bisect_left(times, acked_s))
+        if i < len(seen) and highs[i] >= row_id:
+            lags_ms.append((times[i] - acked_s) * 1000)
+        else:
+            unseen += 1
+    return lags_ms, unseen
+
+
 def cluster_cpu_s(cluster: BenchCluster) -> dict[str, float]:
     """CPU seconds (user + system) used so far by the cluster's processes, summed per kind:
     writer, reader, primary storage, secondary storage, replicator-2, the rest."""
@@ -200,14 +216,7 @@ def run(cluster: BenchCluster, label: str, seconds: float, rate_per_s: float, se
     status = replicator_status(cluster)
     end_s = start_s + seconds
     in_window = [c for c in commits if c[1] <= end_s]
-    times, highs = [t for t, _ in seen], [h for _, h in seen]
-    lags_ms, unseen = [], 0
-    for _, acked_s, row_id in commits:
-        i = max(bisect.bisect_left(highs, row_id), bisect.bisect_left(times, acked_s))
-        if i < len(seen) and highs[i] >= row_id:
-            lags_ms.append((times[i] - acked_s) * 1000)
-        else:
-            unseen += 1
+    lags_ms, unseen = e2e_lags_ms(commits, seen)
     latencies_ms = [(acked_s - due_s) * 1000 for due_s, acked_s, _ in commits]
     samples = status.region_lag_samples_total - samples_before
     rep = list(status.region_lag_ms_recent)[-samples:] if samples > 0 else []
