@@ -110,7 +110,7 @@ def test_the_replicator_sends_its_lag_samples_but_not_in_lease_replies(cluster):
         before = stub.Status(cpb.StatusRequest(), timeout=10)
         cur = writer.cursor()
         for i in range(20):
-            cur.execute("INSERT INTO t (v) VALUES (?)", (1000 + i,))
+            cur.execute("INSERT INTO t (v) VALUES (?)", (-1 - i,))
         deadline = time.monotonic() + SHIPPED_WITHIN_S
         after = before
         while after.region_lag_samples_total == before.region_lag_samples_total and time.monotonic() < deadline:
