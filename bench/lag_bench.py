@@ -117,7 +117,8 @@ def client_process(writer: str, start_s: float, seconds: float, rate_per_s: floa
         t.start()
     for t in threads:
         t.join()
-    results.put((done, errors, slots.qsize(), time.process_time() - cpu_at_start_s))
+    left = [slots.get_nowait() for _ in range(slots.qsize())]   # due, never taken (and unused end marks)
+    results.put((done, errors, sum(due_s is not None for due_s in left), time.process_time() - cpu_at_start_s))
 
 
 def e2e_lags_ms(commits: list[tuple[float, float, int]], seen: list[tuple[float, int]]) -> tuple[list[float], int]:
