@@ -1,15 +1,10 @@
 """Global database benchmark: replication lag from the primary region to a secondary region.
 
-In one invocation, on a two-region cluster (`sixfold up --regions 2`):
-- commits paced at --rate per second (single-row INSERTs over 16 sessions on the writer) for
-  --seconds, with the default inter-region latency (regions 1 and 2: 30 ms one way, applied
-  in the RPC layer; sixfold/client/latency.py);
-- the same with the inter-region latency set to 0 ms (the reference: what the shipping
-  itself costs on this machine).
-Lag is measured two ways: end to end by the client (a commit's acknowledgement at the writer
--> the row visible through a reader of region 2, polled every 5 ms), and by the replicator
-itself (the primary's storage hearing of a VDL -> that VDL on a write quorum of region 2).
-Prints a table and writes JSON.
+Replication lag at --rate commits/s: the runs of bench/lag_bench.py (open-loop load: the
+offered rate is fixed; offered vs achieved commits/s, commit latency, lag end to end and as the
+replicator measures it, CPU per kind of process) on one two-region cluster: at the default
+inter-region latency (30 ms one way between regions 1 and 2), at 0 ms (the reference), and at
+--reference-rate. Prints a table and writes JSON.
 
 Failover RTO and RPO over --trials trials, each on a fresh two-region cluster (the region failed
 over from needs a resync, which is not built): a paced writer commits to region 1 (--failover-rate
@@ -21,14 +16,14 @@ operator's reaction time is taken as 0: detection is not part of it). RPO = the 
 commits region 2 does not have (client side), and what the failover reported (LSNs behind the
 primary VDL its replicator last heard of, and its last lag).
 
-    python bench/global_bench.py [--seconds 20] [--rate 500] [--trials 5] [--skip-lag] [--skip-failover]
+    python bench/global_bench.py [--seconds 20] [--rate 500] [--reference-rate 50] [--sessions 32] [--procs 4]
+                                 [--trials 5] [--skip-lag] [--skip-failover]
                                  [--json bench/results/global.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import subprocess
 import sys
@@ -36,7 +31,6 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
 from rich.console import Console
 from rich.table import Table
 
@@ -44,13 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sixfold  # noqa: E402
 from bench.cluster import BenchCluster  # noqa: E402
 from sixfold.client.latency import default_one_way_ms  # noqa: E402
-from sixfold.rpc import compute_pb2 as cpb  # noqa: E402
-from sixfold.rpc import compute_pb2_grpc  # noqa: E402
 
 console = Console(stderr=True)
-SESSIONS = 16
-POLL_INTERVAL_S = 0.005
-SAMPLE_EVERY = 5          # every 5th commit's visibility is timed
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -86,70 +75,6 @@ def wait_for_table(reader: str, timeout_s: float = 60.0) -> None:
                 time.sleep(0.1)
     finally:
         conn.close()
-
-
-def lag_run(cluster: BenchCluster, rate_per_s: float, seconds: float, label: str) -> dict:
-    """Paced commits on the writer; a poller on region 2's reader notes when each id shows up."""
-    writer, reader = address(cluster, "writer-1"), address(cluster, "reader-2-1")
-    interval_s = SESSIONS / rate_per_s
-    acked: list[tuple[int, float]] = []          # (row id, acknowledged at, monotonic s)
-    seen: list[tuple[float, int]] = []           # (polled at, highest id visible)
-    lock = threading.Lock()
-    stop = threading.Event()
-    started = time.monotonic()
-
-    def paced(offset_s: float) -> None:
-        conn = sixfold.connect(writer, autocommit=True)
-        cur = conn.cursor()
-        next_at = started + offset_s
-        n = 0
-        while time.monotonic() - started < seconds:
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            next_at += interval_s
-            cur.execute("INSERT INTO t(v) VALUES ('lag')")
-            n += 1
-            if n % SAMPLE_EVERY == 0:
-                with lock:
-                    acked.append((cur.lastrowid, time.monotonic()))
-        conn.close()
-
-    def poll() -> None:
-        conn = sixfold.connect(reader, autocommit=True)
-        cur = conn.cursor()
-        while not stop.is_set():
-            highest = cur.execute("SELECT max(id) FROM t").fetchall()[0][0] or 0
-            seen.append((time.monotonic(), highest))
-            time.sleep(POLL_INTERVAL_S)
-        conn.close()
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    threads = [threading.Thread(target=paced, args=(i * interval_s / SESSIONS,)) for i in range(SESSIONS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed_s = time.monotonic() - started
-    time.sleep(3)   # the tail reaches region 2
-    stop.set()
-    poller.join()
-    # a reader's snapshot only moves forward: the highest id seen never decreases
-    times, highs = [t for t, _ in seen], [h for _, h in seen]
-    lags_ms = []
-    for row_id, acked_s in acked:
-        i = max(bisect.bisect_left(highs, row_id), bisect.bisect_left(times, acked_s))
-        if i < len(seen) and highs[i] >= row_id:
-            lags_ms.append((times[i] - acked_s) * 1000)
-    with grpc.insecure_channel(address(cluster, "replicator-2")) as channel:
-        status = compute_pb2_grpc.ComputeStub(channel).Status(cpb.StatusRequest(), timeout=5)
-    commits = len(acked) * SAMPLE_EVERY
-    return {"test": label, "commits_per_s": round(commits / elapsed_s, 1), "samples": len(lags_ms),
-            "unseen": len(acked) - len(lags_ms),
-            "e2e_lag_ms_p50": round(percentile(lags_ms, 0.5), 1), "e2e_lag_ms_p99": round(percentile(lags_ms, 0.99), 1),
-            "replicator_lag_ms_p50": round(status.replica_lag_ms_p50, 1),
-            "replicator_lag_ms_p99": round(status.replica_lag_ms_p99, 1)}
 
 
 FAILOVER_LOAD_S = 3.0     # the paced writer runs this long before the primary region is killed
@@ -257,7 +182,10 @@ def failover_runs(trials: int, rate_per_s: float) -> tuple[list[dict], dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--rate", type=float, default=500.0, help="commits per second, in total")
+    parser.add_argument("--rate", type=float, default=500.0, help="offered commits per second, in total")
+    parser.add_argument("--reference-rate", type=float, default=50.0, help="the low-rate reference run")
+    parser.add_argument("--sessions", type=int, default=32, help="sessions that take the due commits")
+    parser.add_argument("--procs", type=int, default=4, help="client processes the sessions are spread over")
     parser.add_argument("--json", type=Path, default=Path("bench/results/global.json"))
     parser.add_argument("--trials", type=int, default=5, help="failover trials (each on a fresh cluster)")
     parser.add_argument("--failover-rate", type=float, default=200.0, help="commits/s while the primary is lost")
@@ -272,35 +200,16 @@ def main() -> None:
         args.json.write_text(json.dumps({"failover": {"summary": failover_summary, "trials": failovers}}, indent=2))
         console.print(f"wrote {args.json}")
         return
-    with BenchCluster(readers=1, regions=2) as cluster:
-        setup = sixfold.connect(address(cluster, "writer-1"), autocommit=True)
-        setup.cursor().execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
-        setup.close()
-        wait_for_table(address(cluster, "reader-2-1"))
-        default_ms = default_one_way_ms(1, 2)
-        console.print(f"lag at {args.rate:.0f} commits/s, {default_ms} ms one way between the regions ...")
-        results.append(lag_run(cluster, args.rate, args.seconds, f"{default_ms} ms one way (default)"))
-        set_latency(cluster, 0)
-        console.print(f"lag at {args.rate:.0f} commits/s, 0 ms between the regions (reference) ...")
-        # the replicator's own window still holds the first run's samples: its figures are not
-        # reported for this run (the client's end-to-end figures are)
-        reference = lag_run(cluster, args.rate, args.seconds, "0 ms (reference)")
-        reference["replicator_lag_ms_p50"] = reference["replicator_lag_ms_p99"] = None
-        results.append(reference)
-        set_latency(cluster, None)
-    table = Table(title=f"replication lag, region 1 -> region 2, {args.rate:.0f} commits/s for {args.seconds:.0f} s")
-    for col in ("inter-region latency", "commits/s", "e2e lag p50 ms", "e2e lag p99 ms", "replicator p50 ms",
-                "replicator p99 ms", "samples"):
-        table.add_column(col)
-    for r in results:
-        table.add_row(r["test"], str(r["commits_per_s"]), str(r["e2e_lag_ms_p50"]), str(r["e2e_lag_ms_p99"]),
-                      str(r["replicator_lag_ms_p50"]), str(r["replicator_lag_ms_p99"]),
-                      f"{r['samples']} ({r['unseen']} unseen)")
-    Console().print(table)
+    from bench import lag_bench  # here: lag_bench imports this module's helpers
+
+    storage_port, compute_port = free_bench_ports()
+    with BenchCluster(readers=1, regions=2, storage_port=storage_port, compute_port=compute_port) as cluster:
+        results = lag_bench.lag_runs(cluster, args.rate, args.reference_rate, args.seconds, args.sessions, args.procs, [])
+    lag_bench.report(results, default_one_way_ms(1, 2))
     report_failovers(failovers, failover_summary)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"seconds": args.seconds, "rate_per_s": args.rate, "sessions": SESSIONS,
-                                     "results": results,
+    args.json.write_text(json.dumps({"seconds": args.seconds, "rate_per_s": args.rate, "sessions": args.sessions,
+                                     "inter_region_one_way_ms_default": default_one_way_ms(1, 2), "results": results,
                                      "failover": {"summary": failover_summary, "trials": failovers}}, indent=2))
     console.print(f"wrote {args.json}")
 

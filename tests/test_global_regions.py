@@ -8,9 +8,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 import sixfold
+from sixfold.rpc import compute_pb2 as cpb
+from sixfold.rpc import compute_pb2_grpc
 from sixfold.runtime import partition
 from tests.test_cli import CLI, clean_env, force_teardown, free_ports
 
@@ -96,6 +99,32 @@ def test_commits_reach_the_secondary_region_and_the_lag_is_reported(cluster):
     storage = [n for n in cli("status", "--data-dir", data_dir, "--json") if n["kind"] == "storage"]
     assert {n["region"] for n in storage} == {1, 2}
     assert all(n["scl"] and n["scl"] > 0 for n in storage if n["region"] == 2)
+
+
+def test_the_replicator_sends_its_lag_samples_but_not_in_lease_replies(cluster):
+    """A bench takes the samples of its own run (those after a count it read before) instead
+    of the window's percentiles, which mix in whatever ran before."""
+    data_dir, writer = cluster
+    with grpc.insecure_channel(address_of(data_dir, "replicator-2")) as channel:
+        stub = compute_pb2_grpc.ComputeStub(channel)
+        before = stub.Status(cpb.StatusRequest(), timeout=10)
+        cur = writer.cursor()
+        for i in range(20):
+            cur.execute("INSERT INTO t (v) VALUES (?)", (-1 - i,))
+        deadline = time.monotonic() + SHIPPED_WITHIN_S
+        after = before
+        while after.region_lag_samples_total == before.region_lag_samples_total and time.monotonic() < deadline:
+            time.sleep(0.05)
+            after = stub.Status(cpb.StatusRequest(), timeout=10)
+        assert after.region_lag_samples_total > before.region_lag_samples_total
+        recent = sorted(after.region_lag_ms_recent)
+        assert 0 < len(recent) <= after.region_lag_samples_total
+        assert recent[int(0.5 * len(recent))] == pytest.approx(after.replica_lag_ms_p50, rel=1e-5)
+        assert recent[min(len(recent) - 1, int(0.99 * len(recent)))] == pytest.approx(after.replica_lag_ms_p99,
+                                                                                      rel=1e-5)
+        lease = stub.Status(cpb.StatusRequest(lease_epoch=1), timeout=10)
+        assert lease.region_lag_samples_total >= after.region_lag_samples_total
+        assert list(lease.region_lag_ms_recent) == []
 
 
 def test_a_restarted_replicator_resumes_from_its_recorded_position(cluster):

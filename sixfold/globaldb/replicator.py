@@ -100,6 +100,7 @@ class Replicator:
         self.hub = RedoHub(node_id, lambda: self.mirror.tracker.tails_snapshot())   # (open_mirror replaces it)
         self.lag = LagWindow()
         self.lag_ms_last = 0.0
+        self.lag_samples_total = 0
         self.point: SourcePoint | None = None
         self.source_seen_unix_s = 0.0
         self.started = asyncio.Event()
@@ -294,6 +295,7 @@ class Replicator:
             _, stamp = self._marks.popleft()
             self.lag_ms_last = max(0.0, (now_s - stamp) * 1000)
             self.lag.add(self.lag_ms_last)
+            self.lag_samples_total += 1
         adopted = []
         while self._adopted and self._adopted[0][0] <= vdl:
             adopted.append(self._adopted.popleft())
@@ -358,4 +360,6 @@ class ReplicatorService(compute_pb2_grpc.ComputeServicer):
             issued_lsn=r.mirror.tracker.next_lsn - 1 if r.started.is_set() else 0,
             source_vdl=r.source_vdl, region_lag_ms_last=r.lag_ms_last,
             source_seen_unix_s=r.source_seen_unix_s, lease_granted=granted, lease_refused=refused,
+            region_lag_samples_total=r.lag_samples_total,
+            region_lag_ms_recent=[] if request.lease_epoch else r.lag.samples_ms,   # lease replies stay small
         )
