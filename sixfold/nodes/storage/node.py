@@ -41,6 +41,7 @@ from sixfold.nodes.storage.replica import (
     Meta,
     Rejection,
     SegmentReplica,
+    check_members,
     record_crc,
     record_epoch,
     split_records,
@@ -732,6 +733,44 @@ class StorageNode:
         changes = Changes(meta=replica.meta, scl_after=replica.chain.scl)
         await self._persist([(replica, changes, None)], None)
         return True
+
+    async def seed_replica(self, volume_id: str, segment: int, epoch: int, owner: str,
+                           history: tuple[Truncation, ...], members: tuple[str, ...], at_lsn: int, up_to_lsn: int,
+                           pages: list[tuple[int, int, int, bytes]], incoming: list[Incoming]
+                           ) -> tuple[Rejection | None, SegmentReplica | None]:
+        """A secondary region's replicator seeds this replica from the primary's page images as of
+        at_lsn and the records (at_lsn, up_to_lsn] (sixfold/globaldb/DESIGN.md, "Seeding"); the
+        replica takes the primary's epoch, owner and history. Durable before it returns."""
+        problem = bad_volume_id(volume_id) or bad_segment(segment) or check_members(members)
+        if problem is None and len(members) != len(set(members)):
+            problem = "duplicate members"
+        if problem is not None:
+            return Rejection(Code.INVALID, problem), None
+        await self.log.wait_for_room()
+        key = (volume_id, segment)
+        replica = self.replicas.get(key) or SegmentReplica(volume_id, segment)
+        verdict = replica.check_seed(epoch, owner, history, at_lsn, up_to_lsn, incoming)
+        if isinstance(verdict, Rejection):
+            return verdict, replica if key in self.replicas else None
+        # -- no await from the check to here: the replica is as checked
+        if key not in self.replicas:
+            self.replicas[key] = replica
+            log.info("created replica %s/%d by a seed from the primary region", volume_id, segment)
+        learned = replica.learn(Meta(epoch, owner, history, members))
+        self.note_hints(replica, up_to_lsn, 0)   # (at or below the primary's VDL: never truncated)
+        if verdict and at_lsn > replica.materialised_lsn:
+            await self.install_snapshot(replica, at_lsn, pages)
+        added = replica.ingest(incoming)
+        # a meta frame at least: once durable, everything accepted so far is (the log is in order)
+        work = [(replica, learned if learned.meta is not None else Changes(meta=replica.meta), None)]
+        if added.records:
+            work.append((replica, added, None))
+        work[0][1].scl_after = replica.chain.scl
+        await self._persist(work, None)
+        log.info("segment %s/%d: seeded from the primary region as of LSN %d with %d page image(s) and %d "
+                 "record(s) up to %d; SCL %d", volume_id, segment, at_lsn, len(pages) if verdict else 0,
+                 len(added.records), up_to_lsn, replica.durable_scl)
+        return None, replica
 
     # -------------------------------------------------------------- helpers
 
