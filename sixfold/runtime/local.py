@@ -459,10 +459,12 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
         cluster["regions"] = [region_summary(r, rows, primary) for r in regions]
         from sixfold.globaldb.roles import load_roles, roles_path
 
-        resync = load_roles(roles_path(cdir.root), default_roles(node_specs(state))).needs_resync
+        roles = load_roles(roles_path(cdir.root), default_roles(node_specs(state)))
         for summary in cluster["regions"]:
-            if summary["region"] in resync and summary["region"] != primary:
+            if summary["region"] in roles.needs_resync and summary["region"] != primary:
                 summary["role"] = "needs-resync"
+            elif summary["region"] in roles.joining and summary["region"] != primary:
+                summary["role"] = "joining"
     return {"cluster": cluster, "nodes": rows}
 
 
