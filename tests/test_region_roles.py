@@ -116,4 +116,6 @@ def test_impossible_resyncs_say_why(roles, regions, region, words):
 def test_a_region_failed_over_from_or_still_joining_can_be_resynced():
     assert resync_problem(FAILED_OVER, [1, 2], 1) == ""
     assert resync_problem(FAILED_OVER.join(1), [1, 2], 1) == ""   # a resync that did not finish goes again
-    assert "does not need" in resync_problem(FAILED_OVER.join(1).joined(1), [1, 2], 1)
+    assert "does not need" in resync_problem(FAILED_OVER.join(1).joined(1), [1, 2], 1, "ok")
+    # a secondary cut off for longer than the primary kept its records: its replicator cannot go on
+    assert resync_problem(STEADY, [1, 2], 2, "needs-resync") == ""

@@ -1,4 +1,6 @@
-"""`sixfold region resync R`: a region failed over from rejoins as a secondary (DESIGN.md, "Resync").
+"""`sixfold region resync R`: a region failed over from rejoins as a secondary (DESIGN.md, "Resync"),
+and a secondary whose replicator reports needs-resync (the primary collected records it had not
+shipped yet) is seeded again.
 
 The I/O shell (local runtime); what may start is `roles.resync_problem` (pure). The old primary's
 storage holds a divergent tail above the promotion point that it may have materialised, which no
@@ -43,7 +45,9 @@ def resync(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], region: int, pr
     from sixfold.runtime.local import wait_ready
 
     change = RoleChange(cdir, state, nodes, progress)
-    problem = resync_problem(change.roles, change.region_list(), region)
+    replicator = change.node(REPLICATOR, region)
+    shipping = _compute_status(replicator.address, 1.0)
+    problem = resync_problem(change.roles, change.region_list(), region, shipping.health if shipping else "")
     if problem:
         raise ValueError(problem)
     roles = change.roles
@@ -57,7 +61,6 @@ def resync(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], region: int, pr
 
     mine = [n for n in in_region(nodes, region) if n.kind in (STORAGE, COMPUTE, REPLICATOR)]
     storage = [n for n in mine if n.kind == STORAGE]
-    replicator = change.node(REPLICATOR, region)
     for n in mine:   # before any signal: the supervisor must not start them again
         cdir.set_marker(n.name, MARKER_DOWN, "region resync")
         cdir.clear_marker(n.name, MARKER_PAUSED)

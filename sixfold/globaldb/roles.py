@@ -135,9 +135,10 @@ def switch_problem(roles: RegionRoles, regions: list[int], to_region: int, kind:
     return ""
 
 
-def resync_problem(roles: RegionRoles, regions: list[int], region: int) -> str:
-    """Why `region resync` cannot start ("" when it can): only a region failed over from, or one
-    whose resync or join did not finish, with no role change in progress."""
+def resync_problem(roles: RegionRoles, regions: list[int], region: int, replicator_health: str = "") -> str:
+    """Why `region resync` cannot start ("" when it can): only a region failed over from, one whose
+    resync or join did not finish, or a secondary whose replicator reports needs-resync (cut off
+    for longer than the primary kept its records), with no role change in progress."""
     if region not in regions:
         return f"no region {region}; the regions are {', '.join(map(str, regions))}"
     if region == roles.primary:
@@ -145,8 +146,9 @@ def resync_problem(roles: RegionRoles, regions: list[int], region: int) -> str:
     if roles.change:
         return (f"a {roles.change} to region {roles.change_to} is in progress: finish it first (`sixfold region "
                 f"{roles.change} --to {roles.change_to}`)")
-    if region not in roles.needs_resync and region not in roles.joining:
-        return f"region {region} does not need a resync: it is a secondary that ships the primary's log"
+    if region not in roles.needs_resync and region not in roles.joining and replicator_health != "needs-resync":
+        return (f"region {region} does not need a resync: it is a secondary that ships the primary's log "
+                f"(its replicator: {replicator_health or 'unreachable'})")
     return ""
 
 

@@ -714,7 +714,7 @@ class StorageNode:
         return Code.TOO_OLD, f"versions below {replica.oldest_version_lsn} were collected", at_lsn, [], False
 
     async def install_snapshot(self, replica: SegmentReplica, at_lsn: int,
-                               pages: list[tuple[int, int, int, bytes]]) -> bool:
+                               pages: list[tuple[int, int, int, bytes]], source: str = "a peer") -> bool:
         """Seeds a replica that joined late (its peers collected the records it lacks) with a
         peer's page images as of at_lsn, a point that peer materialised; gossip then fetches
         the records above it. False when there is nothing to do (the replica is past it)."""
@@ -727,8 +727,8 @@ class StorageNode:
             replica.install_snapshot(at_lsn, row.oldest_version_lsn)
             self._stored_history[replica.key] = row.meta.history
             self._dirty.add(replica.key)
-        log.info("segment %s/%d: seeded with %d page image(s) as of LSN %d from a peer; SCL %d",
-                 replica.volume_id, replica.segment, len(pages), at_lsn, replica.chain.scl)
+        log.info("segment %s/%d: seeded with %d page image(s) as of LSN %d from %s; SCL %d",
+                 replica.volume_id, replica.segment, len(pages), at_lsn, source, replica.chain.scl)
         # a meta frame after everything accepted so far: once durable, durable_scl covers the chain
         changes = Changes(meta=replica.meta, scl_after=replica.chain.scl)
         await self._persist([(replica, changes, None)], None)
@@ -759,7 +759,7 @@ class StorageNode:
         learned = replica.learn(Meta(epoch, owner, history, members))
         self.note_hints(replica, up_to_lsn, 0)   # (at or below the primary's VDL: never truncated)
         if verdict and at_lsn > replica.materialised_lsn:
-            await self.install_snapshot(replica, at_lsn, pages)
+            await self.install_snapshot(replica, at_lsn, pages, "the primary region")
         added = replica.ingest(incoming)
         # a meta frame at least: once durable, everything accepted so far is (the log is in order)
         work = [(replica, learned if learned.meta is not None else Changes(meta=replica.meta), None)]
@@ -767,9 +767,9 @@ class StorageNode:
             work.append((replica, added, None))
         work[0][1].scl_after = replica.chain.scl
         await self._persist(work, None)
-        log.info("segment %s/%d: seeded from the primary region as of LSN %d with %d page image(s) and %d "
-                 "record(s) up to %d; SCL %d", volume_id, segment, at_lsn, len(pages) if verdict else 0,
-                 len(added.records), up_to_lsn, replica.durable_scl)
+        log.info("segment %s/%d: %d record(s) of the primary region's seed up to LSN %d%s; SCL %d", volume_id,
+                 segment, len(added.records), up_to_lsn, "" if verdict else " (the seed again: pages kept)",
+                 replica.durable_scl)
         return None, replica
 
     # -------------------------------------------------------------- helpers
