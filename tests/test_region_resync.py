@@ -98,7 +98,7 @@ def test_the_old_primary_cannot_commit_and_rejoins_after_a_resync_seeded_from_pa
         assert resync["seeded_lsn"] > 0, f"region 1 was not seeded from pages: {resync}"
         assert resync["vdl"] >= max(resync["primary_vdl_at_start"], resync["seeded_lsn"])
         status = {n["name"]: n for n in cli("status", "--data-dir", data_dir, "--json")}
-        assert status["replicator-1"]["health"] == "ok"
+        assert status["replicator-1"]["health"] == "ok" and status["replicator-1"]["seeded_lsn"] == resync["seeded_lsn"]
         wait_acked(writer, len(writer.acked) + 10)   # the primary needs region 1's lease again, and gets it
         writer.stop.set()
         writer.join(30)

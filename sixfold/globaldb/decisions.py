@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sixfold.volume.membership import READ_QUORUM
 from sixfold.volume.epochs import HistoryConflict, Truncation, merge_histories, record_is_current, record_is_valid
+from sixfold.volume.membership import READ_QUORUM
 from sixfold.volume.records import LogRecord
 
 

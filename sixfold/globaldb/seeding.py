@@ -63,7 +63,7 @@ class Seeded:
     history: tuple[Truncation, ...]
 
 
-async def seed_region(rep: "Replicator", nodes: list[StorageNodeInfo]) -> Seeded:
+async def seed_region(rep: Replicator, nodes: list[StorageNodeInfo]) -> Seeded:
     """One attempt; raises SeedFailed. `rep` gives the primary's last poll and a channel pool."""
     point = rep.point
     sources, problem = seed_sources(rep._views)
@@ -98,7 +98,7 @@ async def seed_region(rep: "Replicator", nodes: list[StorageNodeInfo]) -> Seeded
     return Seeded(p0, tails, epoch, owner, history)
 
 
-async def _fetch_pages(rep: "Replicator", volume_id: str, segment: int, member: str, epoch: int
+async def _fetch_pages(rep: Replicator, volume_id: str, segment: int, member: str, epoch: int
                        ) -> tuple[int, list[pb.PageImage]]:
     """The member's page images of a segment as of its materialised point (at_lsn, pages)."""
     at_lsn, from_page, pages = 0, 0, []
@@ -118,7 +118,7 @@ async def _fetch_pages(rep: "Replicator", volume_id: str, segment: int, member: 
         from_page = reply.next_page
 
 
-async def _fetch_range(rep: "Replicator", volume_id: str, segment: int, member: str, after_lsn: int, up_to_lsn: int,
+async def _fetch_range(rep: Replicator, volume_id: str, segment: int, member: str, after_lsn: int, up_to_lsn: int,
                        epoch: int) -> tuple[bytes, list, int]:
     """The member's records of a segment in (after_lsn, up_to_lsn] (as they are, and decoded), and
     its SCL once they were all read."""
@@ -146,7 +146,7 @@ async def _fetch_range(rep: "Replicator", volume_id: str, segment: int, member: 
         cursor = batch[-1][0].lsn
 
 
-async def _install(rep: "Replicator", volume_id: str, segment: int, nodes: list[StorageNodeInfo], epoch: int,
+async def _install(rep: Replicator, volume_id: str, segment: int, nodes: list[StorageNodeInfo], epoch: int,
                    owner: str, history: tuple[Truncation, ...], pages: tuple[int, list[pb.PageImage]],
                    records: bytes, up_to_lsn: int) -> None:
     """Into every member of this region's placement of the segment, until a write quorum took it."""
@@ -184,7 +184,7 @@ async def _install(rep: "Replicator", volume_id: str, segment: int, nodes: list[
         await asyncio.sleep(0.5)
 
 
-async def _call(rep: "Replicator", address: str, method: str, request, quiet: bool = False):
+async def _call(rep: Replicator, address: str, method: str, request, quiet: bool = False):
     try:
         return await getattr(rep.pool.stub(address), method)(request, timeout=SEED_RPC_TIMEOUT_S)
     except grpc.aio.AioRpcError as exc:

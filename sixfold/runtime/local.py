@@ -509,10 +509,12 @@ def fill_probed_rows(rows: list[dict], entries: list[dict], to_probe: list[tuple
             if kind == REPLICATOR:
                 seen = result["source_seen_unix_s"]
                 unheard_s = round(time.time() - seen, 1) if seen else None
+                seeded = result.get("seeded_lsn", 0)
                 row.update(source_vdl=result["source_vdl"], region_lag_ms_last=result["region_lag_ms_last"],
-                           primary_unheard_s=unheard_s,
+                           primary_unheard_s=unheard_s, seeded_lsn=seeded,
                            detail=f"primary VDL {result['source_vdl']}, region {row['region']} VDL {result['vdl']}"
                                   f" ({max(0, result['source_vdl'] - result['vdl'])} behind)"
+                                  + (f"; seeded from pages at {seeded}" if seeded else "")
                                   + (f"; primary storage silent for {unheard_s} s"
                                      if unheard_s is None or unheard_s > PRIMARY_SILENT_S else ""))
         if row["partitioned_from"]:
