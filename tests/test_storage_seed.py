@@ -132,9 +132,13 @@ def test_a_seed_from_an_older_epoch_or_with_records_it_does_not_cover_is_refused
             chain.prev_lsn = AT_LSN
             newer = await stub.SeedReplica(seed_request(epoch=6, records=[chain.full(12, 0, page_image(12))]))
             assert newer.error == pb.INVALID and "not current" in newer.detail
+            other_owner = await stub.SeedReplica(seed_request(epoch=5, owner="someone-else", records=[]))
+            assert other_owner.error == pb.NOT_EPOCH_OWNER
             bad = seed_request(epoch=6)
             bad.members.append(MEMBERS[0])
             assert (await stub.SeedReplica(bad)).error == pb.INVALID
+            del bad.members[:]
+            assert "members are required" in (await stub.SeedReplica(bad)).detail
             [s] = (await stub.GetSegmentState(pb.SegmentStateRequest(volume_id=VOLUME))).segments
             assert (s.volume_epoch, s.scl, s.materialised_lsn) == (5, 0, 0)   # none of them changed anything
         finally:

@@ -717,7 +717,8 @@ class StorageNode:
                                pages: list[tuple[int, int, int, bytes]], source: str = "a peer") -> bool:
         """Seeds a replica that joined late (its peers collected the records it lacks) with a
         peer's page images as of at_lsn, a point that peer materialised; gossip then fetches
-        the records above it. False when there is nothing to do (the replica is past it)."""
+        the records above it (and a secondary region's seed, `seed_replica`, from the primary's).
+        False when there is nothing to do (the replica is past it)."""
         async with self._store_lock:
             if at_lsn <= replica.materialised_lsn or self.replicas.get(replica.key) is not replica:
                 return False
@@ -741,9 +742,8 @@ class StorageNode:
         """A secondary region's replicator seeds this replica from the primary's page images as of
         at_lsn and the records (at_lsn, up_to_lsn] (sixfold/globaldb/DESIGN.md, "Seeding"); the
         replica takes the primary's epoch, owner and history. Durable before it returns."""
-        problem = bad_volume_id(volume_id) or bad_segment(segment) or check_members(members)
-        if problem is None and len(members) != len(set(members)):
-            problem = "duplicate members"
+        problem = (bad_volume_id(volume_id) or bad_segment(segment) or check_members(members)
+                   or (None if members else "members are required: this region's placement of the segment"))
         if problem is not None:
             return Rejection(Code.INVALID, problem), None
         await self.log.wait_for_room()

@@ -427,6 +427,8 @@ class SegmentReplica:
             return Rejection(Code.INVALID, f"up_to_lsn {up_to_lsn} below at_lsn {at_lsn}")
         if epoch < self.meta.epoch:
             return Rejection(Code.STALE_EPOCH, f"seed epoch {epoch} < segment epoch {self.meta.epoch}")
+        if epoch == self.meta.epoch and owner != self.meta.owner:
+            return Rejection(Code.NOT_EPOCH_OWNER, f"epoch {epoch} is owned by {self.meta.owner!r}")
         merged = self._merge(history, epoch)
         if isinstance(merged, Rejection):
             return merged
