@@ -122,10 +122,12 @@ async def _fetch_range(rep: Replicator, volume_id: str, segment: int, member: st
                        epoch: int) -> tuple[bytes, list, int]:
     """The member's records of a segment in (after_lsn, up_to_lsn] (as they are, and decoded), and
     its SCL once they were all read."""
+    if after_lsn >= up_to_lsn:   # nothing above the pages (a member's SCL is at or past its materialised point)
+        return b"", [], after_lsn
     blobs, records, cursor, scl = [], [], after_lsn, 0
     while True:
         reply = await _call(rep, member, "FetchRecords", pb.FetchRecordsRequest(
-            volume_id=volume_id, segment=segment, after_lsn=cursor, up_to_lsn=up_to_lsn or 1,
+            volume_id=volume_id, segment=segment, after_lsn=cursor, up_to_lsn=up_to_lsn,
             max_bytes=SEED_FETCH_MAX_BYTES))
         if reply.error != pb.OK:
             raise SeedFailed(f"seeding: records of segment {segment} from {member}: "
@@ -137,8 +139,6 @@ async def _fetch_range(rep: Replicator, volume_id: str, segment: int, member: st
         except RecordError as exc:
             raise SeedFailed(f"seeding: a damaged record of segment {segment} from {member}: {exc}") from None
         scl = reply.state.scl
-        if after_lsn >= up_to_lsn:
-            return b"", [], scl   # (nothing to fetch: the call only gave the member's SCL)
         blobs.append(reply.records)
         records += [record for record, _ in batch]
         if not reply.has_more or not batch:
