@@ -4,7 +4,9 @@ writes it into this region's storage, then feeds this region's readers (DESIGN.m
 The shell around `decisions.py`: one round = ask every primary storage node for its segment
 states, pick the point and members, fetch each segment's new records, adopt the dense run
 into the `MirrorClient`. It serves the Compute service's `Status` and `SubscribeRedo` (the
-region's readers follow it as they would follow a writer) and nothing else.
+region's readers follow it as they would follow a writer) and nothing else. A region with no
+recorded position whose primary collected its log from the start is first seeded from the
+primary's page images (`seeding.py`), and shipping starts at the seed point.
 """
 
 from __future__ import annotations
