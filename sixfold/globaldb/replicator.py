@@ -143,6 +143,8 @@ class Replicator:
                     return
                 self._durable = seeded
                 self._save_now()
+                while self._marks and self._marks[0][0] <= seeded.vdl:   # they would time the region's
+                    self._marks.popleft()                                # absence, not its lag
         d, p = self._durable, self.point
         # the primary's newest epoch and history, not the recorded ones: they may have moved on
         self.mirror.open_mirror(d.vdl, d.tails or {}, p.epoch, p.owner, p.history)
@@ -173,7 +175,7 @@ class Replicator:
                     seeded = await seed_region(self, self.mirror.nodes)
                 except SeedFailed as exc:
                     self.problem = str(exc)
-                    log.warning("seeding: %s; trying again", exc)
+                    log.warning("%s; trying again", exc)
                     await asyncio.sleep(5.0 if exc.refused else 1.0)
                     await self._poll_source()
                     continue

@@ -44,6 +44,7 @@ SEED_RPC_TIMEOUT_S = 10.0         # one FetchPages / FetchRecords / SeedReplica 
 SEED_FETCH_MAX_BYTES = 4 * 1024 * 1024
 SEED_REQUEST_MAX_BYTES = 12 * 1024 * 1024   # one segment's pages and records in one SeedReplica
 SEED_QUORUM_TIMEOUT_S = 30.0      # a write quorum of each PG takes the seed within this
+SEED_PAGES_TOO_OLD_RETRIES = 10   # a segment's pages fetched again (at a newer point) before giving up
 
 
 class SeedFailed(Exception):
@@ -101,12 +102,19 @@ async def seed_region(rep: Replicator, nodes: list[StorageNodeInfo]) -> Seeded:
 async def _fetch_pages(rep: Replicator, volume_id: str, segment: int, member: str, epoch: int
                        ) -> tuple[int, list[pb.PageImage]]:
     """The member's page images of a segment as of its materialised point (at_lsn, pages)."""
-    at_lsn, from_page, pages = 0, 0, []
+    at_lsn, from_page, pages, too_old = 0, 0, [], 0
     while True:
         reply = await _call(rep, member, "FetchPages", pb.FetchPagesRequest(
             volume_id=volume_id, segment=segment, at_lsn=at_lsn, from_page=from_page,
             max_bytes=SEED_FETCH_MAX_BYTES))
-        if reply.error != pb.OK:   # TOO_OLD: its versions were collected between two pages
+        if reply.error == pb.TOO_OLD and too_old < SEED_PAGES_TOO_OLD_RETRIES:
+            # versions collected between two pages, or a materialise round moving the member's
+            # horizon before its base: from its new materialised point, from the first page
+            too_old += 1
+            at_lsn, from_page, pages = 0, 0, []
+            await asyncio.sleep(0.1)
+            continue
+        if reply.error != pb.OK:
             raise SeedFailed(f"seeding: pages of segment {segment} from {member}: "
                              f"{pb.ErrorCode.Name(reply.error)} {reply.detail}")
         if reply.state.volume_epoch != epoch:
