@@ -77,17 +77,21 @@ async def seed_region(rep: Replicator, nodes: list[StorageNodeInfo]) -> Seeded:
         *(_fetch_pages(rep, volume_id, segment, member, epoch) for segment, (member, _) in sorted(sources.items())))))
     p0 = max((at_lsn for at_lsn, _ in pages_of.values()), default=0)
 
+    polled_s = rep._polled_s
     await rep._poll_source()   # every answer now comes after the primary's VDL reached P0
+    if rep._polled_s == polled_s:
+        raise SeedFailed("seeding: the primary's storage did not answer")
     quorum, problem = seed_sources(rep._views)
     if problem or rep.point.epoch != epoch:
         raise SeedFailed(f"seeding: {problem or 'the primary recovered meanwhile'}")
+    if set(quorum) != set(sources):   # a new segment may hold records at or below P0: not in the pages
+        raise SeedFailed(f"seeding: segment(s) {sorted(set(quorum) ^ set(sources))} appeared meanwhile")
     records_of: dict[int, bytes] = {}
     tails: dict[int, int] = {}
     for segment, (member, _) in sorted(sources.items()):
         at_lsn = pages_of[segment][0]
         blob, records, member_scl = await _fetch_range(rep, volume_id, segment, member, at_lsn, p0, epoch)
-        tail, problem = seed_segment_tail(segment, at_lsn, p0, records, member_scl,
-                                          quorum.get(segment, (member, 0))[1])
+        tail, problem = seed_segment_tail(segment, at_lsn, p0, records, member_scl, quorum[segment][1])
         if problem:
             raise SeedFailed(f"seeding: {problem}")
         records_of[segment] = blob
