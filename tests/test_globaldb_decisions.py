@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sixfold.globaldb.decisions import EMPTY_SOURCE, ReplicaView, dense_run, durable_tails, source_point
+from sixfold.globaldb.decisions import (EMPTY_SOURCE, ReplicaView, dense_run, durable_tails, seed_needed, seed_segment_tail,
+                                        seed_sources, source_point)
 from sixfold.volume.epochs import Truncation
 from sixfold.volume.quorum import VolumeTracker
 from sixfold.volume.records import FLAG_CPL, LogRecord, RecordKind, encode_record
@@ -95,3 +96,49 @@ def test_the_replicator_position_round_trips_through_its_file(tmp_path):
     save_position(tmp_path, position)
     assert load_position(tmp_path) == position
     assert not (tmp_path / POSITION_FILE).with_suffix(".tmp").exists()
+
+
+def test_the_position_keeps_the_seeded_lsn_and_reads_a_file_written_before_it(tmp_path):
+    from sixfold.globaldb.replicator import POSITION_FILE, Position, load_position, save_position
+
+    position = Position(50, {0: 50}, 3, "reader-2-1", (), seeded_lsn=44)
+    save_position(tmp_path, position)
+    assert load_position(tmp_path) == position
+    (tmp_path / POSITION_FILE).write_text('{"vdl": 7, "tails": {}, "epoch": 1, "owner": "w", "history": []}')
+    assert load_position(tmp_path).seeded_lsn == 0
+
+
+def gc_view(address, segment, scl, records_gc_lsn, epoch=1):
+    return ReplicaView(address, segment, epoch, "writer-1", (), scl, 20, 0.0, records_gc_lsn)
+
+
+def test_a_region_is_seeded_only_when_it_holds_nothing_and_its_source_member_collected_records():
+    views = [gc_view("a", 0, 20, 15), gc_view("b", 0, 18, 0), gc_view("a", 1, 9, 0), gc_view("c", 1, 7, 5)]
+    point = source_point(views)
+    assert point.fetch_from == {0: ("a", 20), 1: ("a", 9)}
+    assert seed_needed(0, point, views)                 # "a" collected segment 0 from the start
+    assert not seed_needed(12, point, views)            # a region with a position ships from it
+    untouched = [gc_view("a", 0, 20, 1), gc_view("b", 0, 18, 30), gc_view("a", 1, 9, 0)]
+    assert not seed_needed(0, source_point(untouched), untouched)   # the member fetched from has all of it
+
+
+def test_seed_sources_need_a_read_quorum_at_the_newest_epoch_and_take_the_highest_scl():
+    views = [gc_view(m, 0, scl, 0) for m, scl in (("a", 10), ("b", 12), ("c", 11))]
+    views += [gc_view("d", 0, 30, 0, epoch=0)]       # an older epoch's replica: never a source
+    views += [gc_view("a", 1, 4, 0), gc_view("b", 1, 4, 0), gc_view("c", 1, 4, 0)]
+    assert seed_sources(views) == ({0: ("b", 12), 1: ("c", 4)}, "")
+    sources, problem = seed_sources(views[:2] + views[4:])
+    assert sources == {} and "segment 0: 2 member(s)" in problem
+    assert seed_sources([])[1]
+
+
+def test_the_seed_tail_needs_records_linked_from_the_materialised_point_and_a_member_that_had_them_all():
+    records = [rec(12, 10), rec(15, 12), rec(19, 15)]
+    assert seed_segment_tail(0, 10, 20, records, member_scl=19, quorum_scl=19) == (19, "")
+    assert seed_segment_tail(0, 10, 20, [], member_scl=10, quorum_scl=10) == (10, "")   # nothing above the pages
+    assert seed_segment_tail(0, 10, 20, records, member_scl=25, quorum_scl=30) == (19, "")   # past P0: all of it
+    tail, problem = seed_segment_tail(0, 10, 20, [rec(12, 10), rec(19, 15)], member_scl=19, quorum_scl=19)
+    assert tail == 0 and "links back to 15, not 12" in problem
+    tail, problem = seed_segment_tail(0, 10, 20, records, member_scl=19, quorum_scl=23)
+    assert tail == 0 and "may lack records" in problem   # a quorum member is past it: 20 may be this segment's
+    assert "outside" in seed_segment_tail(0, 10, 18, records, member_scl=19, quorum_scl=19)[1]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sixfold.globaldb.roles import (FAILOVER, SWITCHOVER, RegionRoles, RolesReader, compute_plan, failover_allowed,
-                                    lease_waived, load_roles, other_secondaries, region_writer, replicator_runs, rpo_of, save_roles, switch_problem)
+                                    lease_waived, load_roles, other_secondaries, region_writer, replicator_runs,
+                                    resync_problem, rpo_of, save_roles, switch_problem)
 
 STEADY = RegionRoles(primary=1, writer="writer-1", writer_address="127.1.1.100:7200", generation=1)
 
@@ -100,3 +101,24 @@ def test_the_roles_file_round_trips_and_is_re_read_when_it_changes(tmp_path):
     save_roles(path, changed)
     assert load_roles(path, STEADY) == changed
     assert reader.get() == changed
+
+
+FAILED_OVER = STEADY.begin(FAILOVER, 2).finish("reader-2-1", "a", "e", {}, resync=(1,))
+
+
+@pytest.mark.parametrize("roles, regions, region, words", [
+    (FAILED_OVER, [1, 2], 3, "no region 3"),
+    (FAILED_OVER, [1, 2], 2, "is the primary"),
+    (STEADY, [1, 2], 2, "does not need a resync"),
+    (FAILED_OVER.begin(SWITCHOVER, 1), [1, 2], 1, "in progress"),
+])
+def test_impossible_resyncs_say_why(roles, regions, region, words):
+    assert words in resync_problem(roles, regions, region)
+
+
+def test_a_region_failed_over_from_or_still_joining_can_be_resynced():
+    assert resync_problem(FAILED_OVER, [1, 2], 1) == ""
+    assert resync_problem(FAILED_OVER.join(1), [1, 2], 1) == ""   # a resync that did not finish goes again
+    assert "does not need" in resync_problem(FAILED_OVER.join(1).joined(1), [1, 2], 1, "ok")
+    # a secondary cut off for longer than the primary kept its records: its replicator cannot go on
+    assert resync_problem(STEADY, [1, 2], 2, "needs-resync") == ""

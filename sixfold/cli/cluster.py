@@ -179,7 +179,11 @@ def status(data_dir: Path | None, as_json: bool) -> None:
             if r["role"] == "primary":
                 out.print(f"region {r['region']}: primary, VDL {_fmt(r['vdl'])}")
             elif r["role"] == "needs-resync":
-                out.print(f"region {r['region']}: failed over from; needs a resync (not built) before it rejoins")
+                out.print(f"region {r['region']}: failed over from; needs a resync (`sixfold region resync "
+                          f"{r['region']}`) before it rejoins")
+            elif r["role"] == "joining":
+                out.print(f"region {r['region']}: joining (being seeded or catching up), replicator "
+                          f"{r.get('health', 'unknown')}, VDL {_fmt(r.get('vdl'))}")
             elif r.get("primary_vdl") is None:
                 out.print(f"region {r['region']}: secondary, replicator {r.get('health', 'unknown')}")
             else:

@@ -122,3 +122,39 @@ def remove(data_dir: Path | None, region_no: int, as_json: bool) -> None:
         return
     out.print(f"region {report['region']} is removed: {len(report['removed'])} nodes stopped, copies deleted "
               f"({report['duration_s']:.2f} s)")
+
+
+@region.command("resync", context_settings=CONTEXT)
+@data_dir_option
+@click.argument("region_number", metavar="R", type=click.IntRange(1))
+@json_option
+@reports_errors
+def resync(data_dir: Path | None, region_number: int, as_json: bool) -> None:
+    """Rejoin region R (failed over from) as a secondary: discard its storage and seed it again.
+
+    Stops R's instances, storage nodes and replicator, discards R's storage (the divergent tail
+    its old writer left goes with it), records R as joining (the primary's writer owes it no
+    lease meanwhile), starts them again: R's replicator seeds the empty storage from the
+    primary's page images and ships from there. Done when R holds the primary's VDL of the
+    start; then R is an ordinary secondary (and can be switched over to)."""
+    from sixfold.globaldb import resync as resync_module
+    from sixfold.globaldb.switch import SwitchFailed
+
+    cdir = cluster_dir(data_dir)
+    with cdir.cli_locked():
+        state = local.require_running(cdir)
+        if state.get("runtime") == "docker":
+            raise local.UsageProblem("region roles are a local-runtime feature (docker refuses --regions)")
+        try:
+            report = resync_module.resync(cdir, state, local.node_specs(state), region_number, progress_printer(True))
+        except ValueError as exc:
+            raise local.UsageProblem(str(exc)) from None
+        except SwitchFailed as exc:
+            raise local.RuntimeFailure(f"the resync stopped: {exc}") from None
+    if as_json:
+        print_json(report)
+        return
+    seeded = (f"seeded at LSN {report['seeded_lsn']}" if report["seeded_lsn"]
+              else "shipped from the start (the primary still held its whole log)")
+    out.print(f"resync: region {report['region']} is a secondary of region {report['primary']} again; {seeded}, "
+              f"now at LSN {report['vdl']} ({report['duration_s']:.2f} s)")

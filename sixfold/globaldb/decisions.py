@@ -5,6 +5,8 @@
   segment from.
 - `dense_run`: the records fetched from every segment, in LSN order, checked to be the
   dense continuation of what was shipped (LSNs at or below a VDL are dense).
+- `seed_needed`, `seed_sources`, `seed_segment_tail`: seeding an empty region from the primary's
+  page images when the primary no longer holds the log from the start (DESIGN.md, "Seeding").
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sixfold.volume.epochs import HistoryConflict, Truncation, merge_histories, record_is_current, record_is_valid
+from sixfold.volume.membership import READ_QUORUM
 from sixfold.volume.records import LogRecord
 
 
@@ -27,6 +30,7 @@ class ReplicaView:
     scl: int
     vdl_hint: int
     vdl_hint_unix_s: float = 0.0
+    records_gc_lsn: int = 0     # FetchRecords below it is TOO_OLD: the records were collected
 
 
 @dataclass(frozen=True)
@@ -105,3 +109,62 @@ def durable_tails(tails: dict[int, int], adopted: list[tuple[int, int]], vdl: in
             break
         out[segment] = lsn
     return out
+
+
+# -------------------------------------------------------------------- seeding
+
+
+def seed_needed(position_lsn: int, point: SourcePoint, views: list[ReplicaView]) -> bool:
+    """Seed this region from page images instead of shipping from LSN 0: it holds nothing yet
+    (no recorded position) and a member it would fetch from collected records from the start."""
+    if position_lsn > 0:
+        return False
+    collected = {(v.address, v.segment): v.records_gc_lsn for v in views}
+    return any(collected.get((member, segment), 0) > 1 for segment, (member, _) in point.fetch_from.items())
+
+
+def seed_sources(views: list[ReplicaView]) -> tuple[dict[int, tuple[str, int]], str]:
+    """Per segment, the member to seed from and its SCL, and "" (or why not).
+
+    The member with the highest SCL among at least READ_QUORUM members at the newest epoch: once
+    the primary's VDL reached an LSN, 4 of 6 members had their SCL past the segment's last record
+    at or below it, so 3 answers taken after that include one of them."""
+    if not views:
+        return {}, "the primary's storage reported no segment"
+    epoch = max(v.epoch for v in views)
+    answers: dict[int, dict[str, int]] = {}
+    for v in views:
+        if v.epoch == epoch:
+            answers.setdefault(v.segment, {})[v.address] = v.scl
+    sources: dict[int, tuple[str, int]] = {}
+    for segment, by_member in sorted(answers.items()):
+        if len(by_member) < READ_QUORUM:
+            return {}, (f"segment {segment}: {len(by_member)} member(s) of the primary at epoch {epoch} answered, "
+                        f"{READ_QUORUM} are needed")
+        member, scl = max(by_member.items(), key=lambda item: (item[1], item[0]))
+        sources[segment] = (member, scl)
+    return sources, ""
+
+
+def seed_segment_tail(segment: int, at_lsn: int, up_to_lsn: int, records: list[LogRecord], member_scl: int,
+                      quorum_scl: int) -> tuple[int, str]:
+    """The segment's last LSN at or below up_to_lsn, and "" (or why these records cannot be trusted
+    to be all of the segment's in (at_lsn, up_to_lsn]).
+
+    at_lsn is a point the member materialised, which is always one of the segment's own LSNs (the
+    page store's base moves only to a record of the chain), so the records must link back from it
+    one by one. They are all there when the member's SCL (after the pages were taken) reached
+    up_to_lsn, or the highest SCL a read quorum reported after the primary's VDL reached up_to_lsn
+    (`seed_sources`): that SCL is past the segment's last record at or below up_to_lsn."""
+    expected_prev = at_lsn
+    for record in records:
+        if not at_lsn < record.lsn <= up_to_lsn:
+            return 0, f"segment {segment}: record {record.lsn} outside ({at_lsn}, {up_to_lsn}]"
+        if record.prev_lsn != expected_prev:
+            return 0, (f"segment {segment}: record {record.lsn} links back to {record.prev_lsn}, "
+                       f"not {expected_prev}: a record is missing")
+        expected_prev = record.lsn
+    if member_scl < min(up_to_lsn, quorum_scl):
+        return 0, (f"segment {segment}: the member's SCL {member_scl} is below {min(up_to_lsn, quorum_scl)}: "
+                   f"it may lack records up to {up_to_lsn}")
+    return expected_prev, ""

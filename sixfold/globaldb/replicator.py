@@ -4,7 +4,9 @@ writes it into this region's storage, then feeds this region's readers (DESIGN.m
 The shell around `decisions.py`: one round = ask every primary storage node for its segment
 states, pick the point and members, fetch each segment's new records, adopt the dense run
 into the `MirrorClient`. It serves the Compute service's `Status` and `SubscribeRedo` (the
-region's readers follow it as they would follow a writer) and nothing else.
+region's readers follow it as they would follow a writer) and nothing else. A region with no
+recorded position whose primary collected its log from the start is first seeded from the
+primary's page images (`seeding.py`), and shipping starts at the seed point.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import grpc
 
 from sixfold.client.channels import ChannelPool
 from sixfold.client.convert import truncations_from_pb
-from sixfold.globaldb.decisions import ReplicaView, SourcePoint, dense_run, durable_tails, source_point
+from sixfold.globaldb.decisions import ReplicaView, SourcePoint, dense_run, durable_tails, seed_needed, source_point
+from sixfold.globaldb.seeding import SeedFailed, seed_region
 from sixfold.globaldb.mirror import MirrorClient
 from sixfold.nodes.compute.redo import LagWindow, RedoHub, serve_redo
 from sixfold.rpc import compute_pb2 as cpb
@@ -54,17 +57,20 @@ class Position:
     epoch: int = 0
     owner: str = ""
     history: tuple[Truncation, ...] = ()
+    seeded_lsn: int = 0   # this region's storage was seeded from the primary's pages at this LSN (0: never)
 
     def to_json(self) -> str:
         return json.dumps({"vdl": self.vdl, "tails": {str(k): v for k, v in sorted((self.tails or {}).items())},
                            "epoch": self.epoch, "owner": self.owner,
-                           "history": [[t.epoch, t.start_lsn, t.baseline_lsn] for t in self.history]})
+                           "history": [[t.epoch, t.start_lsn, t.baseline_lsn] for t in self.history],
+                           "seeded_lsn": self.seeded_lsn})
 
     @classmethod
     def from_json(cls, text: str) -> "Position":
         data = json.loads(text)
         return cls(int(data["vdl"]), {int(k): int(v) for k, v in data["tails"].items()}, int(data["epoch"]),
-                   str(data["owner"]), tuple(Truncation(*t) for t in data["history"]))
+                   str(data["owner"]), tuple(Truncation(*t) for t in data["history"]),
+                   int(data.get("seeded_lsn", 0)))
 
 
 def load_position(data_dir: Path) -> Position:
@@ -113,6 +119,8 @@ class Replicator:
         self._polled_s = 0.0
         self.source_vdl = 0   # the highest primary VDL heard of
         self._poll_now = True
+        self._views: list[ReplicaView] = []   # the last poll's answers
+        self.seeding = False                  # seeding this region from the primary's pages now
 
     # ------------------------------------------------------------ life cycle
 
@@ -125,6 +133,19 @@ class Replicator:
                 await asyncio.sleep(0.2)
         if stop.is_set():
             return
+        if self._durable.vdl == 0:
+            # the first poll asked the primary to keep its records from here on; a collection that
+            # was already under way when it came shows by the next poll
+            await asyncio.sleep(POLL_INTERVAL_S)
+            await self._poll_source()
+            if seed_needed(0, self.point, self._views):
+                seeded = await self._seed(stop)
+                if seeded is None:
+                    return
+                self._durable = seeded
+                self._save_now()
+                while self._marks and self._marks[0][0] <= seeded.vdl:   # they would time the region's
+                    self._marks.popleft()                                # absence, not its lag
         d, p = self._durable, self.point
         # the primary's newest epoch and history, not the recorded ones: they may have moved on
         self.mirror.open_mirror(d.vdl, d.tails or {}, p.epoch, p.owner, p.history)
@@ -142,6 +163,30 @@ class Replicator:
         finally:
             saver.cancel()
             self._save_now()
+
+    async def _seed(self, stop: asyncio.Event) -> Position | None:
+        """Seeds this empty region from the primary's page images (seeding.py); tries again until
+        it is done or the replicator stops (None). A refusal by this region's storage (it holds a
+        log that is not the primary's) is reported as needs-resync and tried again slowly."""
+        self.seeding = True
+        log.info("this region holds nothing and the primary collected its log from the start: seeding from pages")
+        try:
+            while not stop.is_set():
+                try:
+                    seeded = await seed_region(self, self.mirror.nodes)
+                except SeedFailed as exc:
+                    self.problem = str(exc)
+                    log.warning("%s; trying again", exc)
+                    await asyncio.sleep(5.0 if exc.refused else 1.0)
+                    await self._poll_source()
+                    continue
+                self.problem = ""
+                log.info("seeded this region at LSN %d (the primary at epoch %d of %s); shipping from there",
+                         seeded.lsn, seeded.epoch, seeded.owner)
+                return Position(seeded.lsn, seeded.tails, seeded.epoch, seeded.owner, seeded.history, seeded.lsn)
+            return None
+        finally:
+            self.seeding = False
 
     async def close(self) -> None:
         await self.mirror.close()
@@ -241,7 +286,8 @@ class Replicator:
                 except ValueError:
                     continue
                 views.append(ReplicaView(node.address, s.segment, s.volume_epoch, s.epoch_owner, history, s.scl,
-                                         s.vdl_hint, s.vdl_hint_unix_s))
+                                         s.vdl_hint, s.vdl_hint_unix_s, s.records_gc_lsn))
+        self._views = views
         point = source_point(views)
         for warning in point.warnings:
             log.warning("%s", warning)
@@ -271,7 +317,7 @@ class Replicator:
             return [], None
         if reply.error == pb.TOO_OLD:   # the primary no longer has the log this region needs
             self.problem = (f"needs-resync: segment {segment} at {member}: {reply.detail} (this region is "
-                            f"at LSN {after}; seeding a region from pages is not built)")
+                            f"at LSN {after}; only an empty region is seeded from pages: `sixfold region resync`)")
             log.error("%s", self.problem)
             return [], None
         if reply.error != pb.OK:
@@ -301,7 +347,7 @@ class Replicator:
             adopted.append(self._adopted.popleft())
         d = self._durable
         self._durable = Position(vdl, durable_tails(d.tails or {}, adopted, vdl), self.mirror.epoch,
-                                 self.mirror.writer_id, self.mirror.history)
+                                 self.mirror.writer_id, self.mirror.history, d.seeded_lsn)
         self._vdl_moved.set()
 
     async def _save_positions(self, stop: asyncio.Event) -> None:
@@ -344,7 +390,9 @@ class ReplicatorService(compute_pb2_grpc.ComputeServicer):
             known = max(r.point.epoch if r.point else 0, r.mirror.epoch)
             granted = request.lease_epoch >= known
             refused = "" if granted else f"epoch {request.lease_epoch} is older than {known}, known here"
-        if not r.started.is_set():
+        if r.seeding:
+            health = "needs-resync" if r.problem.startswith("needs-resync") else "seeding"
+        elif not r.started.is_set():
             health = "catching-up"
         elif r.problem.startswith("needs-resync"):
             health = "needs-resync"
@@ -362,4 +410,5 @@ class ReplicatorService(compute_pb2_grpc.ComputeServicer):
             source_seen_unix_s=r.source_seen_unix_s, lease_granted=granted, lease_refused=refused,
             region_lag_samples_total=r.lag_samples_total,
             region_lag_ms_recent=[] if request.lease_epoch else r.lag.samples_ms,   # lease replies stay small
+            seeded_lsn=r._durable.seeded_lsn,
         )

@@ -177,6 +177,23 @@ def other_secondaries(roles: RegionRoles, regions: list[int], to_region: int) ->
     return [r for r in regions if r not in (roles.primary, to_region) and r not in roles.needs_resync]
 
 
+def resync_problem(roles: RegionRoles, regions: list[int], region: int, replicator_health: str = "") -> str:
+    """Why `region resync` cannot start ("" when it can): only a region failed over from, one whose
+    resync or join did not finish, or a secondary whose replicator reports needs-resync (cut off
+    for longer than the primary kept its records), with no role change in progress."""
+    if region not in regions:
+        return f"no region {region}; the regions are {', '.join(map(str, regions))}"
+    if region == roles.primary:
+        return f"region {region} is the primary: it takes writes and has nothing to resync from"
+    if roles.change:
+        return (f"a {roles.change} to region {roles.change_to} is in progress: finish it first (`sixfold region "
+                f"{roles.change} --to {roles.change_to}`)")
+    if region not in roles.needs_resync and region not in roles.joining and replicator_health != "needs-resync":
+        return (f"region {region} does not need a resync: it is a secondary that ships the primary's log "
+                f"(its replicator: {replicator_health or 'unreachable'})")
+    return ""
+
+
 def rpo_of(source_vdl: int, region_vdl: int, lag_ms_last: float, source_seen_unix_s: float) -> dict:
     """What a failover lost, as far as the promoted region's replicator knew: the primary VDL it last
     heard of minus its own (LSNs), and how far behind it was then (seconds). A primary cut off

@@ -141,7 +141,7 @@ class StatusRequest(_message.Message):
     def __init__(self, lease_epoch: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("node_id", "role", "region", "az", "address", "epoch", "vdl", "replica_lag_ms_p50", "replica_lag_ms_p99", "commits", "cached_pages", "health", "sessions", "writer_address", "issued_lsn", "takes_writes", "multi_writer", "source_vdl", "region_lag_ms_last", "source_seen_unix_s", "lease_granted", "lease_refused", "region_lag_samples_total", "region_lag_ms_recent")
+    __slots__ = ("node_id", "role", "region", "az", "address", "epoch", "vdl", "replica_lag_ms_p50", "replica_lag_ms_p99", "commits", "cached_pages", "health", "sessions", "writer_address", "issued_lsn", "takes_writes", "multi_writer", "source_vdl", "region_lag_ms_last", "source_seen_unix_s", "lease_granted", "lease_refused", "region_lag_samples_total", "region_lag_ms_recent", "seeded_lsn")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REGION_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +166,7 @@ class StatusResponse(_message.Message):
     LEASE_REFUSED_FIELD_NUMBER: _ClassVar[int]
     REGION_LAG_SAMPLES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     REGION_LAG_MS_RECENT_FIELD_NUMBER: _ClassVar[int]
+    SEEDED_LSN_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: str
     region: str
@@ -190,7 +191,8 @@ class StatusResponse(_message.Message):
     lease_refused: str
     region_lag_samples_total: int
     region_lag_ms_recent: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., region: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., replica_lag_ms_p50: _Optional[float] = ..., replica_lag_ms_p99: _Optional[float] = ..., commits: _Optional[int] = ..., cached_pages: _Optional[int] = ..., health: _Optional[str] = ..., sessions: _Optional[int] = ..., writer_address: _Optional[str] = ..., issued_lsn: _Optional[int] = ..., takes_writes: _Optional[bool] = ..., multi_writer: _Optional[bool] = ..., source_vdl: _Optional[int] = ..., region_lag_ms_last: _Optional[float] = ..., source_seen_unix_s: _Optional[float] = ..., lease_granted: _Optional[bool] = ..., lease_refused: _Optional[str] = ..., region_lag_samples_total: _Optional[int] = ..., region_lag_ms_recent: _Optional[_Iterable[float]] = ...) -> None: ...
+    seeded_lsn: int
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., region: _Optional[str] = ..., az: _Optional[str] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., vdl: _Optional[int] = ..., replica_lag_ms_p50: _Optional[float] = ..., replica_lag_ms_p99: _Optional[float] = ..., commits: _Optional[int] = ..., cached_pages: _Optional[int] = ..., health: _Optional[str] = ..., sessions: _Optional[int] = ..., writer_address: _Optional[str] = ..., issued_lsn: _Optional[int] = ..., takes_writes: _Optional[bool] = ..., multi_writer: _Optional[bool] = ..., source_vdl: _Optional[int] = ..., region_lag_ms_last: _Optional[float] = ..., source_seen_unix_s: _Optional[float] = ..., lease_granted: _Optional[bool] = ..., lease_refused: _Optional[str] = ..., region_lag_samples_total: _Optional[int] = ..., region_lag_ms_recent: _Optional[_Iterable[float]] = ..., seeded_lsn: _Optional[int] = ...) -> None: ...
 
 class PromoteRequest(_message.Message):
     __slots__ = ("failover_id", "min_epoch")

@@ -286,6 +286,30 @@ class FetchPagesResponse(_message.Message):
     state: SegmentState
     def __init__(self, error: _Optional[_Union[ErrorCode, str]] = ..., detail: _Optional[str] = ..., at_lsn: _Optional[int] = ..., pages: _Optional[_Iterable[_Union[PageImage, _Mapping]]] = ..., has_more: _Optional[bool] = ..., next_page: _Optional[int] = ..., state: _Optional[_Union[SegmentState, _Mapping]] = ...) -> None: ...
 
+class SeedReplicaRequest(_message.Message):
+    __slots__ = ("volume_id", "segment", "volume_epoch", "owner", "truncations", "members", "at_lsn", "pages", "records", "up_to_lsn")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATIONS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    AT_LSN_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_LSN_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    segment: int
+    volume_epoch: int
+    owner: str
+    truncations: _containers.RepeatedCompositeFieldContainer[Truncation]
+    members: _containers.RepeatedScalarFieldContainer[str]
+    at_lsn: int
+    pages: _containers.RepeatedCompositeFieldContainer[PageImage]
+    records: bytes
+    up_to_lsn: int
+    def __init__(self, volume_id: _Optional[str] = ..., segment: _Optional[int] = ..., volume_epoch: _Optional[int] = ..., owner: _Optional[str] = ..., truncations: _Optional[_Iterable[_Union[Truncation, _Mapping]]] = ..., members: _Optional[_Iterable[str]] = ..., at_lsn: _Optional[int] = ..., pages: _Optional[_Iterable[_Union[PageImage, _Mapping]]] = ..., records: _Optional[bytes] = ..., up_to_lsn: _Optional[int] = ...) -> None: ...
+
 class FetchRecordsRequest(_message.Message):
     __slots__ = ("volume_id", "segment", "after_lsn", "up_to_lsn", "max_records", "max_bytes")
     VOLUME_ID_FIELD_NUMBER: _ClassVar[int]

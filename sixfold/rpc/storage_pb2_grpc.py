@@ -74,6 +74,11 @@ class StorageStub:
                 request_serializer=sixfold_dot_rpc_dot_storage__pb2.FetchPagesRequest.SerializeToString,
                 response_deserializer=sixfold_dot_rpc_dot_storage__pb2.FetchPagesResponse.FromString,
                 _registered_method=True)
+        self.SeedReplica = channel.unary_unary(
+                '/sixfold.v1.Storage/SeedReplica',
+                request_serializer=sixfold_dot_rpc_dot_storage__pb2.SeedReplicaRequest.SerializeToString,
+                response_deserializer=sixfold_dot_rpc_dot_storage__pb2.SegmentStateReply.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/sixfold.v1.Storage/Health',
                 request_serializer=sixfold_dot_rpc_dot_storage__pb2.HealthRequest.SerializeToString,
@@ -132,6 +137,12 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SeedReplica(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Health(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -180,6 +191,11 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.FetchPages,
                     request_deserializer=sixfold_dot_rpc_dot_storage__pb2.FetchPagesRequest.FromString,
                     response_serializer=sixfold_dot_rpc_dot_storage__pb2.FetchPagesResponse.SerializeToString,
+            ),
+            'SeedReplica': grpc.unary_unary_rpc_method_handler(
+                    servicer.SeedReplica,
+                    request_deserializer=sixfold_dot_rpc_dot_storage__pb2.SeedReplicaRequest.FromString,
+                    response_serializer=sixfold_dot_rpc_dot_storage__pb2.SegmentStateReply.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -403,6 +419,33 @@ class Storage:
             '/sixfold.v1.Storage/FetchPages',
             sixfold_dot_rpc_dot_storage__pb2.FetchPagesRequest.SerializeToString,
             sixfold_dot_rpc_dot_storage__pb2.FetchPagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SeedReplica(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sixfold.v1.Storage/SeedReplica',
+            sixfold_dot_rpc_dot_storage__pb2.SeedReplicaRequest.SerializeToString,
+            sixfold_dot_rpc_dot_storage__pb2.SegmentStateReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -459,10 +459,12 @@ def status(cdir: ClusterDir, timeout_s: float = 1.0) -> dict:
         cluster["regions"] = [region_summary(r, rows, primary) for r in regions]
         from sixfold.globaldb.roles import load_roles, roles_path
 
-        resync = load_roles(roles_path(cdir.root), default_roles(node_specs(state))).needs_resync
+        roles = load_roles(roles_path(cdir.root), default_roles(node_specs(state)))
         for summary in cluster["regions"]:
-            if summary["region"] in resync and summary["region"] != primary:
+            if summary["region"] in roles.needs_resync and summary["region"] != primary:
                 summary["role"] = "needs-resync"
+            elif summary["region"] in roles.joining and summary["region"] != primary:
+                summary["role"] = "joining"
     return {"cluster": cluster, "nodes": rows}
 
 
@@ -507,10 +509,12 @@ def fill_probed_rows(rows: list[dict], entries: list[dict], to_probe: list[tuple
             if kind == REPLICATOR:
                 seen = result["source_seen_unix_s"]
                 unheard_s = round(time.time() - seen, 1) if seen else None
+                seeded = result.get("seeded_lsn", 0)
                 row.update(source_vdl=result["source_vdl"], region_lag_ms_last=result["region_lag_ms_last"],
-                           primary_unheard_s=unheard_s,
+                           primary_unheard_s=unheard_s, seeded_lsn=seeded,
                            detail=f"primary VDL {result['source_vdl']}, region {row['region']} VDL {result['vdl']}"
                                   f" ({max(0, result['source_vdl'] - result['vdl'])} behind)"
+                                  + (f"; seeded from pages at {seeded}" if seeded else "")
                                   + (f"; primary storage silent for {unheard_s} s"
                                      if unheard_s is None or unheard_s > PRIMARY_SILENT_S else ""))
         if row["partitioned_from"]:

@@ -79,7 +79,7 @@ def probe_compute(address: str, timeout_s: float = 1.0) -> dict:
                 "takes_writes": status.takes_writes, "multi_writer": status.multi_writer,
                 "writer_address": status.writer_address,
                 "source_vdl": status.source_vdl, "region_lag_ms_last": round(status.region_lag_ms_last, 2),
-                "source_seen_unix_s": status.source_seen_unix_s}
+                "source_seen_unix_s": status.source_seen_unix_s, "seeded_lsn": status.seeded_lsn}
 
 
 def probe_coordinator(address: str, timeout_s: float = 1.0) -> dict:

@@ -41,6 +41,7 @@ from sixfold.nodes.storage.replica import (
     Meta,
     Rejection,
     SegmentReplica,
+    check_members,
     record_crc,
     record_epoch,
     split_records,
@@ -713,10 +714,11 @@ class StorageNode:
         return Code.TOO_OLD, f"versions below {replica.oldest_version_lsn} were collected", at_lsn, [], False
 
     async def install_snapshot(self, replica: SegmentReplica, at_lsn: int,
-                               pages: list[tuple[int, int, int, bytes]]) -> bool:
+                               pages: list[tuple[int, int, int, bytes]], source: str = "a peer") -> bool:
         """Seeds a replica that joined late (its peers collected the records it lacks) with a
         peer's page images as of at_lsn, a point that peer materialised; gossip then fetches
-        the records above it. False when there is nothing to do (the replica is past it)."""
+        the records above it (and a secondary region's seed, `seed_replica`, from the primary's).
+        False when there is nothing to do (the replica is past it)."""
         async with self._store_lock:
             if at_lsn <= replica.materialised_lsn or self.replicas.get(replica.key) is not replica:
                 return False
@@ -726,12 +728,49 @@ class StorageNode:
             replica.install_snapshot(at_lsn, row.oldest_version_lsn)
             self._stored_history[replica.key] = row.meta.history
             self._dirty.add(replica.key)
-        log.info("segment %s/%d: seeded with %d page image(s) as of LSN %d from a peer; SCL %d",
-                 replica.volume_id, replica.segment, len(pages), at_lsn, replica.chain.scl)
+        log.info("segment %s/%d: seeded with %d page image(s) as of LSN %d from %s; SCL %d",
+                 replica.volume_id, replica.segment, len(pages), at_lsn, source, replica.chain.scl)
         # a meta frame after everything accepted so far: once durable, durable_scl covers the chain
         changes = Changes(meta=replica.meta, scl_after=replica.chain.scl)
         await self._persist([(replica, changes, None)], None)
         return True
+
+    async def seed_replica(self, volume_id: str, segment: int, epoch: int, owner: str,
+                           history: tuple[Truncation, ...], members: tuple[str, ...], at_lsn: int, up_to_lsn: int,
+                           pages: list[tuple[int, int, int, bytes]], incoming: list[Incoming]
+                           ) -> tuple[Rejection | None, SegmentReplica | None]:
+        """A secondary region's replicator seeds this replica from the primary's page images as of
+        at_lsn and the records (at_lsn, up_to_lsn] (sixfold/globaldb/DESIGN.md, "Seeding"); the
+        replica takes the primary's epoch, owner and history. Durable before it returns."""
+        problem = (bad_volume_id(volume_id) or bad_segment(segment) or check_members(members)
+                   or (None if members else "members are required: this region's placement of the segment"))
+        if problem is not None:
+            return Rejection(Code.INVALID, problem), None
+        await self.log.wait_for_room()
+        key = (volume_id, segment)
+        replica = self.replicas.get(key) or SegmentReplica(volume_id, segment)
+        verdict = replica.check_seed(epoch, owner, history, at_lsn, up_to_lsn, incoming)
+        if isinstance(verdict, Rejection):
+            return verdict, replica if key in self.replicas else None
+        # -- no await from the check to here: the replica is as checked
+        if key not in self.replicas:
+            self.replicas[key] = replica
+            log.info("created replica %s/%d by a seed from the primary region", volume_id, segment)
+        learned = replica.learn(Meta(epoch, owner, history, members))
+        self.note_hints(replica, up_to_lsn, 0)   # (at or below the primary's VDL: never truncated)
+        if verdict and at_lsn > replica.materialised_lsn:
+            await self.install_snapshot(replica, at_lsn, pages, "the primary region")
+        added = replica.ingest(incoming)
+        # a meta frame at least: once durable, everything accepted so far is (the log is in order)
+        work = [(replica, learned if learned.meta is not None else Changes(meta=replica.meta), None)]
+        if added.records:
+            work.append((replica, added, None))
+        work[0][1].scl_after = replica.chain.scl
+        await self._persist(work, None)
+        log.info("segment %s/%d: %d record(s) of the primary region's seed up to LSN %d%s; SCL %d", volume_id,
+                 segment, len(added.records), up_to_lsn, "" if verdict else " (the seed again: pages kept)",
+                 replica.durable_scl)
+        return None, replica
 
     # -------------------------------------------------------------- helpers
 

@@ -415,6 +415,40 @@ class SegmentReplica:
         changes.scl_after = self.chain.scl
         return changes
 
+    def check_seed(self, epoch: int, owner: str, history: tuple[Truncation, ...], at_lsn: int, up_to_lsn: int,
+                   incoming: list[Incoming]) -> bool | Rejection:
+        """A secondary region's seed (page images as of at_lsn, the records (at_lsn, up_to_lsn]):
+        True to install it, False when this replica already is a copy of the same log at or past
+        at_lsn holding nothing above up_to_lsn (a retry whose reply was lost: only the records
+        are taken). Anything else held at or above at_lsn is refused: it is not this log's."""
+        if epoch <= 0 or not owner or len(owner) > NAME_MAX_CHARS:
+            return Rejection(Code.INVALID, "volume_epoch must be positive and owner 1..256 characters")
+        if up_to_lsn < at_lsn:
+            return Rejection(Code.INVALID, f"up_to_lsn {up_to_lsn} below at_lsn {at_lsn}")
+        if epoch < self.meta.epoch:
+            return Rejection(Code.STALE_EPOCH, f"seed epoch {epoch} < segment epoch {self.meta.epoch}")
+        if epoch == self.meta.epoch and owner != self.meta.owner:
+            return Rejection(Code.NOT_EPOCH_OWNER, f"epoch {epoch} is owned by {self.meta.owner!r}")
+        merged = self._merge(history, epoch)
+        if isinstance(merged, Rejection):
+            return merged
+        for record, _ in incoming:
+            if not at_lsn < record.lsn <= up_to_lsn:
+                return Rejection(Code.INVALID, f"record lsn={record.lsn} outside the seed's ({at_lsn}, {up_to_lsn}]")
+            if record.epoch > epoch or not record_is_current(record.lsn, record.epoch, merged):
+                return Rejection(Code.INVALID, f"record lsn={record.lsn} epoch {record.epoch} is not current "
+                                               f"under the seed's epoch {epoch} and history")
+        held_top = max(self.chain.highest_lsn, self.materialised_lsn)
+        if held_top == 0 or held_top < at_lsn:
+            return True
+        if (epoch, owner) == (self.meta.epoch, self.meta.owner) and self.materialised_lsn >= at_lsn \
+                and held_top <= up_to_lsn:
+            return False
+        return Rejection(Code.INVALID, (
+            f"segment {self.segment} already holds LSNs up to {held_top} (materialised {self.materialised_lsn}, "
+            f"epoch {self.meta.epoch} of {self.meta.owner!r}), at or above the seed point {at_lsn}: a seed goes "
+            f"only into an empty replica (discard this region's storage first: `sixfold region resync`)"))
+
     def install_snapshot(self, base_lsn: int, oldest_version_lsn: int) -> None:
         """The page store now holds a peer's page images as of base_lsn, a point that peer
         had materialised (so nothing at or below it can ever be truncated): that is this

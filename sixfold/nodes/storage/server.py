@@ -17,11 +17,12 @@ import grpc
 
 from sixfold.nodes.storage.log import LogFailed
 from sixfold.nodes.storage.node import Key, Rejected, StorageNode, history_of
-from sixfold.nodes.storage.replica import Code, Rejection, SegmentReplica
+from sixfold.nodes.storage.replica import Code, Rejection, SegmentReplica, split_records
 from sixfold.rpc import storage_pb2 as pb
 from sixfold.rpc import storage_pb2_grpc as pb_grpc
 from sixfold.rpc.health import add_health
 from sixfold.volume.membership import Membership
+from sixfold.volume.records import RecordError
 
 log = logging.getLogger("sixfold.storage.server")
 
@@ -298,6 +299,21 @@ class StorageServicer(pb_grpc.StorageServicer):
             next_page=rows[-1][0] + 1 if rows else request.from_page,
             state=segment_state(replica) if replica is not None else None,
         )
+
+    async def SeedReplica(self, request, context):
+        try:
+            history = history_of(request.truncations)
+            incoming = split_records(request.records) if request.records else []
+        except (ValueError, RecordError) as e:
+            return self._state_reply(Rejection(Code.INVALID, str(e)), None)
+        pages = [(p.page, p.lsn, p.epoch, p.data) for p in request.pages]
+        try:
+            rejection, replica = await self.node.seed_replica(
+                request.volume_id, request.segment, request.volume_epoch, request.owner, history,
+                tuple(request.members), request.at_lsn, request.up_to_lsn, pages, incoming)
+        except LogFailed as e:
+            rejection, replica = Rejection(Code.UNAVAILABLE, str(e)), None
+        return self._state_reply(rejection, replica)
 
     @staticmethod
     def _state_reply(rejection: Rejection | None, replica: SegmentReplica | None) -> pb.SegmentStateReply:
