@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -95,6 +96,14 @@ def test_commits_reach_the_secondary_region_and_the_lag_is_reported(cluster):
                              "-c", "SELECT count(*) FROM t"], capture_output=True, text=True, timeout=60,
                             env=clean_env())
     assert result.returncode == 0 and json.loads(result.stdout)[0]["rows"] == [[50]], result.stdout + result.stderr
+    # the same lag and position as Prometheus metrics, from the replicator's /metrics
+    host, port = row["address"].rsplit(":", 1)
+    with urllib.request.urlopen(f"http://{host}:{int(port) + 1}/metrics", timeout=10) as reply:
+        metrics = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                   for line in reply.read().decode().splitlines() if line and not line.startswith("#")}
+    assert metrics['sixfold_region_vdl{region="2"}'] >= row["vdl"]
+    assert metrics['sixfold_replication_lag_ms{region="2",stat="p99"}'] > 0
+    assert metrics['sixfold_replicator_health{health="ok",region="2"}'] == 1
     # region 2's storage holds its own six copies: one of them alone can be the only one left
     storage = [n for n in cli("status", "--data-dir", data_dir, "--json") if n["kind"] == "storage"]
     assert {n["region"] for n in storage} == {1, 2}

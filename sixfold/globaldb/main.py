@@ -36,8 +36,10 @@ log = logging.getLogger("sixfold.replicator")
 @click.option("--volume-id", envvar="SIXFOLD_VOLUME_ID", default="vol-1", show_default=True)
 @click.option("--pages-per-segment", envvar="SIXFOLD_PAGES_PER_SEGMENT", type=click.IntRange(1), default=256,
               show_default=True)
+@click.option("--metrics-listen", envvar="SIXFOLD_METRICS_LISTEN", default="",
+              help="HOST:PORT for Prometheus metrics (/metrics): replication lag, VDLs, health. Off if empty.")
 def replicator(node_id, region, az, listen, data_dir, source_storage_nodes, storage_nodes, volume_id,
-               pages_per_segment) -> None:
+               pages_per_segment, metrics_listen) -> None:
     """Ship the primary region's log into this region's storage and feed this region's readers."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s {node_id} %(name)s: %(message)s")
@@ -62,6 +64,13 @@ def replicator(node_id, region, az, listen, data_dir, source_storage_nodes, stor
         except RuntimeError as exc:
             raise click.ClickException(f"cannot listen on {listen}: {exc} (is the port taken?)") from None
         await server.start()
+        if metrics_listen:
+            from sixfold.globaldb.metrics import ReplicatorCollector, serve_metrics
+
+            try:
+                serve_metrics(metrics_listen, ReplicatorCollector(rep, region))
+            except OSError as exc:
+                raise click.ClickException(f"cannot serve metrics on {metrics_listen}: {exc}") from None
         log.info("replicator for region %s serving on %s; source: %s", region, listen,
                  ", ".join(n.address for n in source))
         try:

@@ -332,6 +332,18 @@ class Replicator:
             return [], state
         return [(segment, record, encoded) for record, encoded in records], state
 
+    def health(self) -> str:
+        """seeding | catching-up | needs-resync | fenced | ok (Status and the metrics say it)."""
+        if self.seeding:
+            return "needs-resync" if self.problem.startswith("needs-resync") else "seeding"
+        if not self.started.is_set():
+            return "catching-up"
+        if self.problem.startswith("needs-resync"):
+            return "needs-resync"
+        if self.problem.startswith("this region"):
+            return "fenced"
+        return "ok"
+
     # ------------------------------------------------------------ this region's VDL
 
     def _on_vdl(self, vdl: int) -> None:
@@ -390,16 +402,7 @@ class ReplicatorService(compute_pb2_grpc.ComputeServicer):
             known = max(r.point.epoch if r.point else 0, r.mirror.epoch)
             granted = request.lease_epoch >= known
             refused = "" if granted else f"epoch {request.lease_epoch} is older than {known}, known here"
-        if r.seeding:
-            health = "needs-resync" if r.problem.startswith("needs-resync") else "seeding"
-        elif not r.started.is_set():
-            health = "catching-up"
-        elif r.problem.startswith("needs-resync"):
-            health = "needs-resync"
-        elif r.problem.startswith("this region"):
-            health = "fenced"
-        else:
-            health = "ok"
+        health = r.health()
         return cpb.StatusResponse(
             node_id=self.node_id, role="replicator", region=self.region, az=self.az, address=self.address,
             epoch=r.mirror.epoch, vdl=r.mirror.vdl,

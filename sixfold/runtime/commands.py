@@ -11,7 +11,7 @@ from __future__ import annotations
 from sixfold.globaldb.roles import RegionRoles, compute_plan
 from sixfold.runtime.topology import (COMPUTE, COORDINATOR, PG_USER, READER, REPLICATOR, STORAGE, TIER_MAX, WRITER,
                                       ClusterSpec, NodeSpec, custom_endpoint_port_base, in_region, raft_address,
-                                      router_addresses, storage_nodes_flag)
+                                      metrics_address, router_addresses, storage_nodes_flag)
 
 NODE_MODULES = {STORAGE: "sixfold.nodes.storage", COMPUTE: "sixfold.nodes.compute",
                 COORDINATOR: "sixfold.nodes.coordinator", REPLICATOR: "sixfold.globaldb"}
@@ -60,7 +60,7 @@ def node_args(node: NodeSpec, specs: list[NodeSpec], spec: ClusterSpec, tuning: 
             "--node-id", node.name, "--region", str(node.region), "--az", str(node.az), "--listen", node.address,
             "--data-dir", data_dir, "--source-storage-nodes", storage_nodes_flag(source),
             "--storage-nodes", storage_nodes_flag(specs), "--volume-id", spec.volume_id,
-            "--pages-per-segment", str(spec.pages_per_segment),
+            "--pages-per-segment", str(spec.pages_per_segment), "--metrics-listen", metrics_address(node),
         ]
     if node.kind == COORDINATOR:
         # a secondary region's catalog has its replicator where the writer would be: its

@@ -326,9 +326,15 @@ def custom_endpoint_port_base(nodes: list[NodeSpec]) -> int | None:
     return coordinators[0].port - COORDINATOR_PORT_OFFSET + CUSTOM_ENDPOINT_PORT_OFFSET
 
 
+def metrics_address(node: NodeSpec) -> str:
+    """A replicator's Prometheus endpoint (http://ADDRESS/metrics): the port after its own."""
+    return f"{node.host}:{node.port + 1}"
+
+
 def extra_listen_addresses(nodes: list[NodeSpec]) -> list[tuple[str, str]]:
     """(address, what) the cluster binds besides each node's own address: raft ports, endpoints."""
     out = [(raft_address(n), f"{n.name} raft") for n in nodes if n.kind == COORDINATOR]
+    out += [(metrics_address(n), f"{n.name} metrics") for n in nodes if n.kind == REPLICATOR]
     for region in sorted({n.region for n in nodes}):
         out += [(address, f"region {region} {name} endpoint")
                 for name, address in router_addresses(in_region(nodes, region)).items()]
