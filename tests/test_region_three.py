@@ -84,3 +84,27 @@ def test_after_a_failover_with_three_regions_every_other_region_needs_a_resync(c
     status = {n["name"]: n for n in cli("status", "--data-dir", data_dir, "--json")}
     assert status["replicator-1"]["health"] == "standby" and status["replicator-2"]["health"] == "standby"
     assert rows_in(address_of(data_dir, "reader-3-1"), "SELECT count(*) FROM t WHERE v = -1") == [(1,)]
+
+
+def test_both_regions_failed_over_from_rejoin_after_a_resync_and_can_be_switched_to(cluster):
+    data_dir, endpoints = cluster
+    for region in (1, 2):
+        report = cli("region", "resync", str(region), "--data-dir", data_dir, "--json", timeout=300)
+        assert report["region"] == region and report["primary"] == 3
+    roles = json.loads((ClusterDir.at(data_dir).root / "regions.json").read_text())
+    assert roles["needs_resync"] == [] and roles["joining"] == []
+    conn = sixfold.connect(endpoints[3], autocommit=True)
+    conn.cursor().execute("INSERT INTO t (v) VALUES (-2)")
+    conn.close()
+    expected = rows_in(address_of(data_dir, "reader-3-1"), "SELECT id, v FROM t ORDER BY id")
+    for reader in ("reader-1", "reader-2-1"):
+        wait_rows(address_of(data_dir, reader), "SELECT id, v FROM t ORDER BY id", expected, timeout_s=60)
+    # every region follows region 3 again: a switchover back to region 1 takes region 2 along
+    report = cli("region", "switchover", "--data-dir", data_dir, "--to", 1, "--json", timeout=300)
+    assert report["rpo_lsns"] == 0 and report["followers"] == [2]
+    conn = sixfold.connect(endpoints[1], autocommit=True)
+    conn.cursor().execute("INSERT INTO t (v) VALUES (-3)")
+    conn.close()
+    expected = rows_in(endpoints[1], "SELECT id, v FROM t ORDER BY id")
+    for reader in ("reader-2-1", "reader-3-1"):
+        wait_rows(address_of(data_dir, reader), "SELECT id, v FROM t ORDER BY id", expected, timeout_s=60)

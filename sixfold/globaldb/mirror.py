@@ -64,6 +64,9 @@ class MirrorClient(QuorumClient):
         """Current copies of records already adopted (a primary recovery re-stamped them, and this
         region's replicas dropped the old copies when they learned its history): sent again,
         not counted again. On the loop."""
+        with self._cond:   # (right after a restart the tracker has not placed these segments yet)
+            for segment, _, _ in items:
+                self._segment_members(segment)
         self._push_issued(items)
 
     @property

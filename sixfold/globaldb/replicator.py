@@ -118,6 +118,7 @@ class Replicator:
         self._vdl_moved = asyncio.Event()
         self._polled_s = 0.0
         self.source_vdl = 0   # the highest primary VDL heard of
+        self._resumed = False   # the start-up check of the recorded position against the source is done
         self._poll_now = True
         self._views: list[ReplicaView] = []   # the last poll's answers
         self.seeding = False                  # seeding this region from the primary's pages now
@@ -149,6 +150,13 @@ class Replicator:
         d, p = self._durable, self.point
         # the primary's newest epoch and history, not the recorded ones: they may have moved on
         self.mirror.open_mirror(d.vdl, d.tails or {}, p.epoch, p.owner, p.history)
+        # ... and a recovery may have re-stamped records at or below the recorded position (a
+        # switchover's fence, when this replicator follows the new primary from there): this
+        # region's storage drops its old copies when it learns that history, so send the current ones
+        restamped = [t.baseline_lsn for t in p.history if t not in d.history and t.baseline_lsn < d.vdl]
+        if restamped:
+            await self._resend_current(p, min(restamped), d.vdl)
+        self._resumed = True
         self.hub.epoch, self.hub.vdl, self.hub.issued_lsn = p.epoch, d.vdl, d.vdl
         self.mirror.add_record_listener(self.hub.on_record)
         self.mirror.add_vdl_listener(self._on_vdl)
@@ -269,7 +277,9 @@ class Replicator:
             try:
                 return node, await self.pool.stub(node.address).GetSegmentState(
                     pb.SegmentStateRequest(volume_id=self.mirror.settings.volume_id, shipping_to=self.node_id,
-                                           shipped_lsn=max(0, self._saved_vdl)),   # where a restart resumes
+                                           # where a restart resumes; until its start-up resend
+                                           # is done, everything (it may need records below that)
+                                           shipped_lsn=max(0, self._saved_vdl) if self._resumed else 0),
                     timeout=SOURCE_TIMEOUT_S)
             except grpc.aio.AioRpcError:
                 return node, None

@@ -233,6 +233,11 @@ def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: 
                               pages_per_segment=int(spec.get("pages_per_segment", 256)), vdl_hint_interval_s=0.01)
     owner = f"switchover-{switch_id}"
 
+    # the followers will fetch from R's storage once they follow it: what lies above F, and the
+    # fence's re-stamped copies below F (their recorded positions hold the old copies), which reach
+    # R only after the fence. From now on R's storage keeps every record that arrives, for them
+    _retain_for(in_region(nodes, to_region), [f.name for f in followers], 0, settings.volume_id)
+
     async def fence_and_ship():
         client = QuorumClient(storage_node_infos(in_region(nodes, old)), owner, settings)
         recovered = await client.open_writer()
@@ -271,10 +276,6 @@ def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: 
     data_dir.mkdir(parents=True, exist_ok=True)
     save_position(data_dir, Position(recovered.vdl, dict(recovered.segment_tails), recovered.epoch, owner,
                                      recovered.history))
-
-    # the followers will fetch what lies above F from R's storage: it keeps those records for them
-    # from now (nothing above F exists there yet, so nothing they need can have been collected)
-    _retain_for(in_region(nodes, to_region), [f.name for f in followers], recovered.vdl, settings.volume_id)
 
     # 4: promote a reader of R (recovery in R at a higher epoch: VDL F, nothing truncated)
     writer, writer_address, epoch = change.promote(to_region, min_epoch=recovered.epoch + 1)
