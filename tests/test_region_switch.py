@@ -78,8 +78,9 @@ class Writer(threading.Thread):
                 conn = None
 
 
-def test_a_switchover_under_a_running_writer_loses_no_acknowledged_commit(cluster):
-    data_dir, endpoints = cluster
+def switchover_under_a_writer(data_dir, endpoints: dict[int, str], to_region: int) -> tuple[dict, Writer]:
+    """`region switchover --to` while a Writer commits (20 commits before it, 20 after it, in the
+    new primary): (its report, the writer, stopped)."""
     writer = Writer(endpoints)
     writer.start()
     try:
@@ -87,15 +88,21 @@ def test_a_switchover_under_a_running_writer_loses_no_acknowledged_commit(cluste
         while len(writer.acked) < 20:
             assert time.monotonic() < deadline, "the writer made no progress before the switchover"
             time.sleep(0.05)
-        report = cli("region", "switchover", "--data-dir", data_dir, "--to", 2, "--json", timeout=240)
+        report = cli("region", "switchover", "--data-dir", data_dir, "--to", to_region, "--json", timeout=300)
         acked_before = len(writer.acked)
         deadline = time.monotonic() + 60
-        while len(writer.acked) < acked_before + 20:   # and it goes on, in region 2
-            assert time.monotonic() < deadline, f"no commits in region 2 after the switchover: {writer.unknown}"
+        while len(writer.acked) < acked_before + 20:   # and it goes on, in the new primary
+            assert time.monotonic() < deadline, f"no commits after the switchover: {writer.unknown}"
             time.sleep(0.05)
     finally:
         writer.stop.set()
         writer.join(30)
+    return report, writer
+
+
+def test_a_switchover_under_a_running_writer_loses_no_acknowledged_commit(cluster):
+    data_dir, endpoints = cluster
+    report, writer = switchover_under_a_writer(data_dir, endpoints, 2)
     assert report["kind"] == "switchover" and report["to_region"] == 2 and report["rpo_lsns"] == 0
     assert report["epoch"] > report["fence_epoch"] > 0
     assert report["new_writer"] == "reader-2-1"

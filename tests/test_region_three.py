@@ -5,7 +5,6 @@ but the promoted one needs a resync (one may hold a tail the promoted region nev
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -14,7 +13,7 @@ from sixfold.runtime.layout import ClusterDir
 from sixfold.runtime.topology import ClusterSpec, nodes_of, router_addresses
 from tests.test_cli import force_teardown, free_ports
 from tests.test_global_regions import address_of, cli, rows_in, wait_rows
-from tests.test_region_switch import COMMIT_TIMEOUT_S, Writer
+from tests.test_region_switch import COMMIT_TIMEOUT_S, switchover_under_a_writer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -39,22 +38,7 @@ def cluster(tmp_path_factory):
 
 def test_a_switchover_with_three_regions_loses_nothing_and_the_third_follows_the_new_primary(cluster):
     data_dir, endpoints = cluster
-    writer = Writer({1: endpoints[1], 2: endpoints[2]})
-    writer.start()
-    try:
-        deadline = time.monotonic() + 60
-        while len(writer.acked) < 20:
-            assert time.monotonic() < deadline, "the writer made no progress before the switchover"
-            time.sleep(0.05)
-        report = cli("region", "switchover", "--data-dir", data_dir, "--to", 2, "--json", timeout=300)
-        acked_before = len(writer.acked)
-        deadline = time.monotonic() + 60
-        while len(writer.acked) < acked_before + 20:   # and it goes on, in region 2
-            assert time.monotonic() < deadline, f"no commits in region 2 after the switchover: {writer.unknown}"
-            time.sleep(0.05)
-    finally:
-        writer.stop.set()
-        writer.join(30)
+    report, writer = switchover_under_a_writer(data_dir, {1: endpoints[1], 2: endpoints[2]}, 2)
     assert report["to_region"] == 2 and report["rpo_lsns"] == 0 and report["followers"] == [3]
     expected = rows_in(address_of(data_dir, "reader-2-1"), "SELECT id, v FROM t ORDER BY id")
     missing = sorted(set(writer.acked) - {v for _, v in expected})
