@@ -7,7 +7,7 @@ inter-region latency (30 ms one way between regions 1 and 2), at 0 ms (the refer
 --reference-rate. Prints a table and writes JSON.
 
 Failover RTO and RPO over --trials trials, each on a fresh two-region cluster (the region failed
-over from needs a resync, which is not built): a paced writer commits to region 1 (--failover-rate
+over from would need a `region resync` first): a paced writer commits to region 1 (--failover-rate
 commits/s); the whole primary region is SIGKILLed (`chaos kill --region 1`); at once
 `sixfold region failover --to 2 --allow-data-loss`; a client retries an INSERT through region 2's
 writer endpoint until one commits. RTO = primary region killed (the chaos log's time, once its
