@@ -15,7 +15,10 @@
    for 30 s), unless chaos marked it down (`nodes/<name>/chaos-down`) — it stays
    down until the marker is removed, then it starts at once. A
    `nodes/<name>/restart-requested` marker restarts a node now (SIGKILL first
-   if it is running);
+   if it is running); a replicator whose command line changed (the region roles
+   moved the primary: it ships from the new primary's storage) is restarted
+   (SIGTERM: it records its position); `sixfold region add|remove` ask for a
+   whole region's nodes to start or stop (requests `add-region`, `remove-region`);
 4. on SIGTERM/SIGINT stops the coordinators, then readers, then the writer, then storage (SIGCONT in
    case chaos paused them, SIGTERM, SIGKILL after --stop-timeout-s), records
    the cluster as stopped and exits 0.
