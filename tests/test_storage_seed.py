@@ -139,6 +139,10 @@ def test_a_seed_from_an_older_epoch_or_with_records_it_does_not_cover_is_refused
             assert (await stub.SeedReplica(bad)).error == pb.INVALID
             del bad.members[:]
             assert "members are required" in (await stub.SeedReplica(bad)).detail
+            above = seed_request(epoch=6)
+            above.pages[1].lsn = AT_LSN + 1   # a page version above the seed point is not of that point
+            refused = await stub.SeedReplica(above)
+            assert refused.error == pb.INVALID and "at or below the seed point" in refused.detail
             [s] = (await stub.GetSegmentState(pb.SegmentStateRequest(volume_id=VOLUME))).segments
             assert (s.volume_epoch, s.scl, s.materialised_lsn) == (5, 0, 0)   # none of them changed anything
         finally:

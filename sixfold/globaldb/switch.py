@@ -14,6 +14,9 @@ switchover --to R (planned, RPO 0):
   5. record P as a secondary of R: the supervisor stops R's replicator and starts P's, from the
      durable position F (written first); P's coordinators name P's replicator their writer, the
      old writer steps down and restarts as a reader.
+  With three or more regions, the other secondaries reach F in step 3 too (their durable
+  positions included), R's storage keeps the records arriving from the fence on for them, and
+  the supervisor restarts their replicators with R's storage as the source after step 5.
 
 failover --to R --allow-data-loss (unplanned: P is gone or cut off):
   1. record the change; the supervisor stops R's replicator for good: it grants the old
@@ -21,7 +24,8 @@ failover --to R --allow-data-loss (unplanned: P is gone or cut off):
   2. wait `lease_s` + a margin after it is gone: no lease the old writer holds is valid then, so
      it acknowledges nothing from here on, wherever it is;
   3. R's coordinators promote a reader of R at R's VDL S (recovery in R truncates above S);
-  4. record R as the primary and P as a region that needs a resync (its replicator does not run:
+  4. record R as the primary and P (and any other secondary: it may hold a tail R never had) as
+     regions that need a resync (their replicators do not run:
      P's storage may have materialised its divergent tail above S, which a truncation below the
      materialised point cannot undo; see DESIGN.md).
 """

@@ -743,7 +743,11 @@ class StorageNode:
         at_lsn and the records (at_lsn, up_to_lsn] (sixfold/globaldb/DESIGN.md, "Seeding"); the
         replica takes the primary's epoch, owner and history. Durable before it returns."""
         problem = (bad_volume_id(volume_id) or bad_segment(segment) or check_members(members)
-                   or (None if members else "members are required: this region's placement of the segment"))
+                   or (None if members else "members are required: this region's placement of the segment")
+                   or next((f"page {page}: version lsn={lsn} epoch {page_epoch} ({len(data)} bytes) is not a "
+                            f"{PAGE_SIZE_BYTES}-byte image at or below the seed point {at_lsn} and epoch {epoch}"
+                            for page, lsn, page_epoch, data in pages
+                            if not 0 < lsn <= at_lsn or page_epoch > epoch or len(data) != PAGE_SIZE_BYTES), None))
         if problem is not None:
             return Rejection(Code.INVALID, problem), None
         await self.log.wait_for_room()
