@@ -86,6 +86,8 @@ def test_both_regions_failed_over_from_rejoin_after_a_resync_and_can_be_switched
     # every region follows region 3 again: a switchover back to region 1 takes region 2 along
     report = cli("region", "switchover", "--data-dir", data_dir, "--to", 1, "--json", timeout=300)
     assert report["rpo_lsns"] == 0 and report["followers"] == [2]
+    # reader-3-1 was region 3's writer: it restarted as a reader before the switchover returned
+    assert report["old_writers_reading"] == ["reader-3-1"]
     conn = sixfold.connect(endpoints[1], autocommit=True)
     conn.cursor().execute("INSERT INTO t (v) VALUES (-3)")
     conn.close()

@@ -60,7 +60,8 @@ def switchover(data_dir: Path | None, to_region: int, as_json: bool) -> None:
 
     Fences the old primary's storage with a higher epoch, waits until TO's replicator has
     shipped everything up to the fence, promotes a reader of TO, and makes the old primary
-    a secondary region replicating from TO (its instances restart as readers)."""
+    a secondary region replicating from TO (its writer restarts as a reader; the command
+    returns once it serves reads)."""
     _run(data_dir, "switchover", to_region, as_json)
 
 
