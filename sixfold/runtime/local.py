@@ -700,10 +700,10 @@ def add_replica(cdir: ClusterDir, az: int | None = None, tier: int | None = None
 
     with cdir.cli_locked():
         state = require_running(cdir)
-        _refuse_in_docker(state, "adding a replica")
+        refuse_in_docker(state, "adding a replica")
         spec = ClusterSpec.from_dict(state["spec"])
         nodes = node_specs(state)
-        _refuse_while_partitioned(cdir)
+        refuse_while_partitioned(cdir)
         if spec.regions > 1:   # --readers is per region there; adding to one region is not built
             raise UsageProblem("replica add is not available on a cluster with secondary regions yet; "
                                "start it with the --readers you need")
@@ -736,7 +736,7 @@ def add_replica(cdir: ClusterDir, az: int | None = None, tier: int | None = None
             raise UsageProblem(f"{node.address} is taken by another process; free it and retry")
         progress(f"starting {node.name} in AZ {az} on {node.address}")
         cdir.post_request({"action": "add-node", "node": node.to_dict()})
-        _wait_for(cdir, lambda: node.name in _current(cdir), f"the supervisor to start {node.name}")
+        wait_for(cdir, lambda: node.name in node_entries(cdir), f"the supervisor to start {node.name}")
         if wait_ready(cdir, [node.name], REPLICA_CHANGE_TIMEOUT_S):
             cdir.post_request({"action": "remove-node", "name": node.name})
             raise RuntimeFailure(f"{node.name} did not become healthy within {REPLICA_CHANGE_TIMEOUT_S:.0f} s; "
@@ -758,35 +758,36 @@ def remove_replica(cdir: ClusterDir, name: str, progress: Progress = _quiet) -> 
 
     with cdir.cli_locked():
         state = require_running(cdir)
-        _refuse_in_docker(state, "removing a replica")
+        refuse_in_docker(state, "removing a replica")
         nodes = node_specs(state)
         by_name = {n.name: n for n in nodes}
         if by_name.get(name) is None or by_name[name].kind != COMPUTE:
             readers = sorted(n.name for n in nodes if n.kind == COMPUTE)
             raise UsageProblem(f"no compute instance named {name!r}; the instances are: {', '.join(readers)}")
-        _refuse_while_partitioned(cdir)
+        refuse_while_partitioned(cdir)
         progress(f"removing {name} from the coordinators' catalog")
         _coordinator_call(nodes, lambda stub: stub.RemoveInstance(copb.RemoveInstanceRequest(name=name),
                                                                   timeout=10), "removing the replica")
         progress(f"stopping {name}")
         cdir.post_request({"action": "remove-node", "name": name})
-        _wait_for(cdir, lambda: name not in _current(cdir), f"the supervisor to stop {name}")
+        wait_for(cdir, lambda: name not in node_entries(cdir), f"the supervisor to stop {name}")
     return {"name": name, "removed": True}
 
 
-def _refuse_in_docker(state: dict, what: str) -> None:
+def refuse_in_docker(state: dict, what: str) -> None:
     if state.get("runtime") == "docker":
         raise UsageProblem(f"{what} is not in the docker runtime yet (the local runtime has it)")
 
 
-def _refuse_while_partitioned(cdir: ClusterDir) -> None:
+def refuse_while_partitioned(cdir: ClusterDir) -> None:
     if partition.unavailable_reason() is None and partition.rules(cdir.cluster_id):
         raise UsageProblem("a chaos partition is in force (node numbers would move under it); "
                            "`sixfold chaos heal` first")
 
 
-def _wait_for(cdir: ClusterDir, predicate: Callable[[], bool], what: str,
-              timeout_s: float = REPLICA_CHANGE_TIMEOUT_S) -> None:
+def wait_for(cdir: ClusterDir, predicate: Callable[[], bool], what: str,
+             timeout_s: float = REPLICA_CHANGE_TIMEOUT_S) -> None:
+    """Polls `predicate` until it holds; RuntimeFailure naming `what` after timeout_s."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
@@ -865,12 +866,13 @@ def read_partitions(cdir: ClusterDir) -> list[dict]:
         return []
 
 
-def _current(cdir: ClusterDir) -> dict[str, dict]:
+def node_entries(cdir: ClusterDir) -> dict[str, dict]:
+    """The supervisor's state of every node it runs now, by name."""
     return {n["name"]: n for n in (load(cdir) or {"nodes": []})["nodes"]}
 
 
 def _live_pid(cdir: ClusterDir, name: str) -> int | None:
-    pid = _current(cdir).get(name, {}).get("pid")
+    pid = node_entries(cdir).get(name, {}).get("pid")
     return pid if procs.belongs_to(pid, cdir.root) else None
 
 
@@ -883,7 +885,7 @@ def wait_ready(cdir: ClusterDir, names: list[str], timeout_s: float = NODE_READY
     pending = list(names)
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
-        current = _current(cdir)
+        current = node_entries(cdir)
         for name in list(pending):
             pid = current.get(name, {}).get("pid")
             if not procs.belongs_to(pid, cdir.root) or procs.paused(pid):

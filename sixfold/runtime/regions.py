@@ -23,8 +23,8 @@ from sixfold.globaldb.roles import RegionRoles, load_roles, region_change_proble
 from sixfold.runtime import procs
 from sixfold.runtime.commands import default_roles
 from sixfold.runtime.layout import ClusterDir
-from sixfold.runtime.local import (RuntimeFailure, UsageProblem, _current, _refuse_in_docker, _refuse_while_partitioned,
-                                   _wait_for, node_specs, require_running, wait_ready)
+from sixfold.runtime.local import (RuntimeFailure, UsageProblem, node_entries, node_specs, refuse_in_docker,
+                                   refuse_while_partitioned, require_running, wait_for, wait_ready)
 from sixfold.runtime.topology import REGIONS_MAX, REPLICATOR, ClusterSpec, in_region, region_nodes
 
 Progress = Callable[[str], None]
@@ -41,14 +41,14 @@ def _compute_status(address: str, timeout_s: float = 1.0):
 
 def _global_cluster(cdir: ClusterDir) -> tuple[dict, ClusterSpec]:
     state = require_running(cdir)
-    _refuse_in_docker(state, "adding or removing a region")
+    refuse_in_docker(state, "adding or removing a region")
     spec = ClusterSpec.from_dict(state["spec"])
     if spec.regions < 2:
         # its writer runs without the lease the secondary regions grant (lease.py), so a region
         # added to it could never be failed over to safely
         raise UsageProblem("region add|remove is for global clusters: start one with `sixfold up --regions 2` "
                            "(or more); a one-region cluster's writer does not run the cross-region lease")
-    _refuse_while_partitioned(cdir)
+    refuse_while_partitioned(cdir)
     return state, spec
 
 
@@ -77,7 +77,7 @@ def add_region(cdir: ClusterDir, progress: Progress) -> dict:
                  f"writer owes it no lease until it has caught up")
         cdir.post_request({"action": "add-region", "nodes": [n.to_dict() for n in added], "spec": new_spec.to_dict()})
         names = [n.name for n in added]
-        _wait_for(cdir, lambda: set(names) <= set(_current(cdir)), f"the supervisor to start region {region}")
+        wait_for(cdir, lambda: set(names) <= set(node_entries(cdir)), f"the supervisor to start region {region}")
         problems = wait_ready(cdir, names, NODES_READY_TIMEOUT_S)
         if problems:
             raise RuntimeFailure(f"region {region}'s nodes did not all become healthy within "
@@ -144,7 +144,7 @@ def remove_region(cdir: ClusterDir, region: int, progress: Progress) -> dict:
         progress(f"region {region} leaves the region roles; stopping its {len(names)} nodes")
         new_spec = dataclasses.replace(spec, removed_regions=tuple(sorted({*spec.removed_regions, region})))
         cdir.post_request({"action": "remove-region", "names": names, "spec": new_spec.to_dict()})
-        _wait_for(cdir, lambda: not set(names) & set(_current(cdir)), f"the supervisor to stop region {region}")
+        wait_for(cdir, lambda: not set(names) & set(node_entries(cdir)), f"the supervisor to stop region {region}")
         for name in names:   # its copies: the primary holds everything, a later add starts empty
             shutil.rmtree(cdir.node_data(name), ignore_errors=True)
         progress(f"region {region} is gone; its copies are deleted")
