@@ -50,6 +50,7 @@ def node_args(node: NodeSpec, specs: list[NodeSpec], spec: ClusterSpec, tuning: 
         return head + [
             "--node-id", node.name, "--region", str(node.region), "--az", str(node.az), "--listen", node.address,
             "--data-dir", data_dir, "--gossip-interval-ms", str(tuning.get("gossip_interval_ms", 100)),
+            "--shipping-retain-s", str(tuning.get("shipping_retain_s", 600.0)),
         ]
     all_specs = specs
     specs = in_region(all_specs, node.region)   # a region's nodes only talk among

@@ -109,6 +109,10 @@ SETTINGS: tuple[Setting, ...] = (
             "this long from every other region's replicator, so that a region failed over from can never "
             "acknowledge a write (its commits wait while a secondary region is cut off).", "tuning",
             ("compute",)),
+    Setting("shipping_retain_s", click.FloatRange(0.5), 600.0,
+            "With secondary regions: how long the primary's storage keeps the records a secondary region's "
+            "replicator has not shipped after it last asked; a region cut off for longer reports needs-resync "
+            "and is seeded again by `sixfold region resync`.", "tuning", ("storage",)),
     Setting("start_timeout_s", click.FloatRange(1), 90.0,
             "How long `up` waits for the cluster to become healthy.", "tuning"),
     Setting("stop_timeout_s", click.FloatRange(0.5), 10.0,

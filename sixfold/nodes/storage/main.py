@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from sixfold.nodes.storage.gossip import GossipConfig, Gossiper
-from sixfold.nodes.storage.node import NodeConfig, StorageNode
+from sixfold.nodes.storage.node import SHIPPING_RETAIN_S, NodeConfig, StorageNode
 from sixfold.nodes.storage.server import build_server
 
 log = logging.getLogger("sixfold.storage")
@@ -104,11 +104,14 @@ def configure_logging(level: str, node_id: str) -> None:
               show_default=True, type=click.IntRange(4096), help="Rotate the durable log past this size.")
 @option("--materialise-interval-ms", envvar="SIXFOLD_MATERIALISE_INTERVAL_MS", default=100, hidden=True,
               type=click.IntRange(1), help="Testing knob: how often the materialiser runs.")
+@option("--shipping-retain-s", envvar="SIXFOLD_SHIPPING_RETAIN_S", default=SHIPPING_RETAIN_S,
+        type=click.FloatRange(0.5), help="Keep the records a secondary region's replicator has not shipped "
+        "this long after it last asked (a region cut off for longer needs `sixfold region resync`).")
 @option("--log-level", envvar="SIXFOLD_LOG_LEVEL", default="INFO",
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def storage_node(node_id: str, region: str, az: str, listen: str, advertise: str | None, data_dir: Path,
                  gossip_interval_ms: int, log_file_size_bytes: int, materialise_interval_ms: int,
-                 log_level: str) -> None:
+                 shipping_retain_s: float, log_level: str) -> None:
     """Run a storage node: segment replicas, durable log, page store, gossip."""
     configure_logging(log_level, node_id)
     host, port = parse_listen(listen)
@@ -118,7 +121,7 @@ def storage_node(node_id: str, region: str, az: str, listen: str, advertise: str
     config = NodeConfig(
         node_id=node_id, region=region, az=az, address=advertise or listen, data_dir=data_dir,
         gossip_interval_ms=gossip_interval_ms, log_file_size_bytes=log_file_size_bytes,
-        materialise_interval_ms=materialise_interval_ms,
+        materialise_interval_ms=materialise_interval_ms, shipping_retain_s=shipping_retain_s,
     )
     try:
         code = asyncio.run(serve(config, listen, host, port))

@@ -53,7 +53,8 @@ from sixfold.volume.records import PAGE_SIZE_BYTES, RecordError, RecordKind, app
 log = logging.getLogger("sixfold.storage.node")
 
 # A secondary region's replicator keeps asking (sixfold/globaldb); records it has not shipped are
-# kept while it asked within this long (a region cut off for longer needs a resync from pages)
+# kept while it asked within this long (a region cut off for longer needs a resync from pages;
+# `--shipping-retain-s`)
 SHIPPING_RETAIN_S = 600.0
 SHIPPING_REPLICATORS_MAX = 64
 
@@ -78,6 +79,7 @@ class NodeConfig:
     page_wait_cap_ms: int = 2_000
     fetch_max_records_cap: int = 10_000
     fetch_max_bytes_cap: int = 8 * 1024 * 1024
+    shipping_retain_s: float = SHIPPING_RETAIN_S
 
 
 class StreamSink(Protocol):
@@ -649,7 +651,7 @@ class StorageNode:
     def shipping_floor(self, volume_id: str, now_s: float) -> int | None:
         """The lowest LSN a secondary region still needs records above (None: none asked lately)."""
         floors = [lsn for (volume, _), (lsn, heard_s) in self.shipping.items()
-                  if volume == volume_id and now_s - heard_s <= SHIPPING_RETAIN_S]
+                  if volume == volume_id and now_s - heard_s <= self.config.shipping_retain_s]
         return min(floors, default=None)
 
     async def _gc_once(self) -> None:
