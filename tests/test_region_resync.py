@@ -23,9 +23,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 COLLECTED_WITHIN_S = 120.0
 
 
-def collected_everywhere(storage_addresses: list[str], volume_id: str = "vol-1") -> bool:
-    """Every storage node of the region has collected records from the start of some segment
-    (FetchRecords from LSN 0 answers TOO_OLD there): shipping from 0 is impossible."""
+def collected_above(storage_addresses: list[str], lsn: int, volume_id: str = "vol-1") -> bool:
+    """Every listed storage node has collected the records of some segment above `lsn`
+    (FetchRecords after `lsn` answers TOO_OLD there): shipping from `lsn` is impossible."""
     for address in storage_addresses:
         with grpc.insecure_channel(address) as channel:
             try:
@@ -33,7 +33,7 @@ def collected_everywhere(storage_addresses: list[str], volume_id: str = "vol-1")
                                                                     timeout=2)
             except grpc.RpcError:
                 return False
-        if not any(s.records_gc_lsn > 1 for s in reply.segments):
+        if not any(s.records_gc_lsn > lsn for s in reply.segments):
             return False
     return True
 
@@ -87,7 +87,7 @@ def test_the_old_primary_cannot_commit_and_rejoins_after_a_resync_seeded_from_pa
 
         # region 2's storage collects its old records (nobody ships from it): region 1 must be seeded
         deadline = time.monotonic() + COLLECTED_WITHIN_S
-        while not collected_everywhere(region_2_storage):
+        while not collected_above(region_2_storage, 1):
             assert time.monotonic() < deadline, "region 2's storage collected no records"
             time.sleep(1)
 

@@ -12,7 +12,8 @@ primary's page images by its replicator (seeding.py):
    does not start them again while the marker is there; SIGKILL: their data is discarded anyway);
 3. discard R's storage data dirs and the replicator's (its position goes with them);
 4. record R as joining (`roles.join`): its replicator runs, the primary writer owes it no lease,
-   nobody may promote it;
+   nobody may promote it (a secondary that owed a lease is recorded joining before step 2: its
+   storage holds no divergent tail, and the primary's commits must not wait for its lease);
 5. start R's storage nodes, then its replicator and instances (the markers go): the replicator
    finds an empty region and a primary that collected its log, and seeds it;
 6. wait until R's replicator reports health ok and a VDL at or above the one taken in step 1, then
@@ -64,6 +65,13 @@ def resync(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], region: int, pr
     for n in mine:   # before any signal: the supervisor must not start them again
         cdir.set_marker(n.name, MARKER_DOWN, "region resync")
         cdir.clear_marker(n.name, MARKER_PAUSED)
+    if region not in roles.needs_resync and region not in roles.joining:
+        # a secondary that owes the writer a lease (its replicator fell too far behind): waived
+        # before its replicator stops, or commits wait until step 4. Its storage holds no divergent
+        # tail (it never was the primary), so its replicator may ship there again if this stops here
+        change.save(roles.join(region))
+        change.phase(f"recorded region {region} as joining: the primary's writer owes it no lease",
+                     generation=change.roles.generation)
     try:
         _stop(cdir, mine)
         change.phase(f"stopped region {region}'s {len(storage)} storage node(s), its instances and {replicator.name}")
@@ -73,7 +81,7 @@ def resync(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], region: int, pr
             if data.exists():
                 shutil.rmtree(data)
                 discarded.append(n.name)
-        change.phase(f"discarded the data of {', '.join(discarded) or 'nothing'} (the divergent tail with it)")
+        change.phase(f"discarded the data of {', '.join(discarded) or 'nothing'} (any divergent tail with it)")
         change.save(change.roles.join(region))
         change.phase(f"recorded region {region} as joining: it ships, owes no lease, cannot be promoted",
                      generation=change.roles.generation)
