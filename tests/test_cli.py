@@ -352,6 +352,7 @@ def test_planned_failover_and_back(cluster):
         cluster.sql(f"INSERT INTO planned VALUES ({i})")
     moved = cluster.json("failover")
     assert moved["from"] == "writer-1" and moved["to"] == "reader-1" and moved["state"] == "done"
+    assert moved["old_writers_reading"] == ["writer-1"]   # it returned once writer-1 served reads again
     # the writer endpoint (the router) reaches the new writer; nothing acknowledged is lost
     assert cluster.sql("INSERT INTO planned VALUES (21)")[0]["commit_lsn"] > 0
     import psycopg
@@ -369,7 +370,7 @@ def test_planned_failover_and_back(cluster):
     bad = cluster.cli("failover", "--target", "nope")
     assert bad.returncode == 2 and "no instance named" in bad.stderr
     back = cluster.json("failover", "--target", "writer-1")
-    assert back["to"] == "writer-1" and back["epoch"] > moved["epoch"]
+    assert back["to"] == "writer-1" and back["epoch"] > moved["epoch"] and back["old_writers_reading"] == ["reader-1"]
     cluster.wait_status(lambda n: n["writer-1"]["role"] == "writer" and n["reader-1"]["role"] == "reader"
                         and n["reader-1"]["health"] == "ok")
     assert cluster.sql("SELECT count(*) FROM planned")[0]["rows"] == [[21]]

@@ -318,7 +318,8 @@ def failover(data_dir: Path | None, target: str, as_json: bool) -> None:
 
     The coordinator leader records the failover in its catalog, promotes the target
     (it runs recovery: a new volume epoch fences the old writer), repoints the writer
-    endpoint and the other readers; the old writer steps down and comes back as a reader.
+    endpoint and the other readers; the old writer steps down and comes back as a reader
+    (the command returns once it serves reads again).
     """
     result = local.failover(cluster_dir(data_dir), target)
     if as_json:

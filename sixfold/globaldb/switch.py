@@ -44,6 +44,7 @@ from sixfold.globaldb.roles import FAILOVER, SWITCHOVER, RegionRoles, load_roles
 from sixfold.globaldb.roles import other_secondaries, switch_problem, rpo_of
 from sixfold.runtime.commands import default_roles
 from sixfold.runtime.layout import ClusterDir
+from sixfold.runtime.probe import STEPPED_DOWN_TIMEOUT_S, answering_as_writer, wait_serving_as_readers
 from sixfold.runtime.topology import (COMPUTE, COORDINATOR, REPLICATOR, STORAGE, NodeSpec, in_region,
                                       router_addresses, storage_node_infos)
 
@@ -53,7 +54,6 @@ APPLIED_TIMEOUT_S = 20.0      # every region's coordinators apply a roles record
 SHIPPED_TIMEOUT_S = 60.0      # the target's replicator reaches the fence's VDL within this
 PROMOTE_TIMEOUT_S = 120.0
 REPLICATOR_GONE_TIMEOUT_S = 30.0
-STEPPED_DOWN_TIMEOUT_S = 60.0  # the old writer exits when told and comes back as a reader within this
 LEASE_MARGIN_S = 0.5          # beyond lease_s: clock rate differences, the lease RPC's own time
 
 
@@ -164,25 +164,9 @@ class RoleChange:
     def region_list(self) -> list[int]:
         return sorted({n.region for n in self.nodes})
 
-    def writers_in(self, region: int) -> list[NodeSpec]:
-        """The region's compute instances that answer as its writer now."""
-        return [n for n in in_region(self.nodes, region) if n.kind == COMPUTE
-                and (s := _compute_status(n.address)) is not None and s.role == "writer"]
-
-    def wait_serving_reads(self, writers: list[NodeSpec]) -> list[str]:
-        """The old primary's writer(s) stepped down and answer as readers again (they restart in
-        between: a switchover is done when its old primary's region serves reads as before).
-        Those that do; one missing after STEPPED_DOWN_TIMEOUT_S is left (the change itself is done)."""
-        def reading() -> list[str]:
-            return [n.name for n in writers
-                    if (s := _compute_status(n.address)) is not None and s.role == "reader" and s.health == "ok"]
-
-        try:
-            _wait(lambda: len(reading()) == len(writers), STEPPED_DOWN_TIMEOUT_S,
-                  "the old writer to come back as a reader", interval_s=0.1)
-        except SwitchFailed:
-            pass
-        return reading()
+    def instances(self, region: int) -> list[tuple[str, str]]:
+        """The region's compute instances: (name, address)."""
+        return [(n.name, n.address) for n in in_region(self.nodes, region) if n.kind == COMPUTE]
 
 
 def _retain_for(storage: list[NodeSpec], replicators: list[str], lsn: int, volume_id: str) -> None:
@@ -243,7 +227,7 @@ def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: 
     switch_id = uuid.uuid4().hex[:8]
     change.report.update(kind=SWITCHOVER, id=switch_id, from_region=old, to_region=to_region,
                          old_writer=roles.writer)
-    old_writers = change.writers_in(old)   # they step down at step 5
+    old_writers = answering_as_writer(change.instances(old))   # they step down at step 5
     resumed = bool(roles.change)
     change.save(roles.begin(SWITCHOVER, to_region))
     try:
@@ -323,11 +307,11 @@ def switchover(cdir: ClusterDir, state: dict, nodes: list[NodeSpec], to_region: 
         _wait(lambda: (s := _compute_status(follower.address)) is not None and s.health == "ok" and s.epoch >= epoch,
               SHIPPED_TIMEOUT_S, f"{follower.name} to ship from region {to_region}")
         change.phase(f"{follower.name} ships region {to_region}'s log into region {follower.region}")
-    reading = change.wait_serving_reads(old_writers)
-    late = [n.name for n in old_writers if n.name not in reading]
+    reading = wait_serving_as_readers(old_writers)
+    late = [name for name, _ in old_writers if name not in reading]
     change.phase(f"{', '.join(late)} did not come back as a reader within {STEPPED_DOWN_TIMEOUT_S:.0f} s: "
                  f"see `sixfold status`" if late else f"the old writer serves reads in region {old}",
-                 old_writers=", ".join(n.name for n in old_writers) or "none answered as the writer")
+                 old_writers=", ".join(name for name, _ in old_writers) or "none answered as the writer")
     change.report.update(old_writers_reading=reading, new_writer=writer, new_writer_address=writer_address,
                          epoch=epoch,
                          fence_epoch=recovered.epoch, fence_vdl=recovered.vdl, rpo_lsns=0,

@@ -29,7 +29,7 @@ from sixfold.runtime import latency_chaos, partition, procs
 from sixfold.runtime.layout import (CLUSTER_ENV, FAILED, MARKER_DOWN, MARKER_PAUSED, MARKER_RESTART, MARKERS,
                                     RUNNING, STARTING, STATE_FORMAT, STOPPED, STOPPING, ClusterDir, StateError, tail)
 from sixfold.runtime.commands import default_roles
-from sixfold.runtime.probe import probe, probe_many
+from sixfold.runtime.probe import answering_as_writer, probe, probe_many, wait_serving_as_readers
 from sixfold.runtime.topology import (PEER_WRITER_OCTET_BASE, WRITERS_MAX)
 from sixfold.runtime.topology import (COMPUTE, COMPUTE_OCTET_BASE, COORDINATOR, PRIMARY_REGION, READER, READERS_MAX,
                                       REPLICATOR, STORAGE, in_region,
@@ -679,11 +679,15 @@ def failover(cdir: ClusterDir, target: str = "", timeout_s: float = 120.0) -> di
     compute = {n.name for n in nodes if n.kind == COMPUTE}
     if target and target not in compute:
         raise UsageProblem(f"no instance named {target!r}; the instances are: {', '.join(sorted(compute))}")
+    old_writers = answering_as_writer([(n.name, n.address) for n in nodes if n.kind == COMPUTE])
     reply = _coordinator_call(nodes, lambda stub: stub.Failover(copb.FailoverRequest(target=target),
                                                                  timeout=timeout_s), "the failover")
     f = reply.failover
+    # the old writer steps down and comes back as a reader: done when it serves reads again
+    stepped_down = [(name, address) for name, address in old_writers if name == f.from_instance]
+    reading = wait_serving_as_readers(stepped_down) if f.state == "done" else []
     return {"id": f.id, "from": f.from_instance, "to": f.to_instance, "state": f.state, "epoch": f.epoch,
-            "duration_s": round(max(0.0, f.finished_unix_s - f.started_unix_s), 3)}
+            "duration_s": round(max(0.0, f.finished_unix_s - f.started_unix_s), 3), "old_writers_reading": reading}
 
 
 # ------------------------------------------------------------------ replicas

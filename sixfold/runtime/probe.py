@@ -6,6 +6,7 @@ and never raises for an unreachable node: it answers `{"reachable": False, ...}`
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -18,6 +19,7 @@ from sixfold.rpc import storage_pb2 as spb
 from sixfold.rpc import storage_pb2_grpc
 
 PROBE_THREADS_MAX = 16
+STEPPED_DOWN_TIMEOUT_S = 60.0   # a writer told to step down exits and comes back as a reader within this
 _OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.enable_retries", 0)]
 
 
@@ -124,3 +126,22 @@ def ready(kind: str, result: dict) -> bool:
     coordinator knows the writer (its catalog is loaded)."""
     return bool(result.get("reachable") and (kind != "storage" or result.get("serving"))
                 and (kind != "coordinator" or result.get("writer")))
+
+
+def answering_as_writer(instances: list[tuple[str, str]], timeout_s: float = 1.0) -> list[tuple[str, str]]:
+    """The (name, address) instances whose Status says they are the writer now."""
+    return [(name, address) for name, address in instances
+            if probe_compute(address, timeout_s).get("role") == "writer"]
+
+
+def wait_serving_as_readers(instances: list[tuple[str, str]], timeout_s: float = STEPPED_DOWN_TIMEOUT_S) -> list[str]:
+    """Waits until every instance answers as a healthy reader (a writer that stepped down exits
+    and is started again as a reader: a client of it sees a short outage in between); the names
+    of those that do, all of them unless timeout_s passed first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reading = [name for name, address in instances
+                   if (p := probe_compute(address)).get("role") == "reader" and p.get("health") == "ok"]
+        if len(reading) == len(instances) or time.monotonic() > deadline:
+            return reading
+        time.sleep(0.1)
