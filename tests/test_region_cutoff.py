@@ -9,13 +9,10 @@ import time
 
 import pytest
 
-import sixfold
 from sixfold.runtime import partition
-from sixfold.runtime.topology import ClusterSpec, nodes_of, router_addresses
-from tests.test_cli import force_teardown, free_ports
+from tests.test_cli import force_teardown
 from tests.test_global_regions import address_of, cli, replicator_row, rows_in, wait_rows
-from tests.test_region_resync import collected_above, wait_acked
-from tests.test_region_switch import Writer
+from tests.test_region_resync import collected_above, wait_acked, writing_two_regions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
               pytest.mark.skipif(partition.unavailable_reason() is not None,
@@ -26,21 +23,10 @@ COLLECTED_WITHIN_S = 120.0
 
 def test_a_region_cut_off_past_the_retention_needs_a_resync_and_gets_it_without_stalling_the_primary(tmp_path):
     data_dir = tmp_path / "cluster"
-    storage_port, compute_port = free_ports(regions=2)
     writer = None
     try:
-        cli("up", "--data-dir", data_dir, "--regions", 2, "--readers", 1, "--storage-port", storage_port,
-            "--compute-port", compute_port, "--shipping-retain-s", SHIPPING_RETAIN_S, "--json", timeout=240)
-        nodes = nodes_of(ClusterSpec(regions=2, readers=1, storage_port=storage_port, compute_port=compute_port))
-        endpoints = {r: router_addresses([n for n in nodes if n.region == r])["writer"] for r in (1, 2)}
+        nodes, writer = writing_two_regions(data_dir, "--shipping-retain-s", SHIPPING_RETAIN_S)
         primary_storage = [n for n in nodes if n.region == 1 and n.kind == "storage"]
-        conn = sixfold.connect(endpoints[1], autocommit=True)
-        conn.cursor().execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER UNIQUE)")
-        conn.close()
-        writer = Writer(endpoints)
-        writer.start()
-        wait_acked(writer, 30)
-        wait_rows(address_of(data_dir, "reader-2-1"), "SELECT count(*) > 0 FROM t", [(1,)], timeout_s=60)
 
         # replicator-2 is cut off from the primary's storage only: it still grants the writer its
         # lease, so the primary commits on, and its storage collects what region 2 has not shipped

@@ -45,27 +45,38 @@ def wait_acked(writer: Writer, count: int, timeout_s: float = 90) -> None:
         time.sleep(0.05)
 
 
+def writing_two_regions(data_dir, *up_args, pages_per_segment: int = 256) -> tuple[list, Writer]:
+    """`up --regions 2` (with up_args), a table t, and a Writer committing into it that region 2's
+    reader has seen: (the nodes, the writer, running)."""
+    storage_port, compute_port = free_ports(regions=2)
+    cli("up", "--data-dir", data_dir, "--regions", 2, "--readers", 1, "--storage-port", storage_port,
+        "--compute-port", compute_port, "--pages-per-segment", pages_per_segment, *up_args, "--json", timeout=240)
+    nodes = nodes_of(ClusterSpec(regions=2, readers=1, storage_port=storage_port, compute_port=compute_port,
+                                 pages_per_segment=pages_per_segment))
+    endpoints = {r: router_addresses([n for n in nodes if n.region == r])["writer"] for r in (1, 2)}
+    conn = sixfold.connect(endpoints[1], autocommit=True)
+    conn.cursor().execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER UNIQUE)")
+    conn.close()
+    writer = Writer(endpoints)
+    writer.start()
+    try:
+        wait_acked(writer, 30)
+        wait_rows(address_of(data_dir, "reader-2-1"), "SELECT count(*) > 0 FROM t", [(1,)], timeout_s=60)
+    except BaseException:
+        writer.stop.set()
+        writer.join(30)
+        raise
+    return nodes, writer
+
+
 def test_the_old_primary_cannot_commit_and_rejoins_after_a_resync_seeded_from_pages(tmp_path):
     data_dir = tmp_path / "cluster"
-    storage_port, compute_port = free_ports(regions=2)
     writer = None
     try:
         # two pages per segment: the table spans several segments, materialised to different points,
         # so the seed takes records above some segments' pages too
-        cli("up", "--data-dir", data_dir, "--regions", 2, "--readers", 1, "--storage-port", storage_port,
-            "--compute-port", compute_port, "--commit-timeout-s", COMMIT_TIMEOUT_S, "--pages-per-segment", 2,
-            "--json", timeout=240)
-        nodes = nodes_of(ClusterSpec(regions=2, readers=1, storage_port=storage_port, compute_port=compute_port,
-                                     pages_per_segment=2))
-        endpoints = {r: router_addresses([n for n in nodes if n.region == r])["writer"] for r in (1, 2)}
+        nodes, writer = writing_two_regions(data_dir, "--commit-timeout-s", COMMIT_TIMEOUT_S, pages_per_segment=2)
         region_2_storage = [n.address for n in nodes if n.region == 2 and n.kind == "storage"]
-        conn = sixfold.connect(endpoints[1], autocommit=True)
-        conn.cursor().execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER UNIQUE)")
-        conn.close()
-        writer = Writer(endpoints)
-        writer.start()
-        wait_acked(writer, 30)
-        wait_rows(address_of(data_dir, "reader-2-1"), "SELECT count(*) > 0 FROM t", [(1,)], timeout_s=60)
 
         # region 1 is cut off (paused); region 2 takes over
         old_writer = sixfold.connect(address_of(data_dir, "writer-1"), autocommit=True)
