@@ -48,6 +48,7 @@ class Writer(threading.Thread):
         super().__init__(daemon=True)
         self.endpoints = endpoints
         self.acked: list[int] = []        # acknowledged: must be there afterwards
+        self.acked_by: dict[int, int] = {}   # value -> the region whose endpoint acknowledged it
         self.unknown: list[int] = []      # failed during the commit: may or may not be there
         self.stop = threading.Event()
 
@@ -66,6 +67,7 @@ class Writer(threading.Thread):
             value += 1
             try:
                 conn.cursor().execute("INSERT INTO t (v) VALUES (?)", (value,))
+                self.acked_by[value] = region
                 self.acked.append(value)
             except sixfold.dbapi.ReadOnlyError:
                 pass   # refused before it ran: never there
