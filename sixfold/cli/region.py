@@ -23,8 +23,7 @@ def _run(data_dir: Path | None, kind: str, to_region: int, as_json: bool) -> Non
     # progress goes to stderr even with --json: a role change takes seconds
     with cdir.cli_locked():
         state = local.require_running(cdir)
-        if state.get("runtime") == "docker":
-            raise local.UsageProblem("region roles are a local-runtime feature (docker refuses --regions)")
+        local.refuse_in_docker(state, f"region {kind}")
         nodes = local.node_specs(state)
         try:
             report = getattr(switch, kind)(cdir, state, nodes, to_region, progress_printer(True))
@@ -131,7 +130,8 @@ def remove(data_dir: Path | None, region_no: int, as_json: bool) -> None:
 @json_option
 @reports_errors
 def resync(data_dir: Path | None, region_number: int, as_json: bool) -> None:
-    """Rejoin region R (failed over from) as a secondary: discard its storage and seed it again.
+    """Rejoin region R (failed over from, or cut off for longer than the primary keeps its
+    records: its replicator reports needs-resync) as a secondary: discard its storage and seed it again.
 
     Stops R's instances, storage nodes and replicator, discards R's storage (the divergent tail
     its old writer left goes with it), records R as joining (the primary's writer owes it no
@@ -144,8 +144,7 @@ def resync(data_dir: Path | None, region_number: int, as_json: bool) -> None:
     cdir = cluster_dir(data_dir)
     with cdir.cli_locked():
         state = local.require_running(cdir)
-        if state.get("runtime") == "docker":
-            raise local.UsageProblem("region roles are a local-runtime feature (docker refuses --regions)")
+        local.refuse_in_docker(state, "region resync")
         try:
             report = resync_module.resync(cdir, state, local.node_specs(state), region_number, progress_printer(True))
         except ValueError as exc:

@@ -116,11 +116,11 @@ class Replicator:
         self._adopted: deque[tuple[int, int]] = deque()   # (lsn, segment) above the durable point
         self._saved_vdl = -1
         self._vdl_moved = asyncio.Event()
-        self._polled_s = 0.0
+        self.polled_s = 0.0
         self.source_vdl = 0   # the highest primary VDL heard of
         self._resumed = False   # the start-up check of the recorded position against the source is done
         self._poll_now = True
-        self._views: list[ReplicaView] = []   # the last poll's answers
+        self.views: list[ReplicaView] = []   # the last poll's answers
         self.seeding = False                  # seeding this region from the primary's pages now
 
     # ------------------------------------------------------------ life cycle
@@ -129,7 +129,7 @@ class Replicator:
         self._durable = load_position(self.data_dir)
         self._saved_vdl = self._durable.vdl
         while not stop.is_set() and self.point is None:
-            await self._poll_source()
+            await self.poll_source()
             if self.point is None:
                 await asyncio.sleep(0.2)
         if stop.is_set():
@@ -138,8 +138,8 @@ class Replicator:
             # the first poll asked the primary to keep its records from here on; a collection that
             # was already under way when it came shows by the next poll
             await asyncio.sleep(POLL_INTERVAL_S)
-            await self._poll_source()
-            if seed_needed(0, self.point, self._views):
+            await self.poll_source()
+            if seed_needed(0, self.point, self.views):
                 seeded = await self._seed(stop)
                 if seeded is None:
                     return
@@ -186,7 +186,7 @@ class Replicator:
                     self.problem = str(exc)
                     log.warning("%s; trying again", exc)
                     await asyncio.sleep(5.0 if exc.refused else 1.0)
-                    await self._poll_source()
+                    await self.poll_source()
                     continue
                 self.problem = ""
                 log.info("seeded this region at LSN %d (the primary at epoch %d of %s); shipping from there",
@@ -210,8 +210,8 @@ class Replicator:
         primary's VDL has gone. The states of every primary node are polled only now and then,
         and at once when a round finds a hole or a newer epoch (a new segment, a lagging member,
         a recovery in the primary)."""
-        if self._poll_now or time.monotonic() - self._polled_s >= POLL_INTERVAL_S:
-            await self._poll_source()
+        if self._poll_now or time.monotonic() - self.polled_s >= POLL_INTERVAL_S:
+            await self.poll_source()
         point = self.point
         if point is None:
             return False
@@ -272,7 +272,7 @@ class Replicator:
                  baseline, len(current))
         self.mirror.resend(sorted(current, key=lambda item: item[1].lsn))
 
-    async def _poll_source(self) -> None:
+    async def poll_source(self) -> None:
         async def states(node: StorageNodeInfo):
             try:
                 return node, await self.pool.stub(node.address).GetSegmentState(
@@ -297,12 +297,12 @@ class Replicator:
                     continue
                 views.append(ReplicaView(node.address, s.segment, s.volume_epoch, s.epoch_owner, history, s.scl,
                                          s.vdl_hint, s.vdl_hint_unix_s, s.records_gc_lsn))
-        self._views = views
+        self.views = views
         point = source_point(views)
         for warning in point.warnings:
             log.warning("%s", warning)
         self.source_seen_unix_s = time.time()
-        self._polled_s = time.monotonic()
+        self.polled_s = time.monotonic()
         self._poll_now = False
         self._note_mark(point.vdl, point.vdl_unix_s)
         self.point = point
@@ -341,6 +341,11 @@ class Replicator:
             log.error("segment %d from %s: a damaged record (%s); fetching again next round", segment, member, exc)
             return [], state
         return [(segment, record, encoded) for record, encoded in records], state
+
+    @property
+    def seeded_lsn(self) -> int:
+        """The LSN this region's storage was seeded at from the primary's pages (0: never)."""
+        return self._durable.seeded_lsn
 
     def health(self) -> str:
         """seeding | catching-up | needs-resync | fenced | ok (Status and the metrics say it)."""
@@ -423,5 +428,5 @@ class ReplicatorService(compute_pb2_grpc.ComputeServicer):
             source_seen_unix_s=r.source_seen_unix_s, lease_granted=granted, lease_refused=refused,
             region_lag_samples_total=r.lag_samples_total,
             region_lag_ms_recent=[] if request.lease_epoch else r.lag.samples_ms,   # lease replies stay small
-            seeded_lsn=r._durable.seeded_lsn,
+            seeded_lsn=r.seeded_lsn,
         )

@@ -67,7 +67,7 @@ class Seeded:
 async def seed_region(rep: Replicator, nodes: list[StorageNodeInfo]) -> Seeded:
     """One attempt; raises SeedFailed. `rep` gives the primary's last poll and a channel pool."""
     point = rep.point
-    sources, problem = seed_sources(rep._views)
+    sources, problem = seed_sources(rep.views)
     if problem:
         raise SeedFailed(f"seeding: {problem}")
     epoch, owner, history = point.epoch, point.owner, point.history
@@ -77,11 +77,11 @@ async def seed_region(rep: Replicator, nodes: list[StorageNodeInfo]) -> Seeded:
         *(_fetch_pages(rep, volume_id, segment, member, epoch) for segment, (member, _) in sorted(sources.items())))))
     p0 = max((at_lsn for at_lsn, _ in pages_of.values()), default=0)
 
-    polled_s = rep._polled_s
-    await rep._poll_source()   # every answer now comes after the primary's VDL reached P0
-    if rep._polled_s == polled_s:
+    polled_s = rep.polled_s
+    await rep.poll_source()   # every answer now comes after the primary's VDL reached P0
+    if rep.polled_s == polled_s:
         raise SeedFailed("seeding: the primary's storage did not answer")
-    quorum, problem = seed_sources(rep._views)
+    quorum, problem = seed_sources(rep.views)
     if problem or rep.point.epoch != epoch:
         raise SeedFailed(f"seeding: {problem or 'the primary recovered meanwhile'}")
     if set(quorum) != set(sources):   # a new segment may hold records at or below P0: not in the pages
